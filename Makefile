@@ -1,0 +1,29 @@
+# One entry point. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[s3,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: back up the example app, list, verify, restore into a temp dir, compare
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+## test: the whole test suite (starts its own SeaweedFS S3 server on loopback)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/memory.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

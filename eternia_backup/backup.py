@@ -1,0 +1,264 @@
+"""One backup: sources -> archiver -> compressor -> sha256 -> every target.
+
+The sources are read once, whatever the number of targets: the compressed stream
+fans out to one atomic writer per target. A target that fails is aborted (its
+temporary file removed) and the others go on. Each target's archive is committed,
+its size checked on the target, and only then is the manifest written beside it:
+a backup exists on a target only when its manifest does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
+from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
+from .providers import Archiver, AtomicWrite, Compression, Source, Target
+from .redact import redact_text
+from .storage import describe_os_error
+
+log = logging.getLogger("eternia_backup.backup")
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """One stored copy of a backup."""
+
+    target: str
+    url: str
+    local_path: Path | None
+
+
+@dataclasses.dataclass
+class BackupResult:
+    """What ``create_backup()`` returns: prints as the backup's location.
+
+    ``os.fspath()`` gives the local archive's path when a local target holds one.
+    """
+
+    backup_id: str
+    manifest: Manifest | None
+    copies: list[Copy]
+    failures: dict[str, str]
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and bool(self.copies)
+
+    @property
+    def size(self) -> int:
+        return self.manifest.archive.size if self.manifest else 0
+
+    @property
+    def location(self) -> str:
+        local = [c for c in self.copies if c.local_path is not None]
+        return str(local[0].local_path) if local else (self.copies[0].url if self.copies else "")
+
+    def __fspath__(self) -> str:
+        for c in self.copies:
+            if c.local_path is not None:
+                return str(c.local_path)
+        raise TypeError(f"backup {self.backup_id} has no local copy; its location is {self.location}")
+
+    def __str__(self) -> str:
+        return self.location
+
+    def to_dict(self) -> dict:
+        return {
+            "backup_id": self.backup_id, "ok": self.ok, "location": self.location,
+            "size": self.size, "duration_seconds": round(self.duration, 3),
+            "copies": [{"target": c.target, "url": c.url} for c in self.copies],
+            "failures": self.failures,
+        }
+
+
+class _CountingWriter:
+    """The stream tarfile writes to: counts bytes (tarfile needs ``tell()``)."""
+
+    def __init__(self, inner, progress: Callable[[int], None] | None):
+        self.inner = inner
+        self.count = 0
+        self.progress = progress
+
+    def write(self, data) -> int:
+        n = len(data)
+        self.inner.write(data)
+        self.count += n
+        if self.progress is not None:
+            self.progress(n)
+        return n
+
+    def tell(self) -> int:
+        return self.count
+
+    def flush(self) -> None:
+        pass
+
+
+class _FanOut:
+    """Hashes the compressed stream and writes it to every live target writer."""
+
+    def __init__(self, writers: dict[str, AtomicWrite], failures: dict[str, str], targets: dict[str, Target]):
+        self.writers = writers
+        self.failures = failures
+        self.targets = targets
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        for name, w in list(self.writers.items()):
+            try:
+                w.write(data)
+            except Exception as exc:
+                self.fail(name, f"cannot write: {describe_os_error(exc)}")
+        if not self.writers:
+            raise StorageError("every target failed: " + "; ".join(f"{n}: {m}" for n, m in self.failures.items()))
+        return len(data)
+
+    def fail(self, name: str, message: str) -> None:
+        w = self.writers.pop(name, None)
+        if w is not None:
+            w.abort()
+        self.failures[name] = f"target {name!r} ({self.targets[name].display_url}): {message}"
+        log.error("%s", self.failures[name])
+
+    def flush(self) -> None:
+        pass
+
+
+def _run_hook_command(source: Source, when: str, command: str) -> None:
+    log.info("source %r: running %s command", source.name, when)
+    proc = subprocess.run(command, shell=True, cwd=source.base_dir, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        tail = redact_text(proc.stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
+        raise SourceError(f"source {source.name!r}: {when} command exited with status {proc.returncode}: {tail}")
+
+
+def _backup_source(source: Source, section) -> None:
+    before, after = source.options.before, source.options.after
+    if before:
+        _run_hook_command(source, "before", before)
+    try:
+        source.backup(section)
+    finally:
+        if after:
+            _run_hook_command(source, "after", after)
+
+
+def run_backup(*, name: str, environment: str, sources: list[Source], targets: list[Target],
+               archiver: Archiver, compression: Compression, level: int | None, hook,
+               config=None, progress: Callable[[int], None] | None = None,
+               now: datetime | None = None) -> BackupResult:
+    """Make one backup on every target. Raises BackupFailedError if any target failed."""
+    started = time.monotonic()
+    created = now or datetime.now(timezone.utc)
+    backup_id = new_backup_id(created, secrets.token_hex(3))
+    archive_file = f"{name}-{backup_id}{archiver.extension}{compression.extension}"
+    by_name = {t.name: t for t in targets}
+    failures: dict[str, str] = {}
+    writers: dict[str, AtomicWrite] = {}
+    hook.eternia_backup_started(backup_id=backup_id, config=config)
+    log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
+
+    try:
+        for t in targets:
+            try:
+                writers[t.name] = t.open_write(archive_file)
+            except EterniaBackupError as exc:
+                failures[t.name] = str(exc)
+                log.error("%s", exc)
+        if not writers:
+            raise StorageError("every target failed: " + "; ".join(failures.values()))
+        fan = _FanOut(writers, failures, by_name)
+        compressor = compression.compressor(fan, level)
+        counter = _CountingWriter(compressor, progress)
+        records: list[SourceRecord] = []
+        with archiver.writer(counter) as aw:
+            for source in sources:
+                section = aw.section(source.name)
+                _backup_source(source, section)
+                records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
+                                            details=source.describe()))
+                log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
+                         section.entries, section.size)
+        compressor.close()
+        manifest = Manifest(
+            backup_id=backup_id, name=name, created_at=created, finished_at=datetime.now(timezone.utc),
+            environment=environment, host=socket.gethostname(), framework_version=__version__,
+            sources=tuple(records),
+            archive=ArchiveRecord(file=archive_file, format=archiver.format_name, compression=compression.name,
+                                  size=fan.size, sha256=fan.sha.hexdigest(), content_size=counter.count),
+        )
+    except BaseException as exc:
+        for w in writers.values():
+            w.abort()
+        hook.eternia_backup_failed(backup_id=backup_id, error=exc, result=None)
+        if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+            raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
+        raise
+
+    copies = _commit(manifest, fan, by_name)
+    result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
+    if failures:
+        error = BackupFailedError(
+            f"backup {backup_id} failed on {len(failures)} of {len(targets)} target(s): "
+            + "; ".join(failures.values())
+            + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
+            result,
+        )
+        hook.eternia_backup_failed(backup_id=backup_id, error=error, result=result)
+        raise error
+    log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
+    hook.eternia_backup_succeeded(result=result)
+    return result
+
+
+def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target]) -> list[Copy]:
+    archive_file = manifest.archive.file
+    copies: list[Copy] = []
+    for name, writer in list(fan.writers.items()):
+        target = targets[name]
+        try:
+            writer.commit()
+        except BaseException as exc:
+            fan.fail(name, f"cannot commit {archive_file}: {describe_os_error(exc)}")
+            if not isinstance(exc, Exception):
+                raise
+            continue
+        try:
+            stored = target.size(archive_file)
+            if stored != manifest.archive.size:
+                raise StorageError(f"stored archive is {stored} bytes, expected {manifest.archive.size}")
+            target.write_bytes(manifest.filename, manifest.to_json())
+        except BaseException as exc:
+            _delete_quietly(target, archive_file)
+            fan.writers.pop(name, None)
+            fan.failures[name] = f"target {name!r} ({target.display_url}): {exc}"
+            log.error("%s", fan.failures[name])
+            if not isinstance(exc, Exception):
+                raise
+            continue
+        copies.append(Copy(name, target.file_url(archive_file), target.local_path(archive_file)))
+    return copies
+
+
+def _delete_quietly(target: Target, filename: str) -> None:
+    try:
+        target.delete(filename)
+    except Exception as exc:  # cleanup removes it later as a leftover
+        log.warning("could not remove %s from target %r: %s", filename, target.name, exc)

@@ -1,0 +1,141 @@
+"""Built-in source ``command``: the stdout of a dump command is the backup entry.
+
+``command`` runs through ``/bin/sh -c`` when it is a string and directly when it
+is a list. Its stdout is spooled to a private temporary file (a tar header needs
+the size first), then archived as ``<source>/<filename>``. A non-zero exit fails
+the backup, with the end of the command's stderr in the error. Restore pipes the
+entry into ``restore_command``; with ``--to DIR`` the dump file is written there
+instead. A restore command cannot be rolled back, so it runs after every other
+source of the restore has been put in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from eternia_backup import hookimpl
+from eternia_backup.errors import RestoreError, SourceError
+from eternia_backup.fsutil import remove_tree
+from eternia_backup.plans import DirectorySwapPlan
+from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
+from eternia_backup.redact import redact_text
+
+_STDERR_TAIL = 2000
+
+
+class CommandOptions(SourceOptions):
+    command: str | list[str]
+    restore_command: str | list[str] | None = None
+    filename: str = "dump"
+    timeout: float | None = None  # seconds; None waits as long as it takes
+
+
+def run_args(command: str | list[str]) -> tuple[list[str] | str, bool]:
+    return (command, True) if isinstance(command, str) else (list(command), False)
+
+
+def stderr_tail(data: bytes) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    if len(text) > _STDERR_TAIL:
+        text = "..." + text[-_STDERR_TAIL:]
+    return redact_text(text) or "(no stderr)"
+
+
+def _shown(command: str | list[str]) -> str:
+    return redact_text(command if isinstance(command, str) else " ".join(command))
+
+
+class CommandSource(Source):
+    type_name = "command"
+    options_model = CommandOptions
+
+    def describe(self):
+        return {"type": self.type_name, "name": self.name, "filename": self.options.filename,
+                "command": _shown(self.options.command)}
+
+    def backup(self, writer: EntryWriter) -> None:
+        opts = self.options
+        workdir = Path(tempfile.mkdtemp(prefix="eternia-command-"))
+        try:
+            out_path = workdir / "stdout"
+            args, shell = run_args(opts.command)
+            started = time.time()
+            with open(out_path, "wb") as out:
+                try:
+                    proc = subprocess.run(args, shell=shell, stdout=out, stderr=subprocess.PIPE,
+                                          stdin=subprocess.DEVNULL, cwd=self.base_dir, timeout=opts.timeout)
+                except FileNotFoundError as exc:
+                    raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
+                except subprocess.TimeoutExpired as exc:
+                    raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
+            if proc.returncode != 0:
+                raise SourceError(
+                    f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
+                    f"{proc.returncode}: {stderr_tail(proc.stderr)}"
+                )
+            with open(out_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                writer.add_stream(opts.filename, f, size, mode=0o600, mtime=started)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def restore_plan(self, destination: Path | None):
+        if destination is not None:
+            return DirectorySwapPlan(destination, f"source {self.name!r}")
+        if self.options.restore_command is None:
+            raise RestoreError(
+                f"source {self.name!r} has no restore_command; add one to its config, "
+                "or restore with --to DIR to get the dump file"
+            )
+        return CommandRestorePlan(self)
+
+
+class CommandRestorePlan(RestorePlan):
+    #: runs after every plan that can roll back
+    irreversible = True
+
+    def __init__(self, source: CommandSource):
+        self.source = source
+        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
+        self.description = f"source {source.name!r}: pipe {source.options.filename} into {_shown(source.options.restore_command)!r}"
+
+    def prepare(self) -> None:
+        pass
+
+    def replaces_existing(self) -> bool:
+        return True
+
+    def changes(self) -> list[str]:
+        return [f"source {self.source.name!r}: would run {_shown(self.source.options.restore_command)!r} "
+                f"with {self.source.options.filename} on its input"]
+
+    def commit(self) -> None:
+        opts = self.source.options
+        staged = self.staging_dir / opts.filename
+        if not staged.is_file():
+            raise RestoreError(f"source {self.source.name!r}: the backup holds no {opts.filename!r}")
+        args, shell = run_args(opts.restore_command)
+        with open(staged, "rb") as f:
+            try:
+                proc = subprocess.run(args, shell=shell, stdin=f, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout)
+            except FileNotFoundError as exc:
+                raise RestoreError(f"source {self.source.name!r}: restore command not found: {exc.filename}") from exc
+        if proc.returncode != 0:
+            raise RestoreError(
+                f"source {self.source.name!r}: restore command exited with status {proc.returncode}: "
+                f"{stderr_tail(proc.stderr)}"
+            )
+
+    def discard(self) -> None:
+        remove_tree(self.staging_dir)
+
+
+@hookimpl
+def eternia_register_sources(register):
+    register(CommandSource)

@@ -1,0 +1,178 @@
+"""Built-in source ``sqlite``: a consistent online copy through the sqlite3 backup API.
+
+The database is never copied as a raw file (a live database, WAL mode included,
+would give a torn copy). Restore checks the staged copy with
+``PRAGMA integrity_check`` and then writes it into the live database with the
+backup API too: one SQLite transaction, so readers see the old or the new
+database, and connections the application holds stay valid. What it replaced is
+kept (as a consistent copy) until the whole restore succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from eternia_backup import hookimpl
+from eternia_backup.errors import RestoreError, SourceError
+from eternia_backup.fsutil import remove_tree, sibling
+from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
+
+
+class SqliteOptions(SourceOptions):
+    path: str
+    timeout: float = 30.0  # seconds to wait for a lock held by the application
+
+
+def _connect(path: Path, *, mode: str, timeout: float = 30.0) -> sqlite3.Connection:
+    uri = f"{path.absolute().as_uri()}?mode={mode}"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+
+
+def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> None:
+    """A consistent copy of ``src`` into the new file ``dst`` (backup API)."""
+    source = src if isinstance(src, sqlite3.Connection) else _connect(src, mode="rw", timeout=timeout)
+    target = sqlite3.connect(dst, isolation_level=None)
+    try:
+        source.backup(target)
+        # A standalone file: no WAL beside it, so the archive holds one file.
+        target.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        target.close()
+        if source is not src:
+            source.close()
+
+
+def integrity_problem(path: Path) -> str | None:
+    try:
+        conn = _connect(path, mode="ro")
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    result = "; ".join(r[0] for r in rows)
+    return None if result == "ok" else result
+
+
+class SqliteSource(Source):
+    type_name = "sqlite"
+    options_model = SqliteOptions
+
+    @property
+    def path(self) -> Path:
+        p = Path(self.options.path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def describe(self):
+        return {"type": self.type_name, "name": self.name, "path": str(self.path)}
+
+    def check(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"source {self.name!r}: SQLite database {self.path} does not exist; fix its path")
+
+    def backup(self, writer: EntryWriter) -> None:
+        self.check()
+        workdir = Path(tempfile.mkdtemp(prefix="eternia-sqlite-"))
+        try:
+            copy = workdir / self.path.name
+            try:
+                _copy(self.path, copy, self.options.timeout)
+            except sqlite3.DatabaseError as exc:
+                raise SourceError(f"source {self.name!r}: cannot back up SQLite database {self.path}: {exc}") from exc
+            os.utime(copy, (time.time(), self.path.stat().st_mtime))
+            os.chmod(copy, self.path.stat().st_mode & 0o777)
+            writer.add_file(self.path.name, copy)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def default_destination(self) -> Path:
+        return self.path
+
+    def restore_plan(self, destination: Path | None):
+        if destination is not None:
+            return SqliteRestorePlan(destination / self.path.name, self.name, self.path.name)
+        return SqliteRestorePlan(self.path, self.name, self.path.name)
+
+
+class SqliteRestorePlan(RestorePlan):
+    def __init__(self, destination: Path, source_name: str, member: str):
+        self.destination = Path(destination).absolute()
+        self.label = f"source {source_name!r}"
+        self.member = member
+        self.staging_dir = sibling(self.destination, "restore")
+        self.previous: Path | None = None
+        self.created = False
+        self.description = f"{self.label}: replace SQLite database {self.destination}"
+
+    def prepare(self) -> None:
+        try:
+            self.destination.parent.mkdir(parents=True, exist_ok=True)
+            self.staging_dir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise RestoreError(f"{self.label}: cannot create a staging directory beside {self.destination}: {exc.strerror}") from exc
+
+    def _staged(self) -> Path:
+        staged = self.staging_dir / self.member
+        if not staged.is_file():
+            raise RestoreError(f"{self.label}: the backup holds no database file {self.member!r}")
+        return staged
+
+    def replaces_existing(self) -> bool:
+        return self.destination.exists()
+
+    def changes(self) -> list[str]:
+        verb = "replace" if self.destination.exists() else "create"
+        return [f"{self.label}: would {verb} SQLite database {self.destination}"]
+
+    def commit(self) -> None:
+        staged = self._staged()
+        problem = integrity_problem(staged)
+        if problem:
+            raise RestoreError(f"{self.label}: the database in the backup fails integrity_check: {problem}")
+        if not self.destination.exists():
+            os.replace(staged, self.destination)
+            self.created = True
+            return
+        self.previous = self.staging_dir / (self.member + ".previous")
+        try:
+            _copy(self.destination, self.previous)
+            src = _connect(staged, mode="ro")
+            try:
+                dst = _connect(self.destination, mode="rw")
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+        except sqlite3.DatabaseError as exc:
+            raise RestoreError(f"{self.label}: cannot write {self.destination}: {exc}") from exc
+
+    def rollback(self) -> None:
+        if self.created:
+            os.unlink(self.destination)
+            self.created = False
+        elif self.previous is not None and self.previous.exists():
+            src = _connect(self.previous, mode="ro")
+            try:
+                dst = _connect(self.destination, mode="rw")
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+
+    def discard(self) -> None:
+        remove_tree(self.staging_dir)
+
+
+@hookimpl
+def eternia_register_sources(register):
+    register(SqliteSource)

@@ -1,0 +1,234 @@
+"""What backups exist: listing targets, merging copies, finding one backup.
+
+A backup exists on a target when its manifest does. Each copy is checked
+against its listing (archive present, size as the manifest says); a manifest
+that does not parse or whose archive is missing marks the copy ``damaged``.
+Temporary files and archives without a manifest are ``leftovers``: never
+listed as backups, removed by cleanup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import BackupNotFoundError, EterniaBackupError, IntegrityError, StorageError
+from .manifest import ARCHIVE_RE, MANIFEST_RE, MANIFEST_SUFFIX, Manifest, manifest_name_for
+from .providers import StoredFile, Target
+
+log = logging.getLogger("eternia_backup.catalog")
+
+
+@dataclasses.dataclass
+class BackupCopy:
+    """One backup on one target."""
+
+    target: Target
+    backup_id: str
+    manifest_file: str
+    manifest: Manifest | None
+    problem: str | None = None  # why the copy is damaged
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None and self.problem is None
+
+    @property
+    def state(self) -> str:
+        return "ok" if self.ok else "damaged"
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self.manifest.created_at if self.manifest else _time_from_id(self.backup_id)
+
+    @property
+    def archive_file(self) -> str | None:
+        return self.manifest.archive.file if self.manifest else None
+
+    @property
+    def url(self) -> str:
+        return self.target.file_url(self.archive_file or self.manifest_file)
+
+    def describe(self) -> str:
+        return f"backup {self.backup_id} on target {self.target.name!r} ({self.url})"
+
+
+@dataclasses.dataclass
+class BackupEntry:
+    """One backup id with its copies on every target, best copy first."""
+
+    backup_id: str
+    copies: list[BackupCopy]
+
+    @property
+    def best(self) -> BackupCopy:
+        return sorted(self.copies, key=lambda c: (not c.ok, not c.target.is_local))[0]
+
+    @property
+    def ok(self) -> bool:
+        return any(c.ok for c in self.copies)
+
+    @property
+    def state(self) -> str:
+        if all(c.ok for c in self.copies):
+            return "ok"
+        return "partly damaged" if self.ok else "damaged"
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.best.manifest
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self.best.created_at
+
+    def to_dict(self) -> dict:
+        m = self.manifest
+        return {
+            "backup_id": self.backup_id,
+            "created_at": m.to_dict()["created_at"] if m else None,
+            "state": self.state,
+            "size": m.archive.size if m else None,
+            "sources": [s.name for s in m.sources] if m else [],
+            "environment": m.environment if m else None,
+            "copies": [{"target": c.target.name, "url": c.url, "state": c.state, "problem": c.problem}
+                       for c in self.copies],
+        }
+
+
+@dataclasses.dataclass
+class TargetListing:
+    target: Target
+    copies: list[BackupCopy]
+    leftovers: list[StoredFile]
+    files: dict[str, StoredFile]
+
+
+def _time_from_id(backup_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def list_target(target: Target, name: str) -> TargetListing:
+    """Every backup of series ``name`` on ``target``; raises StorageError if listing fails."""
+    files = {f.name: f for f in target.list()}
+    copies: list[BackupCopy] = []
+    claimed: set[str] = set()
+    for fname in sorted(files):
+        m = MANIFEST_RE.match(fname)
+        if not m or not fname.startswith(name + "-") or m["stem"] != f"{name}-{m['id']}":
+            continue
+        copy = BackupCopy(target, m["id"], fname, None)
+        try:
+            manifest = Manifest.from_json(target.read_bytes(fname), where=target.file_url(fname))
+        except IntegrityError as exc:
+            copy.problem = str(exc)
+            claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))
+            copies.append(copy)
+            continue
+        except StorageError as exc:
+            copy.problem = f"manifest unreadable: {exc}"
+            copies.append(copy)
+            continue
+        copy.manifest = manifest
+        if manifest.backup_id != m["id"] or manifest_name_for(manifest.archive.file) != fname:
+            copy.problem = f"manifest {fname} describes another backup ({manifest.backup_id})"
+        claimed.add(manifest.archive.file)
+        stored = files.get(manifest.archive.file)
+        if copy.problem is None:
+            if stored is None:
+                copy.problem = f"archive {manifest.archive.file} is missing"
+            elif stored.size is not None and stored.size != manifest.archive.size:
+                copy.problem = (f"archive {manifest.archive.file} is {stored.size} bytes, "
+                                f"the manifest says {manifest.archive.size}")
+        copies.append(copy)
+    leftovers = [
+        f for n, f in files.items()
+        if n not in claimed and (
+            (n.startswith("." + name + "-") and n.endswith(".tmp"))
+            or (ARCHIVE_RE.match(n) and n.startswith(name + "-"))
+        )
+    ]
+    return TargetListing(target, copies, leftovers, files)
+
+
+def merge(listings: list[TargetListing]) -> list[BackupEntry]:
+    """Backups of every target merged by id, newest first."""
+    by_id: dict[str, BackupEntry] = {}
+    for listing in listings:
+        for copy in listing.copies:
+            by_id.setdefault(copy.backup_id, BackupEntry(copy.backup_id, [])).copies.append(copy)
+    return sorted(by_id.values(), key=lambda e: e.backup_id, reverse=True)
+
+
+def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:
+    """A backup named by a local path or URL of its archive or manifest, else None.
+
+    ``target_factory(url)`` gives a Target for the directory holding it.
+    """
+    is_url = "://" in reference
+    if not is_url and not os.path.exists(reference):
+        return None
+    if is_url:
+        directory, _, fname = reference.rstrip("/").rpartition("/")
+    else:
+        p = Path(reference).absolute()
+        if p.is_dir():
+            raise BackupNotFoundError(f"{reference} is a directory; name a backup archive or manifest file")
+        directory, fname = str(p.parent), p.name
+    if fname.endswith(MANIFEST_SUFFIX):
+        manifest_file = fname
+    elif ARCHIVE_RE.match(fname):
+        manifest_file = manifest_name_for(fname)
+    else:
+        raise BackupNotFoundError(
+            f"{reference} is not a backup archive or manifest (expected a name like "
+            f"<name>-<YYYYmmddTHHMMSSZ>-<id>.tar.zst)"
+        )
+    target = target_factory(directory)
+    m = MANIFEST_RE.match(manifest_file)
+    backup_id = m["id"] if m else manifest_file
+    copy = BackupCopy(target, backup_id, manifest_file, None)
+    try:
+        data = target.read_bytes(manifest_file)
+    except BackupNotFoundError:
+        raise IntegrityError(
+            f"backup {reference} has no manifest ({manifest_file} is missing): it is incomplete or "
+            "was copied without its manifest, so it cannot be verified; copy the manifest beside it"
+        ) from None
+    copy.manifest = Manifest.from_json(data, where=target.file_url(manifest_file))
+    copy.backup_id = copy.manifest.backup_id
+    return copy
+
+
+def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
+    """The backup named ``latest``, by id, or by a unique id prefix."""
+    if wanted == "latest":
+        for e in entries:
+            if e.ok:
+                return e
+        if entries:
+            raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
+        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+    exact = [e for e in entries if e.backup_id == wanted]
+    if exact:
+        return exact[0]
+    matches = [e for e in entries if e.backup_id.startswith(wanted) or e.backup_id.endswith("-" + wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise BackupNotFoundError(
+            f"{wanted!r} matches {len(matches)} backups ({', '.join(e.backup_id for e in matches[:5])}); give more of the id"
+        )
+    raise BackupNotFoundError(
+        f"no backup {wanted!r}: not a file, URL or known backup id; see `eternia-backup list`"
+    )
+
+
+class ListingFailed(EterniaBackupError):
+    """Listing a target failed (retention deletes nothing there)."""

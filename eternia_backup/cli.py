@@ -1,0 +1,327 @@
+"""The command line: parse, call the manager, print. Nothing else lives here.
+
+Exit status: 0 success, 1 an operation failed, 2 usage or configuration error.
+Errors print one line (``-v`` adds the chain of causes), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from . import __version__, redact
+from .errors import BackupFailedError, EterniaBackupError
+
+log = logging.getLogger("eternia_backup")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+class _Progress:
+    """A byte-count progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def cmd_create(mgr, args) -> int:
+    progress = _Progress(not args.json, "backup")
+    try:
+        result = mgr.create_backup(progress=progress if progress.bar else None)
+    except BackupFailedError as exc:
+        progress.close()
+        if args.json and exc.result is not None:
+            _print_json(exc.result.to_dict())
+        raise
+    progress.close()
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.location)
+    return EXIT_OK
+
+
+def cmd_list(mgr, args) -> int:
+    listings, errors = mgr.listings()
+    from .catalog import merge
+
+    entries = merge(listings)
+    if args.json:
+        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors})
+    else:
+        if not entries:
+            print("no backups yet" + ("" if errors else "; make one with `eternia-backup create`"))
+        else:
+            rows = [("ID", "CREATED (UTC)", "SIZE", "SOURCES", "STATE", "LOCATION")]
+            for e in entries:
+                m = e.manifest
+                created = e.created_at.strftime("%Y-%m-%d %H:%M:%S") if e.created_at else "?"
+                sources = ",".join(s.name for s in m.sources) if m else "?"
+                where = " ".join(c.url for c in e.copies)
+                state = e.state
+                if not e.ok or e.state != "ok":
+                    state += ": " + "; ".join(c.problem for c in e.copies if c.problem)
+                rows.append((e.backup_id, created, _human_size(m.archive.size if m else None), sources, state, where))
+            widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            for r in rows:
+                print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+        for name, err in errors.items():
+            print(f"error: target {name!r} could not be listed: {err}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def cmd_verify(mgr, args) -> int:
+    if args.all:
+        reports = mgr.verify_all()
+    else:
+        from .verify import verify_copy
+
+        reports = [verify_copy(mgr.find_backup(args.backup or "latest"), mgr.registry)]
+    if args.json:
+        _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
+    else:
+        if not reports:
+            print("no backups to verify")
+        for r in reports:
+            if r.ok:
+                print(f"ok       {r.backup_id}  {_human_size(r.size)}, {r.entries} entries  {r.url}")
+            else:
+                print(f"DAMAGED  {r.backup_id}  {r.problem}")
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+
+
+def _confirm_factory(args):
+    if args.yes:
+        return None
+
+    def confirm(changes: list[str]) -> bool:
+        if not sys.stdin.isatty():
+            from .errors import RestoreError
+
+            raise RestoreError("restore would replace existing state and there is no terminal to confirm it; "
+                               "pass --yes to go ahead (or --dry-run to see what would change)")
+        print("This restore will:", file=sys.stderr)
+        for line in changes:
+            print(f"  - {line.replace('would ', '')}", file=sys.stderr)
+        answer = input("Go ahead? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def cmd_restore(mgr, args) -> int:
+    result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
+                                confirm=_confirm_factory(args))
+    if args.json:
+        _print_json(result.to_dict())
+    elif args.dry_run:
+        print(f"dry run: backup {result.backup_id} verified; nothing was changed")
+        for line in result.changes:
+            print(f"  {line}")
+    else:
+        print(f"restored backup {result.backup_id} ({', '.join(result.sources)})")
+    return EXIT_OK
+
+
+def cmd_download(mgr, args) -> int:
+    path = mgr.download_backup(args.url, to=args.to)
+    if args.json:
+        _print_json({"path": str(path)})
+    else:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_cleanup(mgr, args) -> int:
+    result = mgr.cleanup(dry_run=args.dry_run)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for t in result.targets:
+            for backup_id in t.deleted:
+                print(f"{verb} {backup_id} on {t.target}")
+            if t.leftovers_removed:
+                print(f"{'would remove' if args.dry_run else 'removed'} {len(t.leftovers_removed)} leftover file(s) on {t.target}")
+        print(f"{verb} {result.deleted_count} backup(s)")
+        for name, err in result.errors.items():
+            print(f"error: target {name!r}: {err}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import build_registry, get_plugin_manager
+
+    registry = build_registry(get_plugin_manager())
+    provided = sorted(registry.all(), key=lambda p: (p.kind, p.name))
+    if args.json:
+        _print_json([{"kind": p.kind, "name": p.name, "plugin": p.plugin,
+                      "class": f"{p.cls.__module__}.{p.cls.__qualname__}"} for p in provided])
+        return EXIT_OK
+    for p in provided:
+        name = "* (any fsspec protocol)" if p.name == "*" else p.name
+        print(f"{p.kind:<12} {name:<26} {p.plugin}")
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    from .config import load_config
+    from .manager import BackupManager
+
+    config = load_config(args.config)
+    BackupManager(config)  # plugin-level validation (source options, levels, URLs)
+    if args.config_command == "check":
+        if args.json:
+            _print_json({"ok": True, "path": str(config.path)})
+        else:
+            print(f"{config.path}: ok ({len(config.sources)} source(s), {len(config.targets)} target(s))")
+        return EXIT_OK
+    data = config.as_dict(masked=True)
+    if args.json:
+        _print_json(data)
+    else:
+        import yaml
+
+        print(yaml.safe_dump({"backup": data}, sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+# -- parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = argparse.ArgumentParser(prog="eternia-backup", description="Backups of application state you can trust.")
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help="config file (default: $ETERNIA_BACKUP_CONFIG, else ./eternia-backup.yaml)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+    p.add_argument("--version", action="version", version=f"eternia-backup {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("create", parents=[common], help="make a backup now and print where it went")
+    sub.add_parser("list", parents=[common], help="list backups on every target, newest first")
+
+    s = sub.add_parser("restore", parents=[common], help="verify a backup and restore it")
+    s.add_argument("backup", help="a path, URL, backup id (or unique prefix), or 'latest'")
+    s.add_argument("--to", metavar="DIR", help="restore into DIR/<source> instead of the configured places")
+    s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
+    s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
+
+    s = sub.add_parser("download", parents=[common], help="copy a backup from a URL into local storage, verified")
+    s.add_argument("url", help="URL or path of a backup's archive or manifest")
+    s.add_argument("--to", metavar="DIR", help="directory to download into (default: the local storage)")
+
+    s = sub.add_parser("cleanup", parents=[common], help="apply retention on every target")
+    s.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+
+    s = sub.add_parser("verify", parents=[common], help="check backups: presence, size, sha256, contents")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
+    g.add_argument("--all", action="store_true", help="verify every copy of every backup")
+
+    sub.add_parser("plugins", parents=[common], help="list source types, archivers, compressions and targets")
+
+    s = sub.add_parser("config", help="check or show the configuration")
+    csub = s.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    csub.add_parser("check", parents=[common], help="validate the config file")
+    csub.add_parser("show", parents=[common], help="print the effective config, secrets masked")
+    return p
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redact.RedactingFilter())
+    logger = logging.getLogger("eternia_backup")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _describe_error(exc: BaseException, verbose: int) -> str:
+    message = redact.redact_text(str(exc)) or type(exc).__name__
+    if verbose:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None:
+            message += f"\n  caused by {type(cause).__name__}: {redact.redact_text(str(cause))}"
+            cause = cause.__cause__ or cause.__context__
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(args)
+        if args.command == "config":
+            return cmd_config(args)
+        from .manager import BackupManager
+
+        mgr = BackupManager.from_config(args.config)
+        handler = {
+            "create": cmd_create, "list": cmd_list, "restore": cmd_restore, "download": cmd_download,
+            "cleanup": cmd_cleanup, "verify": cmd_verify,
+        }[args.command]
+        return handler(mgr, args)
+    except EterniaBackupError as exc:
+        print(f"error: {_describe_error(exc, args.verbose)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was committed", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line, and the details with -v
+        if args.verbose >= 2:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {_describe_error(exc, args.verbose)} "
+              "(please report this; run with -vv for details)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""Configuration: the application's YAML ``backup:`` section -> validated, frozen objects.
+
+SEED.md's keys (``enabled``, ``frequency``, ``retention_days``, ``storage_path``,
+``cloud_backup``) are accepted as they are and mapped onto the general form
+(``sources``, ``targets``, ``archive``, ``retention``). Validation happens before
+any I/O; every error names the key path, the value found and what was expected.
+
+Decisions:
+
+* With no ``sources:``, the state backed up is the directory ``data/`` beside the
+  config file (a source named ``data``), so SEED.md's YAML works unchanged.
+* ``storage_path`` becomes a local target named ``local``; ``cloud_backup``
+  becomes a target named ``cloud`` at ``s3://<bucket>/[<prefix>/]<environment>``.
+* Relative paths are relative to the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import redact
+from .errors import ConfigError
+
+CONFIG_ENV = "ETERNIA_BACKUP_CONFIG"
+DEFAULT_CONFIG_NAME = "eternia-backup.yaml"
+FREQUENCIES = ("hourly", "daily", "weekly", "monthly")
+SUPPORTED_PROVIDERS = ("aws",)
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+def _f(expected: str, default: Any = ..., **kw) -> Any:
+    """A pydantic Field that carries the words used when its value is wrong."""
+    return Field(default, json_schema_extra={"expected": expected}, **kw)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Count = int | None
+
+
+class CloudBackupModel(_Model):
+    enabled: bool = _f("true or false", False)
+    provider: str = _f("a cloud provider name", "aws")
+    bucket: str | None = _f("an S3 bucket name (3-63 characters)", None, min_length=3, max_length=63)
+    region: str | None = _f("an AWS region name such as us-west-2", None)
+    endpoint_url: str | None = _f("an http(s) URL of an S3-compatible endpoint", None)
+    prefix: str | None = _f("a key prefix such as team/app", None)
+    storage_class: str | None = _f("an S3 storage class such as STANDARD_IA", None)
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = _f("AES256 or aws:kms", None)
+    kms_key_id: str | None = _f("a KMS key id or ARN", None)
+    create_bucket: bool = _f("true or false", False)
+
+
+class SourceModel(BaseModel):
+    """A source entry; the options beyond type/name are checked by its plugin."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str = _f("a source type such as directory, sqlite or command")
+    name: str = _f("a name made of letters, digits, '.', '_' or '-'", pattern=_NAME_RE)
+
+
+class TargetModel(_Model):
+    name: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE)
+    url: str = _f("a path or URL such as /var/backups or s3://bucket/prefix", min_length=1)
+    options: dict[str, Any] = _f("a mapping of storage options", default_factory=dict)
+
+
+class ArchiveModel(_Model):
+    format: str = _f("an archive format such as tar", "tar")
+    compression: str = _f("one of zstd, gzip, xz, none", "zstd")
+    level: int | None = _f("a whole number compression level", None)
+
+
+class RetentionModel(_Model):
+    days: int | None = _f("a whole number >= 0", None, ge=0)
+    keep_last: Count = _f("a whole number >= 0", None, ge=0)
+    keep_hourly: Count = _f("a whole number >= 0", None, ge=0)
+    keep_daily: Count = _f("a whole number >= 0", None, ge=0)
+    keep_weekly: Count = _f("a whole number >= 0", None, ge=0)
+    keep_monthly: Count = _f("a whole number >= 0", None, ge=0)
+    keep_yearly: Count = _f("a whole number >= 0", None, ge=0)
+    incomplete_grace_hours: float = _f("a number of hours >= 0", 24.0, ge=0)
+
+
+class BackupModel(_Model):
+    enabled: bool = _f("true or false", True)
+    frequency: Literal["hourly", "daily", "weekly", "monthly"] = _f(
+        "one of hourly, daily, weekly, monthly", "daily"
+    )
+    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None)
+    retention_days: int | None = _f("a whole number >= 0", None, ge=0)
+    storage_path: str | None = _f("a local directory path", None, min_length=1)
+    cloud_backup: CloudBackupModel | None = _f("a mapping", None)
+    name: str = _f("a name made of letters, digits, '.', '_' or '-'", "eternia-backup", pattern=_NAME_RE)
+    environment: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE)
+    sources: list[SourceModel] | None = _f("a list of sources", None)
+    targets: list[TargetModel] | None = _f("a list of targets", None)
+    archive: ArchiveModel = _f("a mapping", default_factory=ArchiveModel)
+    retention: RetentionModel = _f("a mapping", default_factory=RetentionModel)
+
+
+# -- the effective configuration -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    type: str
+    name: str
+    options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    url: str
+    options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    days: int = 0
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    incomplete_grace_hours: float = 24.0
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.days == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupConfig:
+    """The validated, effective configuration that everything else reads."""
+
+    name: str
+    environment: str
+    enabled: bool
+    frequency: str
+    timezone: str | None
+    sources: tuple[SourceSpec, ...]
+    targets: tuple[TargetSpec, ...]
+    archive_format: str
+    compression: str
+    compression_level: int | None
+    retention: Retention
+    base_dir: Path
+    path: Path | None = None
+
+    def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
+        """The effective config as plain data (what ``config show`` prints)."""
+        data = {
+            "name": self.name,
+            "environment": self.environment,
+            "enabled": self.enabled,
+            "frequency": self.frequency,
+            "timezone": self.timezone,
+            "sources": [{"type": s.type, "name": s.name, **s.options} for s in self.sources],
+            "targets": [{"name": t.name, "url": t.url, "options": dict(t.options)} for t in self.targets],
+            "archive": {"format": self.archive_format, "compression": self.compression, "level": self.compression_level},
+            "retention": dataclasses.asdict(self.retention),
+        }
+        return redact.mask(data) if masked else data
+
+
+# -- loading ---------------------------------------------------------------------
+
+
+def find_config(path: str | os.PathLike | None = None) -> Path:
+    """The config file: ``path``, else ``$ETERNIA_BACKUP_CONFIG``, else ./eternia-backup.yaml."""
+    if path is not None:
+        where = f"--config {path}"
+    elif os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+        where = f"${CONFIG_ENV}={path}"
+    else:
+        path = DEFAULT_CONFIG_NAME
+        where = f"./{DEFAULT_CONFIG_NAME} (no --config and no ${CONFIG_ENV} given)"
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"config file not found: {where}; pass --config PATH or set {CONFIG_ENV}"
+        )
+    return p.resolve()
+
+
+def load_config(path: str | os.PathLike | None = None) -> BackupConfig:
+    """Find, read and validate the config file's ``backup:`` section."""
+    p = find_config(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    if not isinstance(document, dict) or "backup" not in document:
+        raise ConfigError(f"{p}: no 'backup:' section; add one (see README.md for an example)")
+    return parse_config(document["backup"], base_dir=p.parent, path=p)
+
+
+def parse_config(section: Any, *, base_dir: str | os.PathLike, path: Path | None = None,
+                 environ: dict[str, str] | None = None) -> BackupConfig:
+    """Validate a ``backup:`` mapping (already read from YAML) into a BackupConfig."""
+    environ = os.environ if environ is None else environ
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"backup: expected a mapping of settings, got {_show(section)}")
+    section = _expand_env(section, "backup", environ)
+    redact.find_secrets(section)
+    try:
+        model = BackupModel.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, section)) from None
+    return _effective(model, Path(base_dir).resolve(), path, environ)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, keypath: str, environ) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, _join(keypath, k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{keypath}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(m: re.Match) -> str:
+        var, default = m.group(1), m.group(2)
+        if var in environ:
+            return environ[var]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{keypath}: environment variable {var} is not set; set it or write ${{{var}:-default}}"
+        )
+
+    return _VAR.sub(substitute, value)
+
+
+def _join(keypath: str, key: Any) -> str:
+    return f"{keypath}[{key}]" if isinstance(key, int) else f"{keypath}.{key}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__ if not isinstance(value, dict) else 'mapping'}"
+    return repr(value)
+
+
+def _field_info(loc: tuple) -> tuple[type[BaseModel] | None, Any]:
+    """The model holding the last key of ``loc`` and that key's FieldInfo."""
+    model: Any = BackupModel
+    info = None
+    for i, part in enumerate(loc):
+        if isinstance(part, int) or model is None:
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return (model if i == len(loc) - 1 else None), None
+        info = fields[part]
+        if i == len(loc) - 1:
+            return model, info
+        model = _model_in(info.annotation)
+    return model, info
+
+
+def _model_in(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(exc: ValidationError, section: dict) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("bool", "int", "str", "list[SourceModel]", "list[TargetModel]", "function-after", "CloudBackupModel", "ArchiveModel", "RetentionModel")))
+        keypath = "backup"
+        for part in loc:
+            keypath = _join(keypath, part)
+        model, info = _field_info(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = list(getattr(model, "model_fields", {})) if model else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            did = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
+            lines.append(f"{keypath}: unknown key{did}")
+            continue
+        if kind == "missing":
+            expected = (info.json_schema_extra or {}).get("expected") if info else None
+            lines.append(f"{keypath}: required key is missing" + (f"; expected {expected}" if expected else ""))
+            continue
+        expected = None
+        if info is not None and isinstance(info.json_schema_extra, dict):
+            expected = info.json_schema_extra.get("expected")
+        if kind in ("model_type", "dict_type") and loc and isinstance(loc[-1], int):
+            expected = "a mapping"
+        if kind == "list_type":
+            expected = "a list"
+        found = _show(err.get("input"))
+        lines.append(f"{keypath}: expected {expected or err['msg'].lower()}, got {found}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -> BackupConfig:
+    environment = model.environment or environ.get("ETERNIA_ENV") or "default"
+    if not re.match(_NAME_RE, environment):
+        raise ConfigError(f"ETERNIA_ENV: expected a name made of letters, digits, '.', '_' or '-', got {environment!r}")
+
+    retention = model.retention
+    if model.retention_days is not None and retention.days is not None and model.retention_days != retention.days:
+        raise ConfigError(
+            f"backup.retention_days ({model.retention_days}) and backup.retention.days "
+            f"({retention.days}) disagree; set only one of them"
+        )
+    days = model.retention_days if model.retention_days is not None else (retention.days or 0)
+    keeps = {k: getattr(retention, k) or 0 for k in
+             ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")}
+    effective_retention = Retention(days=days, incomplete_grace_hours=retention.incomplete_grace_hours, **keeps)
+
+    sources = _sources(model, base_dir)
+    targets = _targets(model, base_dir, environment)
+
+    if model.timezone is not None:
+        _check_timezone(model.timezone)
+
+    return BackupConfig(
+        name=model.name,
+        environment=environment,
+        enabled=model.enabled,
+        frequency=model.frequency,
+        timezone=model.timezone,
+        sources=tuple(sources),
+        targets=tuple(targets),
+        archive_format=model.archive.format,
+        compression=model.archive.compression,
+        compression_level=model.archive.level,
+        retention=effective_retention,
+        base_dir=base_dir,
+        path=path,
+    )
+
+
+def _check_timezone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"backup.timezone: expected an IANA time zone name such as Europe/Berlin, got {name!r}"
+        ) from None
+
+
+def _sources(model: BackupModel, base_dir: Path) -> list[SourceSpec]:
+    if model.sources is None:
+        return [SourceSpec("directory", "data", {"path": "data"})]
+    if not model.sources:
+        raise ConfigError("backup.sources: expected at least one source, got an empty list")
+    seen: dict[str, int] = {}
+    specs = []
+    for i, src in enumerate(model.sources):
+        if src.name in seen:
+            raise ConfigError(
+                f"backup.sources[{i}].name: {src.name!r} is already used by backup.sources[{seen[src.name]}]; "
+                "source names must be unique"
+            )
+        seen[src.name] = i
+        specs.append(SourceSpec(src.type, src.name, dict(src.model_extra or {})))
+    return specs
+
+
+def _targets(model: BackupModel, base_dir: Path, environment: str) -> list[TargetSpec]:
+    targets: list[TargetSpec] = []
+    if model.storage_path is not None:
+        targets.append(TargetSpec("local", _local_url(model.storage_path, base_dir), {}))
+    cloud = model.cloud_backup
+    if cloud is not None and cloud.enabled:
+        targets.append(_cloud_target(cloud, environment))
+    for i, t in enumerate(model.targets or []):
+        name = t.name or f"target{i + 1}"
+        url = t.url if "://" in t.url else _local_url(t.url, base_dir)
+        targets.append(TargetSpec(name, url, dict(t.options)))
+    if not targets:
+        targets.append(TargetSpec("local", _local_url("backups", base_dir), {}))
+    names: dict[str, str] = {}
+    for t in targets:
+        if t.name in names:
+            raise ConfigError(
+                f"backup.targets: two targets are named {t.name!r}; give each target a unique name"
+            )
+        names[t.name] = t.url
+    return targets
+
+
+def _local_url(path: str, base_dir: Path) -> str:
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p
+    return str(p)
+
+
+def _cloud_target(cloud: CloudBackupModel, environment: str) -> TargetSpec:
+    if cloud.provider not in SUPPORTED_PROVIDERS:
+        raise ConfigError(
+            f"backup.cloud_backup.provider: expected one of {', '.join(SUPPORTED_PROVIDERS)}, "
+            f"got {cloud.provider!r}; for other stores give any fsspec URL under backup.targets instead"
+        )
+    if not cloud.bucket:
+        raise ConfigError("backup.cloud_backup.bucket: required when cloud_backup.enabled is true; name the S3 bucket")
+    if cloud.server_side_encryption == "aws:kms" and not cloud.kms_key_id:
+        raise ConfigError("backup.cloud_backup.kms_key_id: required when server_side_encryption is aws:kms")
+    parts = [cloud.bucket] + [p for p in (cloud.prefix or "").strip("/").split("/") if p] + [environment]
+    options: dict[str, Any] = {}
+    if cloud.region:
+        options["client_kwargs"] = {"region_name": cloud.region}
+    if cloud.endpoint_url:
+        options.setdefault("client_kwargs", {})["endpoint_url"] = cloud.endpoint_url
+    extra: dict[str, Any] = {}
+    if cloud.storage_class:
+        extra["StorageClass"] = cloud.storage_class
+    if cloud.server_side_encryption:
+        extra["ServerSideEncryption"] = cloud.server_side_encryption
+        if cloud.kms_key_id:
+            extra["SSEKMSKeyId"] = cloud.kms_key_id
+    if extra:
+        options["s3_additional_kwargs"] = extra
+    if cloud.create_bucket:
+        options["eternia_create_bucket"] = True
+    return TargetSpec("cloud", "s3://" + "/".join(parts), options)

@@ -1,0 +1,66 @@
+"""The exception hierarchy.
+
+Every error the framework raises on purpose is an :class:`EterniaBackupError`;
+the CLI prints those as one line without a traceback. Messages say what is wrong
+and what to do, and never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class EterniaBackupError(Exception):
+    """Base of every error the framework raises on purpose."""
+
+    #: CLI exit status for this kind of error.
+    exit_code = 1
+
+
+class ConfigError(EterniaBackupError, ValueError):
+    """The configuration is invalid; raised before any I/O."""
+
+    exit_code = 2
+
+
+class PluginError(EterniaBackupError):
+    """A plugin could not be loaded, or implements a hook that does not exist."""
+
+    exit_code = 2
+
+
+class SourceError(EterniaBackupError):
+    """A source could not produce or put back its state."""
+
+
+class ArchiveError(EterniaBackupError):
+    """An archive could not be written or read."""
+
+
+class StorageError(EterniaBackupError, OSError):
+    """A storage target failed (missing, unreachable, denied, full)."""
+
+
+class BackupNotFoundError(StorageError, FileNotFoundError):
+    """No backup matches what was asked for."""
+
+
+class IntegrityError(EterniaBackupError):
+    """A backup does not match its manifest (size, checksum, contents)."""
+
+
+class UnsafeArchiveError(IntegrityError):
+    """An archive member would write outside the destination, or is not allowed."""
+
+
+class RestoreError(EterniaBackupError):
+    """A restore could not be completed; the current state was left as it was."""
+
+
+class BackupFailedError(EterniaBackupError):
+    """A backup failed on at least one target.
+
+    ``result`` holds what did succeed, so callers can see which copies exist.
+    """
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

@@ -1,0 +1,37 @@
+"""Small filesystem helpers shared by restore plans and sources."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+
+def sibling(path: Path, purpose: str) -> Path:
+    """A hidden, unique name beside ``path`` (same filesystem, so renames are atomic)."""
+    return path.parent / f".{path.name}.eternia-{purpose}-{secrets.token_hex(4)}"
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or tree if it exists, never following symlinks."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,139 @@
+"""Hook specifications: every hook a plugin can implement, and nothing else.
+
+Plugins implement these with the :data:`eternia_backup.hookimpl` marker. Hooks
+are always called with keyword arguments; an implementation may accept fewer
+arguments than the specification lists. Argument names are public API.
+
+There are two groups:
+
+* **Registry hooks** (``eternia_register_*``) are called once when a plugin
+  manager is built. Each receives a ``register`` callable and calls it for every
+  provider the plugin offers. The built-in providers use exactly these hooks.
+* **Lifecycle hooks** (``eternia_backup_*``, ``eternia_restore_*``,
+  ``eternia_cleanup_*``) observe what the framework does. They run in the
+  process doing the work; an exception raised by one is logged and does not
+  change the outcome of the backup, restore or cleanup.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("eternia_backup")
+
+
+# -- registry hooks ---------------------------------------------------------
+
+
+@hookspec
+def eternia_register_sources(register) -> None:
+    """Offer source types: the things whose state is backed up.
+
+    :param register: call ``register(SourceClass)`` for each source type.
+        ``SourceClass`` subclasses :class:`eternia_backup.providers.Source`;
+        its ``type_name`` class attribute is the ``type:`` used in YAML, and
+        its ``options_model`` (a pydantic model) validates the rest of the
+        source's YAML mapping. Registering a type name that another plugin
+        already registered is a :class:`~eternia_backup.errors.PluginError`.
+    """
+
+
+@hookspec
+def eternia_register_archivers(register) -> None:
+    """Offer archive formats: how entries are packed into one byte stream.
+
+    :param register: call ``register(ArchiverClass)``; ``ArchiverClass``
+        subclasses :class:`eternia_backup.providers.Archiver` and its
+        ``format_name`` is the value of ``archive.format`` in YAML.
+    """
+
+
+@hookspec
+def eternia_register_compressions(register) -> None:
+    """Offer compressions applied to the archive stream.
+
+    :param register: call ``register(CompressionClass)``; the class subclasses
+        :class:`eternia_backup.providers.Compression` and its ``name`` is the
+        value of ``archive.compression`` in YAML.
+    """
+
+
+@hookspec
+def eternia_register_targets(register) -> None:
+    """Offer storage targets for URL protocols.
+
+    :param register: call ``register(TargetClass)``; the class subclasses
+        :class:`eternia_backup.providers.Target` and lists the URL protocols it
+        serves in ``protocols`` (``("s3", "s3a")``). The protocol ``"*"``
+        means "any protocol fsspec can open" and is used when no plugin
+        registered the URL's protocol specifically, so a plugin can add
+        per-protocol behaviour on top of the generic target.
+    """
+
+
+# -- lifecycle hooks --------------------------------------------------------
+
+
+@hookspec
+def eternia_backup_started(backup_id: str, config) -> None:
+    """A backup is about to read its sources.
+
+    :param backup_id: the id the backup will have (``20261127T020000Z-1a2b3c``).
+    :param config: the validated :class:`~eternia_backup.config.BackupConfig`;
+        read-only. Secrets in it are :class:`pydantic.SecretStr`.
+    """
+
+
+@hookspec
+def eternia_backup_succeeded(result) -> None:
+    """A backup was committed on every target.
+
+    :param result: the :class:`~eternia_backup.backup.BackupResult`: backup id,
+        manifest, the copies written (target name and URL), duration, size.
+    """
+
+
+@hookspec
+def eternia_backup_failed(backup_id: str, error: BaseException, result) -> None:
+    """A backup failed on at least one target.
+
+    :param backup_id: the id of the failed backup.
+    :param error: the error that made it fail; its message names the target
+        and the cause and holds no secret.
+    :param result: the :class:`~eternia_backup.backup.BackupResult` with the
+        copies that did succeed (possibly none), or ``None`` when the backup
+        failed before anything was written.
+    """
+
+
+@hookspec
+def eternia_restore_started(backup_id: str, sources: list, destination, dry_run: bool) -> None:
+    """A restore passed verification and is about to stage and swap state.
+
+    :param backup_id: the backup being restored.
+    :param sources: names of the sources being restored.
+    :param destination: the ``--to`` directory, or ``None`` for the
+        configured places.
+    :param dry_run: true when nothing will be changed.
+    """
+
+
+@hookspec
+def eternia_restore_finished(backup_id: str, error, result) -> None:
+    """A restore ended.
+
+    :param backup_id: the backup that was restored.
+    :param error: ``None`` on success, else the exception that stopped it
+        (the current state was left as it was).
+    :param result: the :class:`~eternia_backup.restore.RestoreResult`, or
+        ``None`` when the restore failed before staging.
+    """
+
+
+@hookspec
+def eternia_cleanup_finished(result) -> None:
+    """Retention ran on every target.
+
+    :param result: the :class:`~eternia_backup.retention.CleanupResult`: per
+        target what was deleted, kept (and why) and any listing error.
+    """

@@ -1,0 +1,174 @@
+"""The plugin manager: built-ins, entry points, blocking, and the registries.
+
+Built-in providers are plain modules listed in :data:`BUILTIN_PLUGINS` and are
+registered through the same call as third-party plugins, which come from entry
+points of the group ``eternia_backup``. ``ETERNIA_BACKUP_DISABLE_PLUGINS`` (a
+comma-separated list of plugin names) blocks plugins, built-in or not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+from .providers import Archiver, Compression, Source, Target
+
+log = logging.getLogger("eternia_backup.plugins")
+
+PROJECT = "eternia_backup"
+ENTRY_POINT_GROUP = "eternia_backup"
+DISABLE_ENV = "ETERNIA_BACKUP_DISABLE_PLUGINS"
+
+BUILTIN_PLUGINS = (
+    "eternia_backup.builtin.directory",
+    "eternia_backup.builtin.sqlite",
+    "eternia_backup.builtin.command",
+    "eternia_backup.builtin.tar",
+    "eternia_backup.builtin.compressions",
+    "eternia_backup.builtin.fsspec_target",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provided:
+    """One provider and the plugin that registered it."""
+
+    kind: str
+    name: str
+    cls: type
+    plugin: str
+
+
+class Registry:
+    """Providers of every kind, by name, with who registered them."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, dict[str, Provided]] = {
+            "source": {}, "archiver": {}, "compression": {}, "target": {}
+        }
+
+    def add(self, kind: str, name: str, cls: type, plugin: str) -> None:
+        table = self._by_kind[kind]
+        if name in table:
+            raise PluginError(
+                f"plugin {plugin!r} registers the {kind} {name!r}, which plugin "
+                f"{table[name].plugin!r} already registered; block one of them with "
+                f"{DISABLE_ENV}={plugin}"
+            )
+        table[name] = Provided(kind, name, cls, plugin)
+
+    def all(self) -> list[Provided]:
+        return [p for table in self._by_kind.values() for p in table.values()]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def get(self, kind: str, name: str) -> type:
+        try:
+            return self._by_kind[kind][name].cls
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise ConfigError(
+                f"unknown {kind} {name!r}; known: {known} (see `eternia-backup plugins`)"
+            ) from None
+
+    def source(self, type_name: str) -> type[Source]:
+        return self.get("source", type_name)
+
+    def archiver(self, name: str) -> type[Archiver]:
+        return self.get("archiver", name)
+
+    def compression(self, name: str) -> type[Compression]:
+        return self.get("compression", name)
+
+    def target_for(self, protocol: str) -> type[Target]:
+        table = self._by_kind["target"]
+        provided = table.get(protocol) or table.get("*")
+        if provided is None:
+            raise ConfigError(f"no storage target handles {protocol!r} URLs")
+        return provided.cls
+
+
+def blocked_plugins() -> set[str]:
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
+    """Build a plugin manager: specs, built-ins, entry points, extra plugins.
+
+    Raises :class:`PluginError` when a plugin fails to import or implements a
+    hook that matches no specification.
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked_plugins():
+        pm.set_blocked(name)
+    for modname in BUILTIN_PLUGINS:
+        if pm.is_blocked(modname):
+            continue
+        _register(pm, importlib.import_module(modname), modname)
+    if load_entry_points:
+        _load_entry_points(pm)
+    for plugin in extra_plugins:
+        _register(pm, plugin, getattr(plugin, "__name__", None))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc}; check the hook's spelling against eternia_backup.hookspecs") from exc
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
+    except ValueError as exc:  # already registered
+        raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}; "
+                f"fix or uninstall it, or block it with {DISABLE_ENV}={ep.name}"
+            ) from exc
+        _register(pm, plugin, ep.name)
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Ask every plugin for its providers, in registration order."""
+    registry = Registry()
+    hooks = (
+        ("source", pm.hook.eternia_register_sources, "type_name"),
+        ("archiver", pm.hook.eternia_register_archivers, "format_name"),
+        ("compression", pm.hook.eternia_register_compressions, "name"),
+        ("target", pm.hook.eternia_register_targets, "protocols"),
+    )
+    for kind, hook, attr in hooks:
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+
+            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name):
+                names = getattr(cls, _attr, None)
+                if not names:
+                    raise PluginError(f"plugin {_plugin!r} registered {cls!r} without a {_attr}")
+                for n in (names if isinstance(names, tuple) else (names,)):
+                    registry.add(_kind, n, cls, _plugin)
+
+            impl.function(register=register)
+    return registry

@@ -1,0 +1,259 @@
+"""Base classes for the providers that plugins register.
+
+A plugin subclasses one of these and registers the class through a registry hook
+(see :mod:`eternia_backup.hookspecs`). The built-ins in
+:mod:`eternia_backup.builtin` are complete examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import IO, Any, BinaryIO, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+
+class SourceOptions(BaseModel):
+    """Base for a source's options model: unknown keys are errors.
+
+    ``before`` and ``after`` are shell commands run around the source's backup,
+    to quiesce the application for a consistent snapshot; ``after`` runs even
+    when the backup of the source failed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    before: str | None = None
+    after: str | None = None
+
+
+# -- what sources write into and archivers read back -------------------------
+
+
+class EntryWriter:
+    """What a source writes its entries into during a backup.
+
+    Paths are POSIX paths relative to the source's own root; the framework puts
+    them under ``<source name>/`` in the archive. Sizes and counts are tracked
+    for the manifest.
+    """
+
+    def add_directory(self, relpath: str, *, mode: int, mtime: float, uid: int = 0, gid: int = 0) -> None:
+        raise NotImplementedError
+
+    def add_file(self, relpath: str, path: Path, *, stat=None) -> None:
+        """Add a regular file from disk (read as it is streamed)."""
+        raise NotImplementedError
+
+    def add_stream(self, relpath: str, stream: BinaryIO, size: int, *, mode: int = 0o600, mtime: float) -> None:
+        """Add ``size`` bytes read from ``stream``."""
+        raise NotImplementedError
+
+    def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One entry read back from an archive."""
+
+    name: str  # POSIX path inside the archive, as stored
+    kind: str  # "file", "dir", "symlink", "hardlink", or "other:<what>"
+    size: int
+    mode: int  # permission bits including setuid/setgid/sticky
+    mtime: float
+    uid: int = 0
+    gid: int = 0
+    linkname: str = ""
+
+
+class ArchiveReader:
+    """Iterates over an archive's members; ``open_member`` reads the current one."""
+
+    def __iter__(self) -> Iterator[Member]:
+        raise NotImplementedError
+
+    def open_member(self, member: Member) -> BinaryIO:
+        raise NotImplementedError
+
+
+# -- providers -------------------------------------------------------------
+
+
+class Source:
+    """A kind of application state: knows how to back it up and put it back.
+
+    Subclasses set ``type_name`` (YAML ``type:``) and ``options_model``.
+    """
+
+    type_name: ClassVar[str]
+    options_model: ClassVar[type[SourceOptions]] = SourceOptions
+
+    def __init__(self, name: str, options: SourceOptions, base_dir: Path):
+        self.name = name
+        self.options = options
+        self.base_dir = base_dir
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this source; never a secret."""
+        return {"type": self.type_name, "name": self.name}
+
+    def check(self) -> None:
+        """Fail with :class:`SourceError` if the source cannot be read now."""
+
+    def backup(self, writer: EntryWriter) -> None:
+        """Write the source's current state into ``writer``, consistently."""
+        raise NotImplementedError
+
+    def default_destination(self) -> Path | None:
+        """Where a restore without ``--to`` puts this source, or None if it pipes."""
+        return None
+
+    def restore_plan(self, destination: Path | None) -> "RestorePlan":
+        """A plan that stages this source's entries and then installs them."""
+        raise NotImplementedError
+
+
+class RestorePlan:
+    """Stages one source's entries, then installs them all-or-nothing.
+
+    ``staging_dir`` receives the source's entries (relative paths); ``commit``
+    makes them live, ``rollback`` undoes a commit, ``discard`` removes staging
+    and what ``commit`` kept for rollback.
+    """
+
+    staging_dir: Path
+    description: str = ""
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def changes(self) -> list[str]:
+        """Human-readable lines saying what ``commit`` would change (for dry runs)."""
+        return [self.description]
+
+    def replaces_existing(self) -> bool:
+        return False
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+class Archiver:
+    """Packs entries into one byte stream and reads them back."""
+
+    format_name: ClassVar[str]
+    extension: ClassVar[str]
+
+    def writer(self, fileobj: IO[bytes]):
+        """A context manager giving an object with ``section(source_name)``
+        returning an :class:`EntryWriter` for that source."""
+        raise NotImplementedError
+
+    def reader(self, fileobj: IO[bytes]) -> ArchiveReader:
+        raise NotImplementedError
+
+
+class Compression:
+    """A byte-stream compression (``zstd``, ``gzip``, ``xz``, ``none``)."""
+
+    name: ClassVar[str]
+    extension: ClassVar[str]  # ".zst"; "" for none
+    levels: ClassVar[tuple[int, int] | None] = None  # allowed range, or None
+
+    def compressor(self, fileobj: IO[bytes], level: int | None) -> IO[bytes]:
+        """A writable stream; closing it flushes but does not close ``fileobj``."""
+        raise NotImplementedError
+
+    def decompressor(self, fileobj: IO[bytes]) -> IO[bytes]:
+        """A readable stream of the decompressed bytes."""
+        raise NotImplementedError
+
+
+class AtomicWrite:
+    """A file being written to a target: visible under its name only on commit."""
+
+    def write(self, data: bytes) -> int:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Remove everything written; safe to call more than once."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    name: str
+    size: int | None
+    mtime: float | None  # POSIX seconds, when the store says
+
+
+class Target:
+    """A place that stores backups, named by a URL."""
+
+    protocols: ClassVar[tuple[str, ...]]
+
+    def __init__(self, name: str, url: str, options: dict[str, Any]):
+        self.name = name
+        self.url = url
+        self.options = options
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for messages."""
+        from .redact import redact_text
+
+        return redact_text(self.url)
+
+    def write_bytes(self, filename: str, data: bytes) -> None:
+        """Write a small file atomically (the manifest)."""
+        writer = self.open_write(filename)
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def read_bytes(self, filename: str) -> bytes:
+        with self.open_read(filename) as f:
+            return f.read()
+
+    def check(self) -> None:
+        """Fail with :class:`StorageError` if the target cannot be written now."""
+
+    def list(self) -> list[StoredFile]:
+        """Every file directly under the target; raises StorageError on failure."""
+        raise NotImplementedError
+
+    def open_write(self, filename: str) -> AtomicWrite:
+        raise NotImplementedError
+
+    def open_read(self, filename: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def size(self, filename: str) -> int:
+        raise NotImplementedError
+
+    def delete(self, filename: str) -> None:
+        raise NotImplementedError
+
+    def file_url(self, filename: str) -> str:
+        raise NotImplementedError
+
+    def local_path(self, filename: str) -> Path | None:
+        """The file's local path when the target is on local disk."""
+        return None

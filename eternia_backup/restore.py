@@ -1,0 +1,181 @@
+"""Restore: verify, stage beside the destination, swap in, roll back on failure.
+
+Order of work, so that nothing live changes until everything is known good:
+
+1. the archive's size and sha256 are checked against the manifest (a remote
+   archive is first copied into a private temporary file);
+2. each selected source gets a restore plan, which stages into a hidden
+   directory beside its destination; members are checked (:mod:`.safety`) and
+   the expansion is capped by the manifest's recorded size;
+3. only then are the plans committed, reversible ones first; if one fails,
+   those already committed are rolled back;
+4. what was replaced is removed once every plan committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .catalog import BackupCopy
+from .errors import EterniaBackupError, IntegrityError, RestoreError, UnsafeArchiveError
+from .plans import DirectorySwapPlan
+from .providers import RestorePlan, Source
+from .safety import Extractor, MemberChecker
+from .verify import HashingReader, LimitedReader, check_checksum, check_size
+
+log = logging.getLogger("eternia_backup.restore")
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    backup_id: str
+    sources: list[str]
+    changes: list[str]
+    dry_run: bool
+    url: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
+                 to: Path | None, dry_run: bool, registry, hook,
+                 confirm: Callable[[list[str]], bool] | None = None) -> RestoreResult:
+    manifest = copy.manifest
+    if manifest is None or copy.problem:
+        raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
+    in_backup = [s.name for s in manifest.sources]
+    names = list(selected) if selected else in_backup
+    for n in names:
+        if n not in in_backup:
+            raise RestoreError(f"backup {copy.backup_id} has no source {n!r}; it has: {', '.join(in_backup)}")
+    missing = [n for n in names if n not in sources]
+    if missing and to is None:
+        raise RestoreError(
+            f"source(s) {', '.join(missing)} of backup {copy.backup_id} are not in the current config, so it is "
+            "unknown where they go; restore with --to DIR"
+        )
+
+    check_size(copy, manifest)
+    archiver = registry.archiver(manifest.archive.format)()
+    compression = registry.compression(manifest.archive.compression)()
+
+    plans: dict[str, RestorePlan] = {}
+    plans: dict[str, RestorePlan] = {}
+    for n in names:
+        src = sources.get(n)
+        if src is None:  # only with --to: the dump lands as files
+            plans[n] = DirectorySwapPlan(to / n, f"source {n!r}")
+        else:
+            plans[n] = src.restore_plan(to / n if to is not None else None)
+    changes = [line for p in plans.values() for line in p.changes()]
+    result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
+
+    with _local_archive(copy) as (path, temp):
+        with open(path, "rb") as f:
+            check_checksum(copy, manifest, f)
+        log.info("restore %s: size and sha256 verified", copy.backup_id)
+        if dry_run:
+            return result
+        if confirm is not None and any(p.replaces_existing() for p in plans.values()):
+            if not confirm(changes):
+                raise RestoreError("restore cancelled; nothing was changed")
+        hook.eternia_restore_started(backup_id=copy.backup_id, sources=names, destination=to, dry_run=dry_run)
+        try:
+            _stage(copy, path, plans, archiver, compression)
+            _commit_all(plans)
+        except BaseException as exc:
+            for p in plans.values():
+                p.discard()
+            hook.eternia_restore_finished(backup_id=copy.backup_id, error=exc, result=None)
+            if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+                raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
+                                   "the current state was left as it was") from exc
+            raise
+        for p in plans.values():
+            p.discard()
+    hook.eternia_restore_finished(backup_id=copy.backup_id, error=None, result=result)
+    log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
+    return result
+
+
+class _local_archive:
+    """The archive as a local file: the copy itself, or a private temporary download."""
+
+    def __init__(self, copy: BackupCopy):
+        self.copy = copy
+        self.tmpdir: Path | None = None
+
+    def __enter__(self) -> tuple[Path, bool]:
+        manifest = self.copy.manifest
+        local = self.copy.target.local_path(manifest.archive.file)
+        if local is not None:
+            return local, False
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
+        path = self.tmpdir / manifest.archive.file
+        with self.copy.target.open_read(manifest.archive.file) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        return path, True
+
+    def __exit__(self, *exc) -> None:
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression) -> None:
+    manifest = copy.manifest
+    for p in plans.values():
+        p.prepare()
+    where = copy.describe()
+    checker = MemberChecker([s.name for s in manifest.sources], where=where)
+    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where)
+    with open(path, "rb") as raw:
+        hashing = HashingReader(raw)
+        content = LimitedReader(compression.decompressor(hashing), manifest.archive.content_size, where)
+        reader = archiver.reader(content)
+        try:
+            for member in reader:
+                source, rel = checker.check(member)
+                extractor.add(source, rel, member, reader)
+            extractor.finish()
+            hashing.drain()
+        except (UnsafeArchiveError, IntegrityError):
+            raise
+        except OSError as exc:
+            if isinstance(exc, EterniaBackupError):
+                raise
+            raise RestoreError(f"restore of {copy.backup_id} failed while staging: {exc.strerror or exc}; "
+                               "the current state was left as it was") from exc
+        except EterniaBackupError:
+            raise
+        except Exception as exc:
+            raise IntegrityError(f"{where}: archive cannot be read: {exc}") from exc
+    if hashing.sha.hexdigest() != manifest.archive.sha256:
+        raise IntegrityError(f"{where}: the archive changed while it was restored; nothing was changed")
+
+
+def _commit_all(plans: dict[str, RestorePlan]) -> None:
+    ordered = sorted(plans.values(), key=lambda p: getattr(p, "irreversible", False))
+    done: list[RestorePlan] = []
+    try:
+        for p in ordered:
+            p.commit()
+            done.append(p)
+    except BaseException as exc:
+        for p in reversed(done):
+            try:
+                p.rollback()
+            except Exception as rb:  # say so loudly: state may be mixed
+                log.critical("rollback of %s failed: %s", p.description, rb)
+                raise RestoreError(
+                    f"restore failed ({exc}) and rolling back {p.description} failed too ({rb}); "
+                    f"what was replaced is kept beside the destination"
+                ) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+            raise RestoreError(f"restore failed: {exc.strerror or exc}; the current state was left as it was") from exc
+        raise

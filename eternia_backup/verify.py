@@ -1,0 +1,152 @@
+"""Checking a backup copy against its manifest: presence, size, sha256, contents.
+
+``verify_copy`` reads the archive once: the raw bytes are hashed while they are
+decompressed and every member header is checked for safety. Nothing is
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import BinaryIO
+
+from .catalog import BackupCopy
+from .errors import ArchiveError, BackupNotFoundError, IntegrityError, StorageError, UnsafeArchiveError
+from .manifest import Manifest
+from .safety import MemberChecker
+
+_CHUNK = 1024 * 1024
+
+
+class HashingReader:
+    """Reads through ``inner`` while hashing and counting the bytes read."""
+
+    def __init__(self, inner: BinaryIO):
+        self.inner = inner
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class LimitedReader:
+    """Refuses to produce more than ``limit`` bytes (decompression bombs)."""
+
+    def __init__(self, inner, limit: int, what: str):
+        self.inner, self.limit, self.what = inner, limit, what
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise UnsafeArchiveError(f"{self.what}: archive expands beyond the {self.limit} bytes its manifest records")
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    backup_id: str
+    url: str
+    ok: bool
+    problem: str | None
+    size: int | None = None
+    entries: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_size(copy: BackupCopy, manifest: Manifest) -> None:
+    try:
+        size = copy.target.size(manifest.archive.file)
+    except BackupNotFoundError:
+        raise IntegrityError(f"{copy.describe()}: archive {manifest.archive.file} is missing") from None
+    if size != manifest.archive.size:
+        raise IntegrityError(
+            f"{copy.describe()}: archive is {size} bytes, the manifest says {manifest.archive.size} (truncated or altered)"
+        )
+
+
+def check_checksum(copy: BackupCopy, manifest: Manifest, stream: BinaryIO) -> None:
+    """Hash a whole archive stream and compare with the manifest."""
+    reader = HashingReader(stream)
+    reader.drain()
+    _compare(copy, manifest, reader)
+
+
+def _compare(copy: BackupCopy, manifest: Manifest, reader: HashingReader) -> None:
+    if reader.size != manifest.archive.size:
+        raise IntegrityError(
+            f"{copy.describe()}: read {reader.size} bytes, the manifest says {manifest.archive.size} (truncated or altered)"
+        )
+    if reader.sha.hexdigest() != manifest.archive.sha256:
+        raise IntegrityError(f"{copy.describe()}: sha256 does not match the manifest (the archive is corrupted)")
+
+
+def verify_copy(copy: BackupCopy, registry) -> VerifyReport:
+    """Verify one copy fully; returns a report (ok or the problem), never raises IntegrityError."""
+    report = VerifyReport(copy.backup_id, copy.url, False, None)
+    try:
+        manifest = copy.manifest
+        if manifest is None or copy.problem:
+            raise IntegrityError(f"{copy.describe()}: {copy.problem or 'manifest missing'}")
+        check_size(copy, manifest)
+        archiver = registry.archiver(manifest.archive.format)()
+        compression = registry.compression(manifest.archive.compression)()
+        with copy.target.open_read(manifest.archive.file) as raw:
+            hashing = HashingReader(raw)
+            content = LimitedReader(compression.decompressor(hashing), manifest.archive.content_size, copy.describe())
+            checker = MemberChecker([s.name for s in manifest.sources], where=copy.describe())
+            entries = 0
+            try:
+                reader = archiver.reader(content)
+                for member in reader:
+                    checker.check(member)
+                    if member.kind == "file":
+                        f = reader.open_member(member)
+                        while f.read(_CHUNK):
+                            pass
+                    entries += 1
+                hashing.drain()
+            except UnsafeArchiveError:
+                raise
+            except Exception as exc:  # zstd, gzip, lzma and tarfile each raise their own
+                # A checksum mismatch explains a broken stream best.
+                hashing.drain()
+                _compare(copy, manifest, hashing)
+                if isinstance(exc, ArchiveError):
+                    raise IntegrityError(f"{copy.describe()}: {exc}") from exc
+                raise IntegrityError(f"{copy.describe()}: archive cannot be read: {exc}") from exc
+            _compare(copy, manifest, hashing)
+            expected = sum(s.entries for s in manifest.sources)
+            if entries != expected:
+                raise IntegrityError(f"{copy.describe()}: archive holds {entries} entries, the manifest says {expected}")
+        report.ok, report.size, report.entries = True, manifest.archive.size, entries
+    except UnsafeArchiveError as exc:
+        report.problem = str(exc)
+    except IntegrityError as exc:
+        report.problem = str(exc)
+    except StorageError as exc:
+        report.problem = f"{copy.describe()}: {exc}"
+    return report

@@ -1,0 +1,3 @@
+"""SEED.md's import path for the example app: ``from modules.backup_manager import backup_manager``."""
+
+from eternia_backup import backup_manager  # noqa: F401
