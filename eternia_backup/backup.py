@@ -134,7 +134,7 @@ class _FanOut:
         if w is not None:
             w.abort()
         self.failures[name] = f"target {name!r} ({self.targets[name].display_url}): {message}"
-        log.error("%s", self.failures[name])
+        log.info("%s", self.failures[name])  # raised to the caller too
 
     def flush(self) -> None:
         pass
@@ -181,7 +181,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 writers[t.name] = t.open_write(archive_file)
             except EterniaBackupError as exc:
                 failures[t.name] = str(exc)
-                log.error("%s", exc)
+                log.info("%s", exc)
         if not writers:
             raise StorageError("every target failed: " + "; ".join(failures.values()))
         fan = _FanOut(writers, failures, by_name)
@@ -249,7 +249,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target]) -> lis
             _delete_quietly(target, archive_file)
             fan.writers.pop(name, None)
             fan.failures[name] = f"target {name!r} ({target.display_url}): {exc}"
-            log.error("%s", fan.failures[name])
+            log.info("%s", fan.failures[name])
             if not isinstance(exc, Exception):
                 raise
             continue

@@ -120,4 +120,21 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
                 log.warning("cleanup on target %r: could not remove leftover %s: %s", target.name, f.name, exc)
                 continue
         report.leftovers_removed.append(f.name)
+    try:
+        uploads = target.incomplete_uploads()
+    except EterniaBackupError as exc:
+        log.warning("cleanup on target %r: %s", target.name, exc)
+        uploads = []
+    for upload in uploads:
+        if not upload.name.startswith(name + "-"):
+            continue
+        if upload.started is not None and time.time() - upload.started <= grace:
+            continue
+        if not dry_run:
+            try:
+                target.abort_upload(upload)
+            except EterniaBackupError as exc:
+                log.warning("cleanup on target %r: %s", target.name, exc)
+                continue
+        report.leftovers_removed.append(upload.name + " (unfinished upload)")
     return report

@@ -123,7 +123,7 @@ class BackupManager:
                 listings.append(catalog.list_target(t, self.config.name))
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
-                log.error("cannot list target %r: %s", t.name, exc)
+                log.info("cannot list target %r: %s", t.name, exc)
         return listings, errors
 
     def list_backups(self) -> list[catalog.BackupEntry]:

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "eternia_backup.builtin.tar",
     "eternia_backup.builtin.compressions",
     "eternia_backup.builtin.fsspec_target",
+    "eternia_backup.builtin.s3_target",
 )
 
 

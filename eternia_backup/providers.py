@@ -197,6 +197,15 @@ class StoredFile:
     mtime: float | None  # POSIX seconds, when the store says
 
 
+@dataclasses.dataclass(frozen=True)
+class IncompleteUpload:
+    """An upload that was started and never committed (e.g. an S3 multipart upload)."""
+
+    name: str
+    started: float | None  # POSIX seconds
+    handle: Any = None  # what the target needs to abort it
+
+
 class Target:
     """A place that stores backups, named by a URL."""
 
@@ -257,3 +266,10 @@ class Target:
     def local_path(self, filename: str) -> Path | None:
         """The file's local path when the target is on local disk."""
         return None
+
+    def incomplete_uploads(self) -> list[IncompleteUpload]:
+        """Uploads left uncommitted under this target (cleanup aborts old ones)."""
+        return []
+
+    def abort_upload(self, upload: IncompleteUpload) -> None:
+        """Abort one upload returned by :meth:`incomplete_uploads`."""
