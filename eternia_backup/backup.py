@@ -124,16 +124,16 @@ class _FanOut:
             try:
                 w.write(data)
             except Exception as exc:
-                self.fail(name, f"cannot write: {describe_os_error(exc)}")
+                self.fail(name, self.targets[name].error_for("write to", exc))
         if not self.writers:
             raise StorageError("every target failed: " + "; ".join(f"{n}: {m}" for n, m in self.failures.items()))
         return len(data)
 
-    def fail(self, name: str, message: str) -> None:
+    def fail(self, name: str, error: Exception) -> None:
         w = self.writers.pop(name, None)
         if w is not None:
             w.abort()
-        self.failures[name] = f"target {name!r} ({self.targets[name].display_url}): {message}"
+        self.failures[name] = str(error)
         log.info("%s", self.failures[name])  # raised to the caller too
 
     def flush(self) -> None:
@@ -236,7 +236,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target]) -> lis
         try:
             writer.commit()
         except BaseException as exc:
-            fan.fail(name, f"cannot commit {archive_file}: {describe_os_error(exc)}")
+            fan.fail(name, target.error_for("commit", exc, archive_file))
             if not isinstance(exc, Exception):
                 raise
             continue
@@ -248,7 +248,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target]) -> lis
         except BaseException as exc:
             _delete_quietly(target, archive_file)
             fan.writers.pop(name, None)
-            fan.failures[name] = f"target {name!r} ({target.display_url}): {exc}"
+            fan.failures[name] = str(exc if isinstance(exc, EterniaBackupError) else target.error_for("commit", exc, archive_file))
             log.info("%s", fan.failures[name])
             if not isinstance(exc, Exception):
                 raise

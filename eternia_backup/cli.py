@@ -104,13 +104,29 @@ def cmd_list(mgr, args) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
+def _copy_to_verify(mgr, reference: str):
+    """For ``verify``, ``latest`` is the newest backup even when it is damaged.
+
+    (``restore latest`` takes the newest *intact* one; a verify that skipped a
+    broken newest backup would report ok on an older one.)
+    """
+    if reference != "latest":
+        return mgr.find_backup(reference)
+    entries = mgr.list_backups()
+    if not entries:
+        from .errors import BackupNotFoundError
+
+        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+    return entries[0].best
+
+
 def cmd_verify(mgr, args) -> int:
     if args.all:
         reports = mgr.verify_all()
     else:
         from .verify import verify_copy
 
-        reports = [verify_copy(mgr.find_backup(args.backup or "latest"), mgr.registry)]
+        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry)]
     if args.json:
         _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
     else:

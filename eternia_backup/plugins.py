@@ -151,6 +151,28 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         _register(pm, plugin, ep.name)
 
 
+def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
+    """Call a lifecycle hook so that no implementation can change the outcome.
+
+    Each implementation runs on its own: one that raises is logged (with its
+    plugin's name and the traceback) and the others still run. Wrappers, which
+    cannot be separated from what they wrap, make it one guarded call.
+    """
+    impls = hook_caller.get_hookimpls()
+    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+        try:
+            hook_caller(**kwargs)
+        except Exception:
+            log.exception("a plugin's %s hook failed; carrying on", hook_caller.name)
+        return
+    for impl in reversed(impls):  # pluggy's own order: last registered first
+        try:
+            impl.function(*[kwargs[a] for a in impl.argnames],
+                          **{k: kwargs[k] for k in impl.kwargnames if k in kwargs})
+        except Exception:
+            log.exception("plugin %r: %s hook failed; carrying on", impl.plugin_name, hook_caller.name)
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Ask every plugin for its providers, in registration order."""
     registry = Registry()

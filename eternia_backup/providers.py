@@ -227,6 +227,14 @@ class Target:
 
         return redact_text(self.url)
 
+    def error_for(self, action: str, exc: BaseException, filename: str | None = None):
+        """A StorageError for a failed ``action``, saying what to check."""
+        from .errors import StorageError
+        from .storage import describe_os_error
+
+        return StorageError(f"target {self.name!r}: cannot {action} {filename or self.display_url}: "
+                            f"{describe_os_error(exc)}")
+
     def write_bytes(self, filename: str, data: bytes) -> None:
         """Write a small file atomically (the manifest)."""
         writer = self.open_write(filename)

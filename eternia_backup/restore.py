@@ -142,6 +142,7 @@ def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver
             for member in reader:
                 source, rel = checker.check(member)
                 extractor.add(source, rel, member, reader)
+            checker.finish()
             extractor.finish()
             hashing.drain()
         except (UnsafeArchiveError, IntegrityError):

@@ -20,6 +20,7 @@ from .errors import UnsafeArchiveError
 from .providers import Member
 
 _COPY = 1024 * 1024
+_MAX_HOPS = 64  # symlinks followed while resolving one link (Linux stops at 40, macOS at 32)
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -49,8 +50,10 @@ class MemberChecker:
     def __init__(self, sources: list[str], where: str):
         self.sources = set(sources)
         self.where = where
-        self.symlinks: set[tuple[str, str]] = set()
+        self.symlinks: dict[tuple[str, str], str] = {}  # (source, rel) -> link target
         self.files: set[tuple[str, str]] = set()
+        self.seen: set[tuple[str, str]] = set()
+        self.parents: set[tuple[str, str]] = set()  # directories that hold a member seen so far
 
     def refuse(self, why: str) -> UnsafeArchiveError:
         return UnsafeArchiveError(f"{self.where}: refused: {why}")
@@ -62,6 +65,9 @@ class MemberChecker:
             raise self.refuse(str(exc)) from None
         if source not in self.sources:
             raise self.refuse(f"member {m.name!r} belongs to no source of the backup")
+        if (source, rel) in self.seen:
+            raise self.refuse(f"member {m.name!r} appears twice")
+        self.seen.add((source, rel))
         parent = rel
         while parent:
             parent = posixpath.dirname(parent)
@@ -78,7 +84,9 @@ class MemberChecker:
         if m.kind == "symlink":
             if not rel or not link_stays_inside(rel, m.linkname):
                 raise self.refuse(f"symlink {m.name!r} -> {m.linkname!r} leads outside its source")
-            self.symlinks.add((source, rel))
+            if (source, rel) in self.parents:
+                raise self.refuse(f"symlink {m.name!r} would replace a directory holding earlier members")
+            self.symlinks[(source, rel)] = m.linkname
         elif m.kind == "hardlink":
             try:
                 lsource, lrel = split_member(m.linkname)
@@ -90,7 +98,46 @@ class MemberChecker:
             if not rel:
                 raise self.refuse(f"member {m.name!r} replaces a source's root with a file")
             self.files.add((source, rel))
+        parent = rel
+        while parent:
+            parent = posixpath.dirname(parent)
+            self.parents.add((source, parent))
         return source, rel
+
+    def finish(self) -> None:
+        """After the last member: refuse symlinks that leave their source through other symlinks.
+
+        ``link_stays_inside`` judges one link by its text, but ``a/up/../..`` is
+        inside by text and outside on disk when ``a/up`` is itself a link to
+        ``..``. Every link is resolved here against all the archive's links.
+        """
+        for (source, rel), target in self.symlinks.items():
+            if self._escapes(source, posixpath.dirname(rel), target):
+                raise self.refuse(f"symlink {source}/{rel} -> {target!r} leads outside its source "
+                                  "through other symlinks of the archive")
+
+    def _escapes(self, source: str, start: str, target: str) -> bool:
+        stack = [p for p in start.split("/") if p]
+        hops = 0
+        pending = [p for p in target.split("/")]
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return True
+                stack.pop()
+                continue
+            stack.append(part)
+            link = self.symlinks.get((source, "/".join(stack)))
+            if link is not None:
+                hops += 1
+                if hops > _MAX_HOPS:  # more than any OS follows: the lookup fails (ELOOP)
+                    return False
+                stack.pop()
+                pending[:0] = link.split("/")
+        return False
 
 
 class Extractor:

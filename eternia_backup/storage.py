@@ -193,7 +193,7 @@ class FsspecTarget(Target):
     def local_path(self, filename: str) -> Path | None:
         return Path(self.root) / filename if self.is_local else None
 
-    def _error(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
+    def error_for(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
         where = self.file_url(filename) if filename else self.display_url
         cause = describe_os_error(exc)
         cls = BackupNotFoundError if isinstance(exc, FileNotFoundError) else StorageError
@@ -213,7 +213,7 @@ class FsspecTarget(Target):
             else:
                 self.fs.makedirs(self.root, exist_ok=True)
         except Exception as exc:
-            raise self._error("create the directory", exc) from exc
+            raise self.error_for("create the directory", exc) from exc
         self._dir_ready = True
 
     def check(self) -> None:
@@ -227,7 +227,7 @@ class FsspecTarget(Target):
         except FileNotFoundError:
             return []
         except Exception as exc:
-            raise self._error("list", exc) from exc
+            raise self.error_for("list", exc) from exc
         files = []
         for e in entries:
             if e.get("type") not in ("file", None):
@@ -246,7 +246,7 @@ class FsspecTarget(Target):
                 return LocalAtomicWrite(Path(self.root), filename)
             return FsspecAtomicWrite(self, filename)
         except Exception as exc:
-            raise self._error("write", exc, filename) from exc
+            raise self.error_for("write", exc, filename) from exc
 
     def write_bytes(self, filename: str, data: bytes) -> None:
         writer = self.open_write(filename)
@@ -256,7 +256,7 @@ class FsspecTarget(Target):
         except BaseException as exc:
             writer.abort()
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-                raise self._error("write", exc, filename) from exc
+                raise self.error_for("write", exc, filename) from exc
             raise
 
     def open_read(self, filename: str) -> BinaryIO:
@@ -265,7 +265,7 @@ class FsspecTarget(Target):
                 return open(Path(self.root) / filename, "rb")
             return self.fs.open(self.join(filename), "rb")
         except Exception as exc:
-            raise self._error("read", exc, filename) from exc
+            raise self.error_for("read", exc, filename) from exc
 
     def read_bytes(self, filename: str) -> bytes:
         try:
@@ -274,7 +274,7 @@ class FsspecTarget(Target):
         except StorageError:
             raise
         except Exception as exc:
-            raise self._error("read", exc, filename) from exc
+            raise self.error_for("read", exc, filename) from exc
 
     def size(self, filename: str) -> int:
         try:
@@ -283,7 +283,7 @@ class FsspecTarget(Target):
             info = self.fs.info(self.join(filename))
             return int(info["size"])
         except Exception as exc:
-            raise self._error("stat", exc, filename) from exc
+            raise self.error_for("stat", exc, filename) from exc
 
     def exists(self, filename: str) -> bool:
         try:
@@ -291,7 +291,7 @@ class FsspecTarget(Target):
                 return (Path(self.root) / filename).exists()
             return self.fs.exists(self.join(filename))
         except Exception as exc:
-            raise self._error("check", exc, filename) from exc
+            raise self.error_for("check", exc, filename) from exc
 
     def delete(self, filename: str) -> None:
         try:
@@ -302,7 +302,7 @@ class FsspecTarget(Target):
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise self._error("delete", exc, filename) from exc
+            raise self.error_for("delete", exc, filename) from exc
 
 
 def target_for_url(url: str, options: dict[str, Any] | None = None, name: str = "url") -> FsspecTarget:

@@ -128,6 +128,7 @@ def verify_copy(copy: BackupCopy, registry) -> VerifyReport:
                         while f.read(_CHUNK):
                             pass
                     entries += 1
+                checker.finish()
                 hashing.drain()
             except UnsafeArchiveError:
                 raise

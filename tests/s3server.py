@@ -48,6 +48,7 @@ class SeaweedFS:
         self.workdir = Path(workdir)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.ports: list[int] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -66,7 +67,9 @@ class SeaweedFS:
             {"name": "reader", "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
              "actions": ["Read", "List"]},
         ]}))
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
+        # A restart reuses the ports, so clients keep their endpoint.
+        self.ports = self.ports or free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
         self.port = s3
         args = [
             binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",

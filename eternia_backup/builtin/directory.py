@@ -70,7 +70,15 @@ class DirectorySource(Source):
         root = self.root
         st = root.stat()
         writer.add_directory("", mode=st.st_mode, mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid)
+        self._real_root = os.path.realpath(root)
         self._walk(writer, root, "")
+
+    def _leads_outside(self, path: str, relpath: str, target: str) -> bool:
+        """True for a link restore would refuse: outside by its text, or on disk through other links."""
+        if posixpath.isabs(target) or posixpath.normpath(posixpath.join(posixpath.dirname(relpath), target)).startswith(".."):
+            return True
+        resolved = os.path.realpath(path)
+        return resolved != self._real_root and not resolved.startswith(self._real_root.rstrip(os.sep) + os.sep)
 
     def _walk(self, writer: EntryWriter, directory: Path, rel: str) -> None:
         try:
@@ -93,7 +101,7 @@ class DirectorySource(Source):
                 writer.add_file(relpath, Path(entry.path), stat=None)
             elif statmod.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
-                if posixpath.isabs(target) or posixpath.normpath(posixpath.join(posixpath.dirname(relpath), target)).startswith(".."):
+                if self._leads_outside(entry.path, relpath, target):
                     log.warning("source %r: skipping symlink %s -> %s: it leads outside the tree", self.name, relpath, target)
                     continue
                 writer.add_symlink(relpath, target, mtime=st.st_mtime)

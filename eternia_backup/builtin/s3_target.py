@@ -89,6 +89,10 @@ class S3AtomicWrite(AtomicWrite):
         self.filename = filename
         self._file = target.fs.open(target.join(filename), "wb", autocommit=False, block_size=part_size(0))
         self._done = False
+        # Start the multipart upload now (s3fs would at the first full part), so
+        # missing write permission fails before any source is read.
+        self._file.offset = 0
+        self._file._initiate_upload()
 
     def write(self, data) -> int:
         f = self._file
@@ -132,7 +136,7 @@ class S3Target(FsspecTarget):
         self.bucket = self.root.split("/", 1)[0]
         self.prefix = self.root.split("/", 1)[1] if "/" in self.root else ""
 
-    def _error(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
+    def error_for(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
         where = self.file_url(filename) if filename else self.display_url
         cls = BackupNotFoundError if isinstance(exc, FileNotFoundError) and "bucket" not in str(exc) else StorageError
         return cls(f"target {self.name!r}: cannot {action} {where}: {explain(exc, self.bucket, self.endpoint)}")
@@ -141,11 +145,11 @@ class S3Target(FsspecTarget):
         """head_bucket, and on failure a GET that carries the precise error code.
 
         A HEAD response has no body, so a wrong secret and a missing permission
-        both look like a bare 403 there.
+        both look like a bare 403 there, and a missing bucket like a bare 404.
         """
         try:
             self.fs.call_s3("head_bucket", Bucket=self.bucket)
-        except PermissionError:
+        except (PermissionError, FileNotFoundError):
             self.fs.call_s3("list_objects_v2", Bucket=self.bucket, MaxKeys=1)
 
     def ensure_dir(self) -> None:
@@ -156,14 +160,14 @@ class S3Target(FsspecTarget):
             self._check_bucket()
         except FileNotFoundError as exc:
             if not self.create_bucket:
-                raise self._error("use", exc) from None
+                raise self.error_for("use", exc) from None
             try:
                 self.fs.call_s3("create_bucket", Bucket=self.bucket)
                 log.info("target %r: created bucket %s", self.name, self.bucket)
             except Exception as exc2:
-                raise self._error("create the bucket of", exc2) from exc2
+                raise self.error_for("create the bucket of", exc2) from exc2
         except Exception as exc:
-            raise self._error("use", exc) from exc
+            raise self.error_for("use", exc) from exc
         self._dir_ready = True
 
     def list(self):
@@ -172,7 +176,7 @@ class S3Target(FsspecTarget):
             self._check_bucket()
         except Exception as exc:
             # a missing bucket is a failed listing, not an empty one
-            raise self._error("list", exc) from exc
+            raise self.error_for("list", exc) from exc
         return super().list()
 
     def open_write(self, filename: str) -> AtomicWrite:
@@ -180,14 +184,14 @@ class S3Target(FsspecTarget):
         try:
             return S3AtomicWrite(self, filename)
         except Exception as exc:
-            raise self._error("write", exc, filename) from exc
+            raise self.error_for("write", exc, filename) from exc
 
     def size(self, filename: str) -> int:
         try:
             head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self._key(filename))
             return int(head["ContentLength"])
         except Exception as exc:
-            raise self._error("stat", exc, filename) from exc
+            raise self.error_for("stat", exc, filename) from exc
 
     def _key(self, filename: str) -> str:
         return f"{self.prefix}/{filename}" if self.prefix else filename
@@ -197,7 +201,7 @@ class S3Target(FsspecTarget):
         try:
             out = self.fs.call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=prefix)
         except Exception as exc:
-            raise self._error("list the uploads of", exc) from exc
+            raise self.error_for("list the uploads of", exc) from exc
         uploads = []
         for u in out.get("Uploads") or []:
             key = u["Key"]
@@ -213,7 +217,7 @@ class S3Target(FsspecTarget):
         try:
             self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id)
         except Exception as exc:
-            raise self._error("abort an upload of", exc, upload.name) from exc
+            raise self.error_for("abort an upload of", exc, upload.name) from exc
 
 
 @hookimpl

@@ -1,0 +1,294 @@
+"""Cloud backups on S3, against a real S3 server (SeaweedFS) with enforced identities.
+
+SEED.md's cloud_backup section as written; every failure of the cloud gives exit
+status 1 and one line saying what to check, and loses nothing; an interrupted
+multipart upload never becomes an object and is cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eternia_backup.builtin.s3_target import MAX_PART, MAX_PARTS, max_archive_size, part_size
+from s3server import ADMIN, READER, SeaweedFS
+
+SEED_SECTION = """
+backup:
+  enabled: true                # Enable or disable automated backups
+  frequency: daily             # Backup frequency: hourly, daily, weekly, monthly
+  retention_days: 7            # Number of days to keep backups (0 = keep forever)
+  storage_path: backups        # Local directory to store backups
+
+  cloud_backup:
+    enabled: true              # Enable or disable cloud backups
+    provider: aws              # Cloud provider (currently only 'aws' is supported)
+    bucket: {bucket}    # S3 bucket name
+    region: us-west-2          # AWS region
+    endpoint_url: {endpoint}
+"""
+
+
+def cloud_config(app: Path, bucket: str, endpoint: str, **cloud) -> Path:
+    section = {
+        "storage_path": "backups",
+        "retention_days": 7,
+        "sources": [{"type": "directory", "name": "files", "path": "state/files"},
+                    {"type": "sqlite", "name": "db", "path": "state/app.db"}],
+        "cloud_backup": {"enabled": True, "provider": "aws", "bucket": bucket, "region": "us-west-2",
+                         "endpoint_url": endpoint, **cloud},
+    }
+    path = app / "eternia-backup.yaml"
+    path.write_text(yaml.safe_dump({"backup": section}))
+    return path
+
+
+def creds(key=ADMIN, **extra) -> dict:
+    return {"AWS_ACCESS_KEY_ID": key[0], "AWS_SECRET_ACCESS_KEY": key[1], **extra}
+
+
+def keys(server, bucket) -> list[str]:
+    return sorted(server.client().find(bucket))
+
+
+def local_backups(app: Path) -> list[str]:
+    d = app / "backups"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def assert_one_clean_line(proc, *needles):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_seed_config_verbatim_puts_backups_under_bucket_and_environment(app, s3_server, cli, tmp_path):
+    bucket = "eternia-backups"
+    if not s3_server.client().exists(bucket):
+        s3_server.make_bucket(bucket)
+    (app / "data").mkdir()
+    (app / "data" / "settings.json").write_text('{"a": 1}')
+    config = app / "eternia-backup.yaml"
+    config.write_text(SEED_SECTION.format(bucket=bucket, endpoint=s3_server.endpoint))
+    proc = cli("create", config=config, env=creds(ETERNIA_ENV="staging"))
+    assert proc.returncode == 0, proc.stderr
+    local = Path(proc.stdout.strip())
+    assert local.parent == app / "backups" and local.exists()
+    stored = keys(s3_server, bucket)
+    assert f"{bucket}/staging/{local.name}" in stored
+    assert f"{bucket}/staging/{local.name.replace('.tar.zst', '.manifest.json')}" in stored
+    manifest = json.loads(s3_server.client().cat(f"{bucket}/staging/{local.name.replace('.tar.zst', '.manifest.json')}"))
+    assert manifest["environment"] == "staging"
+    assert ADMIN[1] not in json.dumps(manifest)
+
+
+def test_list_merges_targets_and_restore_prefers_local(app, s3_server, s3_bucket, cli, tmp_path):
+    config = cloud_config(app, s3_bucket, s3_server.endpoint)
+    assert cli("create", config=config, env=creds()).returncode == 0
+    proc = cli("list", "--json", config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    backups = json.loads(proc.stdout)["backups"]
+    assert len(backups) == 1
+    urls = sorted(c["url"] for c in backups[0]["copies"])
+    assert urls[0].startswith(str(app / "backups")) and urls[1].startswith(f"s3://{s3_bucket}/default/")
+    proc = cli("restore", "latest", "--to", str(tmp_path / "r"), "--yes", "--json", config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["url"].startswith(str(app / "backups"))
+    # restore straight from the S3 URL, and download it (by the manifest's key)
+    s3_url = urls[1]
+    proc = cli("restore", s3_url, "--to", str(tmp_path / "from-s3"), "--yes", config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "from-s3" / "db" / "app.db").exists()
+    manifest_url = s3_url.replace(".tar.zst", ".manifest.json")
+    proc = cli("download", manifest_url, "--to", str(tmp_path / "dl"), config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    downloaded = Path(proc.stdout.strip())
+    assert downloaded.exists() and (downloaded.parent / Path(manifest_url).name).exists()
+    # the local copy gone: latest comes from S3
+    for p in (app / "backups").iterdir():
+        p.unlink()
+    proc = cli("restore", "latest", "--to", str(tmp_path / "r2"), "--yes", "--json", config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["url"].startswith("s3://")
+
+
+def test_missing_bucket_is_a_clear_error_unless_create_bucket(app, s3_server, cli):
+    config = cloud_config(app, "no-such-bucket-here", s3_server.endpoint)
+    proc = cli("create", config=config, env=creds())
+    assert_one_clean_line(proc, "'no-such-bucket-here' does not exist", "create_bucket")
+    assert len([n for n in local_backups(app) if n.endswith(".manifest.json")]) == 1  # the local copy is kept
+    config = cloud_config(app, "made-by-eternia", s3_server.endpoint, create_bucket=True)
+    proc = cli("create", config=config, env=creds())
+    assert proc.returncode == 0, proc.stderr
+    assert any(k.endswith(".manifest.json") for k in keys(s3_server, "made-by-eternia"))
+
+
+@pytest.mark.parametrize("key, needle", [
+    ((ADMIN[0], "not-the-secret-at-all"), "wrong secret key"),
+    (("AKIAUNKNOWNKEY000000", ADMIN[1]), "access key is unknown"),
+    (READER, "access denied"),
+])
+def test_bad_credentials_and_read_only_identity(app, s3_server, s3_bucket, cli, key, needle):
+    config = cloud_config(app, s3_bucket, s3_server.endpoint)
+    assert cli("create", config=config, env=creds()).returncode == 0
+    before = local_backups(app)
+    proc = cli("-v", "create", config=config, env=creds(key))
+    assert proc.returncode == 1
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert key[1] not in proc.stderr and key[1] not in proc.stdout
+    assert set(before) <= set(local_backups(app))  # earlier backups intact, new local copy kept
+    assert len([k for k in keys(s3_server, s3_bucket) if k.endswith(".manifest.json")]) == 1
+    proc = cli("list", config=config, env=creds(key))
+    if key == READER:
+        assert proc.returncode == 0, proc.stderr  # reading is allowed
+    else:
+        assert proc.returncode == 1 and needle in proc.stderr
+
+
+def test_unreachable_endpoint_is_retried_then_one_clear_error(app, cli):
+    config = cloud_config(app, "some-bucket", "http://127.0.0.1:9")
+    started = time.monotonic()
+    proc = cli("create", config=config, env=creds())
+    elapsed = time.monotonic() - started
+    assert_one_clean_line(proc, "cannot reach http://127.0.0.1:9", "endpoint_url")
+    assert elapsed < 90
+    assert [n for n in local_backups(app) if n.endswith(".manifest.json")]
+
+
+def test_provider_other_than_aws_is_a_config_error(app, cli):
+    config = app / "eternia-backup.yaml"
+    config.write_text("backup:\n  cloud_backup: {enabled: true, provider: gcp, bucket: abc}\n")
+    proc = cli("config", "check", config=config)
+    assert proc.returncode == 2
+    assert "backup.cloud_backup.provider" in proc.stderr and "aws" in proc.stderr and "targets" in proc.stderr
+
+
+def test_s3_as_plain_target_url_with_options(app, s3_server, s3_bucket, cli, tmp_path):
+    section = {"sources": [{"type": "directory", "name": "files", "path": "state/files"}],
+               "targets": [{"name": "bucket", "url": f"s3://{s3_bucket}/team/app",
+                            "options": {"key": ADMIN[0], "secret": ADMIN[1],
+                                        "client_kwargs": {"endpoint_url": s3_server.endpoint}}}]}
+    config = app / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": section}))
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    proc = cli("create", config=config, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"s3://{s3_bucket}/team/app/")
+    shown = cli("config", "show", config=config, env=env)
+    assert shown.returncode == 0 and ADMIN[1] not in shown.stdout and "********" in shown.stdout
+    assert cli("verify", "latest", config=config, env=env).returncode == 0
+
+
+def test_part_size_keeps_any_archive_within_10000_parts():
+    assert part_size(0) >= 5 * 2**20
+    assert all(5 * 2**20 <= part_size(n) <= MAX_PART for n in range(MAX_PARTS))
+    assert max_archive_size() >= 5 * 2**40  # S3's largest object fits
+    # Memory is about a part or two: small for the archives most people have.
+    total, n = 0, 0
+    while total < 100 * 2**30:
+        total += part_size(n)
+        n += 1
+    assert part_size(n) <= 64 * 2**20  # a 100 GiB archive never needs parts over 64 MiB
+    assert n < MAX_PARTS
+
+
+# -- interrupted uploads: a real process, a real server --------------------------------
+
+
+def slow_config(app: Path, bucket: str, endpoint: str, gate: Path) -> Path:
+    big = app / "big"
+    big.mkdir()
+    (big / "random.bin").write_bytes(os.urandom(40 * 2**20))  # > 2 parts of 16 MiB
+    section = {
+        "storage_path": "backups",
+        "retention": {"incomplete_grace_hours": 0},
+        "sources": [
+            {"type": "directory", "name": "big", "path": "big"},
+            # waits at a gate: the archive's first parts are uploaded by then
+            {"type": "command", "name": "late", "command": "echo late",
+             "before": f"while [ ! -e {gate} ]; do sleep 0.1; done"},
+        ],
+        "archive": {"compression": "none"},
+        "cloud_backup": {"enabled": True, "bucket": bucket, "endpoint_url": endpoint},
+    }
+    path = app / "eternia-backup.yaml"
+    path.write_text(yaml.safe_dump({"backup": section}))
+    return path
+
+
+def start_create(config: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(config), "create"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def wait_for_parts(server: SeaweedFS, bucket: str, proc, timeout: float = 60) -> None:
+    fs = server.client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads") or []
+        for u in uploads:
+            parts = fs.call_s3("list_parts", Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts") or []
+            if len(parts) >= 2:
+                return
+        time.sleep(0.2)
+    raise AssertionError("no multipart upload with parts appeared")
+
+
+def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(app, s3_server, s3_bucket, cli):
+    gate = app / "gate"
+    config = slow_config(app, s3_bucket, s3_server.endpoint, gate)
+    proc = start_create(config, creds())
+    try:
+        wait_for_parts(s3_server, s3_bucket, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert keys(s3_server, s3_bucket) == []  # no object under any name
+    listed = cli("list", "--json", config=config, env=creds())
+    assert listed.returncode == 0 and json.loads(listed.stdout)["backups"] == []
+    assert [n for n in local_backups(app) if not n.startswith(".")] == []
+    fs = s3_server.client()
+    assert fs.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads")
+    cleaned = cli("cleanup", "--json", config=config, env=creds())
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not fs.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads")
+    assert [n for n in local_backups(app)] == []  # the local temp file of the dead process is gone too
+
+
+def test_server_stopping_mid_multipart_upload(app, tmp_path, cli):
+    server = SeaweedFS(tmp_path / "disposable").start()
+    try:
+        bucket = server.make_bucket("disposable")
+        gate = app / "gate"
+        config = slow_config(app, bucket, server.endpoint, gate)
+        proc = start_create(config, creds())
+        wait_for_parts(server, bucket, proc)
+        server.stop()
+        gate.touch()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert "Traceback" not in err
+        assert "target 'cloud'" in err and "kept on: local" in err
+        server.start()
+        assert keys(server, bucket) == []  # nothing committed
+        # the local copy is complete and verifies
+        assert cli("verify", "latest", config=config, env=creds()).returncode == 0
+        cleaned = cli("cleanup", config=config, env=creds())
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert not server.client().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    finally:
+        server.stop()
