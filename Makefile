@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo demo-s3 test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(STAMP)
 ## demo: back up the example app, list, verify, restore into a temp dir, compare
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+## demo-s3: the same against a local SeaweedFS S3 server (no AWS account needed)
+demo-s3: $(STAMP)
+	$(PY) examples/demo_s3.py
 
 ## test: the whole test suite (starts its own SeaweedFS S3 server on loopback)
 test: $(STAMP)

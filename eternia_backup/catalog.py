@@ -16,8 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import BackupNotFoundError, EterniaBackupError, IntegrityError, StorageError
-from .manifest import ARCHIVE_RE, MANIFEST_RE, MANIFEST_SUFFIX, Manifest, manifest_name_for
+from .manifest import (ARCHIVE_RE, MANIFEST_RE, MANIFEST_SUFFIX, Manifest, archive_stem, is_backup_id,
+                       manifest_name_for)
 from .providers import StoredFile, Target
+from .storage import parse_temp_name
 
 log = logging.getLogger("eternia_backup.catalog")
 
@@ -31,6 +33,7 @@ class BackupCopy:
     manifest_file: str
     manifest: Manifest | None
     problem: str | None = None  # why the copy is damaged
+    unreadable: bool = False  # the manifest could not be read (storage error): state unknown
 
     @property
     def ok(self) -> bool:
@@ -132,7 +135,10 @@ def list_target(target: Target, name: str) -> TargetListing:
             copies.append(copy)
             continue
         except StorageError as exc:
+            # Unknown, not damaged: it may be a good backup behind a passing error.
             copy.problem = f"manifest unreadable: {exc}"
+            copy.unreadable = True
+            claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))
             copies.append(copy)
             continue
         copy.manifest = manifest
@@ -147,14 +153,25 @@ def list_target(target: Target, name: str) -> TargetListing:
                 copy.problem = (f"archive {manifest.archive.file} is {stored.size} bytes, "
                                 f"the manifest says {manifest.archive.size}")
         copies.append(copy)
-    leftovers = [
-        f for n, f in files.items()
-        if n not in claimed and (
-            (n.startswith("." + name + "-") and n.endswith(".tmp"))
-            or (ARCHIVE_RE.match(n) and n.startswith(name + "-"))
-        )
-    ]
+    leftovers = [f for n, f in files.items() if n not in claimed and _is_leftover_of(n, name)]
     return TargetListing(target, copies, leftovers, files)
+
+
+def _in_series(filename: str, name: str) -> bool:
+    """Whether an archive or manifest name is ``<name>-<backup id>...``, exactly this series.
+
+    A plain prefix test would take series ``app-db``'s files for series ``app``'s.
+    """
+    stem = archive_stem(filename)
+    return stem is not None and stem.startswith(name + "-") and is_backup_id(stem[len(name) + 1:])
+
+
+def _is_leftover_of(filename: str, name: str) -> bool:
+    """A temporary file of series ``name``, or an archive of it (caller checks it has no manifest)."""
+    parsed = parse_temp_name(filename)
+    if parsed is not None:
+        return _in_series(parsed[0], name)
+    return bool(ARCHIVE_RE.match(filename)) and _in_series(filename, name)
 
 
 def merge(listings: list[TargetListing]) -> list[BackupEntry]:
@@ -163,7 +180,12 @@ def merge(listings: list[TargetListing]) -> list[BackupEntry]:
     for listing in listings:
         for copy in listing.copies:
             by_id.setdefault(copy.backup_id, BackupEntry(copy.backup_id, [])).copies.append(copy)
-    return sorted(by_id.values(), key=lambda e: e.backup_id, reverse=True)
+    # Newest first by creation time: ids only have whole seconds, and two backups
+    # made in one second would otherwise be ordered by their random part.
+    return sorted(by_id.values(), key=lambda e: (e.created_at or _EPOCH, e.backup_id), reverse=True)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:

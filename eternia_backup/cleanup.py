@@ -20,6 +20,7 @@ from datetime import datetime, timezone, tzinfo
 from .catalog import list_target
 from .config import Retention
 from .errors import EterniaBackupError
+from .manifest import archive_stem
 from .providers import Target
 from .retention import Candidate, plan_retention
 from .storage import parse_temp_name
@@ -87,6 +88,12 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         report.error = f"listing failed, nothing deleted: {exc}"
         log.error("cleanup on target %r: %s", target.name, report.error)
         return report
+    unreadable = [c for c in listing.copies if c.unreadable]
+    if unreadable:  # a partial view: what is kept cannot be decided, so nothing goes
+        report.error = (f"{len(unreadable)} manifest(s) could not be read, nothing deleted: "
+                        + "; ".join(c.problem or c.manifest_file for c in unreadable[:3]))
+        log.error("cleanup on target %r: %s", target.name, report.error)
+        return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
     candidates = [Candidate(c.backup_id, c.created_at, c.ok) for c in ours if c.created_at is not None]
     plan = plan_retention(candidates, policy, now, tz)
@@ -99,7 +106,8 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
             continue
         try:
             target.delete(copy.manifest_file)
-            if copy.archive_file:
+            # never through a manifest that names another backup's archive
+            if copy.archive_file and archive_stem(copy.archive_file) == archive_stem(copy.manifest_file):
                 target.delete(copy.archive_file)
         except EterniaBackupError as exc:
             report.error = f"could not delete {backup_id}: {exc}"

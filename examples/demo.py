@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import sqlite3
@@ -25,11 +26,13 @@ sys.path.insert(0, str(HERE / "app"))
 from make_state import make_state  # noqa: E402
 
 
-def run(*args: str, config: Path) -> str:
+def run(*args: str, config: Path, env: dict | None = None, echo: bool = True) -> str:
     cmd = [sys.executable, "-m", "eternia_backup", "--config", str(config), *args]
-    print("$ eternia-backup " + " ".join(args), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stdout.write(proc.stdout)
+    if echo:
+        print("$ eternia-backup " + " ".join(args), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if echo:
+        sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"demo failed: `eternia-backup {' '.join(args)}` exited with {proc.returncode}")
@@ -64,35 +67,44 @@ def rows(db: Path) -> list[tuple]:
         conn.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", help="where to put the example app (default: a new temporary directory)")
-    parser.add_argument("--keep", action="store_true", help="keep the working directory")
-    args = parser.parse_args()
-
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="eternia-demo-")).absolute()
+def run_demo(work: Path, env: dict | None = None, restore_from: str | None = None) -> bool:
+    """Back up the example app in ``work``, list, verify, restore, compare. True if equal."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "eternia-backup.yaml"
     shutil.copy(HERE / "app" / "eternia-backup.yaml", config)
     make_state(work / "state")
     print(f"example application state in {work / 'state'}")
 
-    location = run("create", config=config).strip()
-    run("list", config=config)
-    run("verify", "latest", config=config)
+    location = run("create", config=config, env=env).strip()
+    run("list", config=config, env=env)
+    copies = json.loads(run("list", "--json", config=config, env=env, echo=False))["backups"][0]["copies"]
+    run("verify", "--all", config=config, env=env)
+    source = location
+    if restore_from is not None:
+        source = next(c["url"] for c in copies if c["url"].startswith(restore_from))
     restored = work / "restored"
-    run("restore", location, "--to", str(restored), "--yes", config=config)
+    run("restore", source, "--to", str(restored), "--yes", config=config, env=env)
 
     problems = tree_differences(work / "state" / "files", restored / "state", {"cache", "*.tmp"})
     if rows(work / "state" / "app.db") != rows(restored / "database" / "app.db"):
         problems.append("database rows differ")
     if problems:
         print("RESTORED STATE DIFFERS:\n  " + "\n  ".join(problems))
-        return 1
-    print(f"OK: the restored state equals the original ({location})")
-    if not args.keep and not args.workdir:
+        return False
+    print(f"OK: the restored state equals the original (restored from {source})")
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", help="where to put the example app (default: a new temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="eternia-demo-")).absolute()
+    ok = run_demo(work)
+    if ok and not args.keep and not args.workdir:
         shutil.rmtree(work)
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

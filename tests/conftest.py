@@ -76,7 +76,7 @@ def cli():
 import itertools  # noqa: E402
 import uuid  # noqa: E402
 
-from s3server import ADMIN, READER, SeaweedFS, weed_binary  # noqa: E402
+from eternia_backup.testing import ADMIN, READER, SeaweedFS, weed_binary  # noqa: E402
 
 _bucket_numbers = itertools.count(1)
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from eternia_backup.builtin.s3_target import MAX_PART, MAX_PARTS, max_archive_size, part_size
-from s3server import ADMIN, READER, SeaweedFS
+from eternia_backup.testing import ADMIN, READER, SeaweedFS
 
 SEED_SECTION = """
 backup:

