@@ -21,10 +21,10 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from . import redact
 from .errors import ConfigError
@@ -45,7 +45,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Count = int | None
+def _no_bool(value: Any) -> Any:
+    # YAML's yes/true would otherwise count as 1 (day, backup ...).
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_no_bool)]
+Count = Whole | None
 
 
 class CloudBackupModel(_Model):
@@ -78,11 +86,11 @@ class TargetModel(_Model):
 class ArchiveModel(_Model):
     format: str = _f("an archive format such as tar", "tar")
     compression: str = _f("one of zstd, gzip, xz, none", "zstd")
-    level: int | None = _f("a whole number compression level", None)
+    level: Whole | None = _f("a whole number compression level", None)
 
 
 class RetentionModel(_Model):
-    days: int | None = _f("a whole number >= 0", None, ge=0)
+    days: Whole | None = _f("a whole number >= 0", None, ge=0)
     keep_last: Count = _f("a whole number >= 0", None, ge=0)
     keep_hourly: Count = _f("a whole number >= 0", None, ge=0)
     keep_daily: Count = _f("a whole number >= 0", None, ge=0)
@@ -92,13 +100,36 @@ class RetentionModel(_Model):
     incomplete_grace_hours: float = _f("a number of hours >= 0", 24.0, ge=0)
 
 
+class ScheduleModel(_Model):
+    cron: str | None = _f("a 5-field cron expression such as '30 2 * * *'", None)
+    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None)
+    catch_up: bool = _f("true or false", True)
+    retry_attempts: Whole = _f("a whole number >= 0", 3, ge=0)
+    retry_backoff_seconds: float = _f("a number of seconds > 0", 60.0, gt=0)
+    lease_ttl_seconds: float = _f("a number of seconds >= 10", 300.0, ge=10)
+
+
+class WebhookModel(_Model):
+    url: str = _f("an http(s) URL", pattern=r"^https?://")
+    on_success: bool = _f("true or false", False)
+    timeout_seconds: float = _f("a number of seconds > 0", 10.0, gt=0)
+
+
+class NotifyModel(_Model):
+    webhook: WebhookModel | None = _f("a mapping with url", None)
+
+
+class MetricsModel(_Model):
+    textfile: str | None = _f("a file path for the Prometheus textfile collector", None)
+
+
 class BackupModel(_Model):
     enabled: bool = _f("true or false", True)
     frequency: Literal["hourly", "daily", "weekly", "monthly"] = _f(
         "one of hourly, daily, weekly, monthly", "daily"
     )
     timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None)
-    retention_days: int | None = _f("a whole number >= 0", None, ge=0)
+    retention_days: Whole | None = _f("a whole number >= 0", None, ge=0)
     storage_path: str | None = _f("a local directory path", None, min_length=1)
     cloud_backup: CloudBackupModel | None = _f("a mapping", None)
     name: str = _f("a name made of letters, digits, '.', '_' or '-'", "eternia-backup", pattern=_NAME_RE)
@@ -107,6 +138,10 @@ class BackupModel(_Model):
     targets: list[TargetModel] | None = _f("a list of targets", None)
     archive: ArchiveModel = _f("a mapping", default_factory=ArchiveModel)
     retention: RetentionModel = _f("a mapping", default_factory=RetentionModel)
+    schedule: ScheduleModel = _f("a mapping", default_factory=ScheduleModel)
+    notify: NotifyModel = _f("a mapping", default_factory=NotifyModel)
+    metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel)
+    state_dir: str | None = _f("a local directory path", None, min_length=1)
 
 
 # -- the effective configuration -----------------------------------------------
@@ -142,6 +177,32 @@ class Retention:
         return self.days == 0
 
 
+FREQUENCY_CRON = {
+    "hourly": "0 * * * *",  # start of each hour
+    "daily": "0 0 * * *",  # midnight
+    "weekly": "0 0 * * 1",  # midnight on Monday
+    "monthly": "0 0 1 * *",  # midnight on the first of the month
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    cron: str
+    label: str  # "daily" or "cron 30 2 * * *"
+    timezone: str | None  # None: the machine's local zone
+    catch_up: bool = True
+    retry_attempts: int = 3
+    retry_backoff_seconds: float = 60.0
+    lease_ttl_seconds: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Webhook:
+    url: str
+    on_success: bool = False
+    timeout_seconds: float = 10.0
+
+
 @dataclasses.dataclass(frozen=True)
 class BackupConfig:
     """The validated, effective configuration that everything else reads."""
@@ -159,6 +220,10 @@ class BackupConfig:
     retention: Retention
     base_dir: Path
     path: Path | None = None
+    schedule: Schedule = Schedule(FREQUENCY_CRON["daily"], "daily", None)
+    webhook: Webhook | None = None
+    metrics_textfile: Path | None = None
+    state_dir: Path | None = None
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         """The effective config as plain data (what ``config show`` prints)."""
@@ -172,6 +237,10 @@ class BackupConfig:
             "targets": [{"name": t.name, "url": t.url, "options": dict(t.options)} for t in self.targets],
             "archive": {"format": self.archive_format, "compression": self.compression, "level": self.compression_level},
             "retention": dataclasses.asdict(self.retention),
+            "schedule": dataclasses.asdict(self.schedule),
+            "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
+            "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None},
+            "state_dir": str(self.state_dir) if self.state_dir else None,
         }
         return redact.mask(data) if masked else data
 
@@ -246,10 +315,11 @@ def _expand_env(value: Any, keypath: str, environ) -> Any:
 
     def substitute(m: re.Match) -> str:
         var, default = m.group(1), m.group(2)
-        if var in environ:
-            return environ[var]
-        if default is not None:
-            return default
+        value = environ.get(var)
+        if default is not None and not value:
+            return default  # like the shell's ${VAR:-default}: unset or empty
+        if value is not None:
+            return value
         raise ConfigError(
             f"{keypath}: environment variable {var} is not set; set it or write ${{{var}:-default}}"
         )
@@ -338,23 +408,34 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
             f"backup.retention_days ({model.retention_days}) and backup.retention.days "
             f"({retention.days}) disagree; set only one of them"
         )
-    days = model.retention_days if model.retention_days is not None else (retention.days or 0)
+    explicit_days = model.retention_days if model.retention_days is not None else retention.days
+    days = explicit_days or 0
     keeps = {k: getattr(retention, k) or 0 for k in
              ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")}
+    if explicit_days == 0 and any(keeps.values()):
+        raise ConfigError(
+            "backup.retention_days: 0 keeps every backup forever, so the keep_* rules under backup.retention "
+            "would never delete anything; remove retention_days to let the keep_* rules decide, or remove them"
+        )
     effective_retention = Retention(days=days, incomplete_grace_hours=retention.incomplete_grace_hours, **keeps)
 
     sources = _sources(model, base_dir)
     targets = _targets(model, base_dir, environment)
 
-    if model.timezone is not None:
-        _check_timezone(model.timezone)
+    schedule = _schedule(model)
+    webhook = None
+    if model.notify.webhook is not None:
+        w = model.notify.webhook
+        webhook = Webhook(w.url, w.on_success, w.timeout_seconds)
+    metrics = Path(_local_url(model.metrics.textfile, base_dir)) if model.metrics.textfile else None
+    state_dir = Path(_local_url(model.state_dir, base_dir)) if model.state_dir else None
 
     return BackupConfig(
         name=model.name,
         environment=environment,
         enabled=model.enabled,
         frequency=model.frequency,
-        timezone=model.timezone,
+        timezone=schedule.timezone,
         sources=tuple(sources),
         targets=tuple(targets),
         archive_format=model.archive.format,
@@ -363,17 +444,51 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         retention=effective_retention,
         base_dir=base_dir,
         path=path,
+        schedule=schedule,
+        webhook=webhook,
+        metrics_textfile=metrics,
+        state_dir=state_dir,
     )
 
 
-def _check_timezone(name: str) -> None:
+def _schedule(model: BackupModel) -> Schedule:
+    s = model.schedule
+    if s.timezone and model.timezone and s.timezone != model.timezone:
+        raise ConfigError("backup.timezone and backup.schedule.timezone disagree; set only one of them")
+    tz = s.timezone or model.timezone
+    if tz is not None:
+        _check_timezone(tz, "backup.schedule.timezone" if s.timezone else "backup.timezone")
+    if s.cron is not None:
+        if "frequency" in model.model_fields_set:
+            raise ConfigError("backup.frequency and backup.schedule.cron are both set; use one of them")
+        _check_cron(s.cron)
+        cron, label = s.cron.strip(), f"cron {s.cron.strip()}"
+    else:
+        cron, label = FREQUENCY_CRON[model.frequency], model.frequency
+    return Schedule(cron, label, tz, s.catch_up, s.retry_attempts, s.retry_backoff_seconds, s.lease_ttl_seconds)
+
+
+def _check_cron(expr: str) -> None:
+    from datetime import datetime, timezone as dt_timezone
+
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(expr, datetime(2000, 1, 1, tzinfo=dt_timezone.utc))
+    except (CronSimError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"backup.schedule.cron: expected a 5-field cron expression such as '30 2 * * *', got {expr!r} ({exc})"
+        ) from None
+
+
+def _check_timezone(name: str, key: str = "backup.timezone") -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"backup.timezone: expected an IANA time zone name such as Europe/Berlin, got {name!r}"
+            f"{key}: expected an IANA time zone name such as Europe/Berlin, got {name!r}"
         ) from None
 
 

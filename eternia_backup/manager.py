@@ -38,8 +38,14 @@ class BackupManager:
         self.sources: dict[str, Source] = {}
         for i, spec in enumerate(config.sources):
             self.sources[spec.name] = self._make_source(i, spec)
-        self.archiver = self.registry.archiver(config.archive_format)()
-        self.compression = self.registry.compression(config.compression)()
+        try:
+            self.archiver = self.registry.archiver(config.archive_format)()
+        except ConfigError as exc:
+            raise ConfigError(f"backup.archive.format: {exc}") from None
+        try:
+            self.compression = self.registry.compression(config.compression)()
+        except ConfigError as exc:
+            raise ConfigError(f"backup.archive.compression: {exc}") from None
         self._check_level()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
