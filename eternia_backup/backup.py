@@ -23,6 +23,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
+from .plugins import call_lifecycle
 from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
 from .providers import Archiver, AtomicWrite, Compression, Source, Target
 from .redact import redact_text
@@ -172,7 +173,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     by_name = {t.name: t for t in targets}
     failures: dict[str, str] = {}
     writers: dict[str, AtomicWrite] = {}
-    hook.eternia_backup_started(backup_id=backup_id, config=config)
+    call_lifecycle(hook.eternia_backup_started, backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
 
     try:
@@ -207,7 +208,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     except BaseException as exc:
         for w in writers.values():
             w.abort()
-        hook.eternia_backup_failed(backup_id=backup_id, error=exc, result=None)
+        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
         if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
         raise
@@ -221,10 +222,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
             result,
         )
-        hook.eternia_backup_failed(backup_id=backup_id, error=error, result=result)
+        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=error, result=result)
         raise error
     log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
-    hook.eternia_backup_succeeded(result=result)
+    call_lifecycle(hook.eternia_backup_succeeded, result=result)
     return result
 
 

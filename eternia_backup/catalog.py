@@ -157,7 +157,7 @@ def list_target(target: Target, name: str) -> TargetListing:
     return TargetListing(target, copies, leftovers, files)
 
 
-def _in_series(filename: str, name: str) -> bool:
+def in_series(filename: str, name: str) -> bool:
     """Whether an archive or manifest name is ``<name>-<backup id>...``, exactly this series.
 
     A plain prefix test would take series ``app-db``'s files for series ``app``'s.
@@ -170,8 +170,8 @@ def _is_leftover_of(filename: str, name: str) -> bool:
     """A temporary file of series ``name``, or an archive of it (caller checks it has no manifest)."""
     parsed = parse_temp_name(filename)
     if parsed is not None:
-        return _in_series(parsed[0], name)
-    return bool(ARCHIVE_RE.match(filename)) and _in_series(filename, name)
+        return in_series(parsed[0], name)
+    return bool(ARCHIVE_RE.match(filename)) and in_series(filename, name)
 
 
 def merge(listings: list[TargetListing]) -> list[BackupEntry]:

@@ -17,7 +17,7 @@ import socket
 import time
 from datetime import datetime, timezone, tzinfo
 
-from .catalog import list_target
+from .catalog import in_series, list_target
 from .config import Retention
 from .errors import EterniaBackupError
 from .manifest import archive_stem
@@ -134,7 +134,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         log.warning("cleanup on target %r: %s", target.name, exc)
         uploads = []
     for upload in uploads:
-        if not upload.name.startswith(name + "-"):
+        if not in_series(upload.name, name):  # not another series' (it has its own grace period)
             continue
         if upload.started is not None and time.time() - upload.started <= grace:
             continue

@@ -20,7 +20,7 @@ from . import backup as backup_mod
 from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config
 from .errors import ConfigError, EterniaBackupError, IntegrityError, StorageError
-from .plugins import Registry, build_registry, get_plugin_manager
+from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .providers import Source, Target
 from .storage import split_protocol
 
@@ -209,7 +209,7 @@ class BackupManager:
             for t in self.targets
         ])
         if not dry_run:
-            self.pm.hook.eternia_cleanup_finished(result=result)
+            call_lifecycle(self.pm.hook.eternia_cleanup_finished, result=result)
         return result
 
     def cleanup_old_backups(self) -> int:

@@ -19,8 +19,10 @@ FORMAT = "eternia-backup-manifest"
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
-# <name>-<YYYYmmddTHHMMSSZ>-<hex>.tar[.zst|.gz|.xz][.age]
-ARCHIVE_RE = re.compile(r"^(?P<stem>.+-\d{8}T\d{6}Z-[0-9a-f]{6,})\.(?P<ext>tar(\.[A-Za-z0-9]+)*)$")
+# <name>-<YYYYmmddTHHMMSSZ>-<hex>.<archiver ext>[.<compression ext>][.age]
+ARCHIVE_RE = re.compile(
+    r"^(?P<stem>.+-\d{8}T\d{6}Z-[0-9a-f]{6,})\.(?P<ext>(?!manifest\.json$)[A-Za-z0-9]+(\.[A-Za-z0-9]+)*)$"
+)
 MANIFEST_RE = re.compile(r"^(?P<stem>.+-(?P<id>\d{8}T\d{6}Z-[0-9a-f]{6,}))" + re.escape(MANIFEST_SUFFIX) + "$")
 
 

@@ -275,6 +275,25 @@ class Target:
         """The file's local path when the target is on local disk."""
         return None
 
+    # -- conditional writes, for leases shared by several hosts --------------------
+
+    def conditional_put(self, filename: str, data: bytes, *, if_none_match: bool = False,
+                        if_match: str | None = None) -> str | None:
+        """Write only if absent (``if_none_match``) or unchanged (``if_match`` ETag).
+
+        Returns the new ETag, or None when the condition did not hold. Targets
+        without conditional writes raise NotImplementedError.
+        """
+        raise NotImplementedError
+
+    def read_with_etag(self, filename: str) -> tuple[bytes, str] | None:
+        """The file's bytes and ETag, or None if it does not exist."""
+        raise NotImplementedError
+
+    def conditional_delete(self, filename: str, etag: str) -> bool:
+        """Delete only if unchanged; False when the condition did not hold."""
+        raise NotImplementedError
+
     def incomplete_uploads(self) -> list[IncompleteUpload]:
         """Uploads left uncommitted under this target (cleanup aborts old ones)."""
         return []

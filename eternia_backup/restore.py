@@ -24,6 +24,7 @@ from typing import Callable
 from .catalog import BackupCopy
 from .errors import EterniaBackupError, IntegrityError, RestoreError, UnsafeArchiveError
 from .plans import DirectorySwapPlan
+from .plugins import call_lifecycle
 from .providers import RestorePlan, Source
 from .safety import Extractor, MemberChecker
 from .verify import HashingReader, LimitedReader, check_checksum, check_size
@@ -66,7 +67,6 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     compression = registry.compression(manifest.archive.compression)()
 
     plans: dict[str, RestorePlan] = {}
-    plans: dict[str, RestorePlan] = {}
     for n in names:
         src = sources.get(n)
         if src is None:  # only with --to: the dump lands as files
@@ -75,31 +75,34 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             plans[n] = src.restore_plan(to / n if to is not None else None)
     changes = [line for p in plans.values() for line in p.changes()]
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
-
-    with _local_archive(copy) as (path, temp):
-        with open(path, "rb") as f:
-            check_checksum(copy, manifest, f)
-        log.info("restore %s: size and sha256 verified", copy.backup_id)
-        if dry_run:
-            return result
-        if confirm is not None and any(p.replaces_existing() for p in plans.values()):
-            if not confirm(changes):
-                raise RestoreError("restore cancelled; nothing was changed")
-        hook.eternia_restore_started(backup_id=copy.backup_id, sources=names, destination=to, dry_run=dry_run)
-        try:
-            _stage(copy, path, plans, archiver, compression)
-            _commit_all(plans)
-        except BaseException as exc:
-            for p in plans.values():
-                p.discard()
-            hook.eternia_restore_finished(backup_id=copy.backup_id, error=exc, result=None)
-            if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
-                raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
-                                   "the current state was left as it was") from exc
-            raise
+    try:
+        with _local_archive(copy) as (path, _temp):
+            with open(path, "rb") as f:
+                check_checksum(copy, manifest, f)
+            log.info("restore %s: size and sha256 verified", copy.backup_id)
+            if dry_run:
+                call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
+                               destination=to, dry_run=True)
+                call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
+                return result
+            if confirm is not None and any(p.replaces_existing() for p in plans.values()):
+                if not confirm(changes):
+                    raise RestoreError("restore cancelled; nothing was changed")
+            call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
+                           destination=to, dry_run=False)
+            try:
+                _stage(copy, path, plans, archiver, compression)
+                _commit_all(plans)
+            except BaseException as exc:
+                call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=exc, result=None)
+                if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+                    raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
+                                       "the current state was left as it was") from exc
+                raise
+    finally:
         for p in plans.values():
             p.discard()
-    hook.eternia_restore_finished(backup_id=copy.backup_id, error=None, result=result)
+    call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
 

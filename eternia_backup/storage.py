@@ -65,6 +65,8 @@ def describe_os_error(exc: BaseException) -> str:
         return "permission denied"
     if isinstance(exc, FileNotFoundError):
         return "not found"
+    if isinstance(exc, NotADirectoryError):
+        return str(exc) or "not a directory"
     text = str(exc) or type(exc).__name__
     return redact.redact_text(text.splitlines()[0][:300])
 
@@ -207,7 +209,14 @@ class FsspecTarget(Target):
         try:
             if self.is_local:
                 path = Path(self.root)
-                path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                # Each missing parent too is 0700 whatever the umask: a
+                # world-writable parent would let anyone move backups away.
+                missing = [p for p in (path, *path.parents) if not p.exists()]
+                for p in reversed(missing):
+                    p.mkdir(mode=DIR_MODE, exist_ok=True)
+                    os.chmod(p, DIR_MODE)
+                if not path.is_dir():
+                    raise NotADirectoryError(f"{path} is not a directory")
                 if statmod.S_IMODE(path.stat().st_mode) != DIR_MODE and path.stat().st_uid == os.getuid():
                     os.chmod(path, DIR_MODE)
             else:
@@ -221,8 +230,14 @@ class FsspecTarget(Target):
 
     def list(self) -> list[StoredFile]:
         try:
-            if self.is_local and not Path(self.root).exists():
-                return []
+            if self.is_local:
+                root = Path(self.root)
+                if not root.exists():
+                    return []
+                if not root.is_dir():
+                    raise NotADirectoryError(f"{root} is not a directory; fix the target's path")
+            elif self.fs.isfile(self.root):
+                raise NotADirectoryError(f"{self.display_url} is a file, not a directory; fix the target's URL")
             entries = self.fs.ls(self.root, detail=True)
         except FileNotFoundError:
             return []

@@ -232,7 +232,7 @@ def start_create(config: Path, env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
 
 
-def wait_for_parts(server: SeaweedFS, bucket: str, proc, timeout: float = 60) -> None:
+def wait_for_parts(server: SeaweedFS, bucket: str, proc, timeout: float = 120) -> None:
     fs = server.client()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

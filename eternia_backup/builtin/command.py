@@ -101,11 +101,13 @@ class CommandRestorePlan(RestorePlan):
 
     def __init__(self, source: CommandSource):
         self.source = source
-        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
+        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-restore-not-prepared"
+        self._prepared = False
         self.description = f"source {source.name!r}: pipe {source.options.filename} into {_shown(source.options.restore_command)!r}"
 
     def prepare(self) -> None:
-        pass
+        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
+        self._prepared = True
 
     def replaces_existing(self) -> bool:
         return True
@@ -133,7 +135,9 @@ class CommandRestorePlan(RestorePlan):
             )
 
     def discard(self) -> None:
-        remove_tree(self.staging_dir)
+        if self._prepared:
+            remove_tree(self.staging_dir)
+            self._prepared = False
 
 
 @hookimpl

@@ -81,6 +81,11 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _precondition_failed(exc: BaseException) -> bool:
+    text = " ".join(str(e) for e in _chain(exc))
+    return "PreconditionFailed" in text or "pre-conditions you specified did not hold" in text
+
+
 class S3AtomicWrite(AtomicWrite):
     """An uncommitted multipart upload: an object exists only after commit()."""
 
@@ -195,6 +200,43 @@ class S3Target(FsspecTarget):
 
     def _key(self, filename: str) -> str:
         return f"{self.prefix}/{filename}" if self.prefix else filename
+
+    # -- conditional writes (leases) ------------------------------------------------
+
+    def conditional_put(self, filename, data, *, if_none_match=False, if_match=None):
+        kw = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:
+            out = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(filename), Body=data, **kw)
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise self.error_for("write", exc, filename) from exc
+        except Exception as exc:
+            raise self.error_for("write", exc, filename) from exc
+        return out.get("ETag")
+
+    def read_with_etag(self, filename):
+        # head then read: if the object changes in between, a later IfMatch on
+        # this ETag fails, which is the safe outcome.
+        try:
+            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self._key(filename))
+            data = self.fs.cat_file(self.join(filename))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
+        return data, head.get("ETag")
+
+    def conditional_delete(self, filename, etag):
+        try:
+            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._key(filename), IfMatch=etag)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise self.error_for("delete", exc, filename) from exc
+        return True
 
     def incomplete_uploads(self) -> list[IncompleteUpload]:
         prefix = f"{self.prefix}/" if self.prefix else ""

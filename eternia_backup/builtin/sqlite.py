@@ -96,12 +96,21 @@ class SqliteSource(Source):
 
     def restore_plan(self, destination: Path | None):
         if destination is not None:
-            return SqliteRestorePlan(destination / self.path.name, self.name, self.path.name)
+            return SqliteRestorePlan(destination / self.path.name, self.name, self.path.name, within=destination)
         return SqliteRestorePlan(self.path, self.name, self.path.name)
 
 
 class SqliteRestorePlan(RestorePlan):
-    def __init__(self, destination: Path, source_name: str, member: str):
+    """Stage, check, then write into the database with the backup API.
+
+    With ``within`` (a ``--to`` restore) the database and the directory holding it
+    are new places: a symlink already there is refused rather than followed, so a
+    link planted in the destination cannot make the restore write elsewhere. In
+    place, the configured path is the application's own and is used as it is.
+    """
+
+    def __init__(self, destination: Path, source_name: str, member: str, within: Path | None = None):
+        self.within = Path(within).absolute() if within is not None else None
         self.destination = Path(destination).absolute()
         self.label = f"source {source_name!r}"
         self.member = member
@@ -111,6 +120,11 @@ class SqliteRestorePlan(RestorePlan):
         self.description = f"{self.label}: replace SQLite database {self.destination}"
 
     def prepare(self) -> None:
+        if self.within is not None:
+            for p in (self.within, self.destination):
+                if p.is_symlink():
+                    raise RestoreError(f"{self.label}: destination {p} is a symlink; it would be written through. "
+                                       "Remove the link or restore into another directory")
         try:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
             self.staging_dir.mkdir(mode=0o700)

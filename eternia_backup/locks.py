@@ -1,0 +1,55 @@
+"""Never two runs at once on one host: an flock()ed lock file beside local storage.
+
+The kernel drops an flock when its process dies, so a lock left by a killed
+process is taken over at once and a live one never is; the PID written into the
+file is only there to say who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import EterniaBackupError
+
+
+class BackupInProgress(EterniaBackupError):
+    """Another backup or cleanup of the same storage is running; this one was skipped."""
+
+    exit_code = 0
+
+
+class LocalLock:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, what: str = "backup") -> "LocalLock":
+        """Take the lock or raise BackupInProgress naming the holder."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise BackupInProgress(f"another backup or cleanup is running ({holder}); this {what} was skipped") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "LocalLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,99 @@
+"""What happened last: per-target success/failure times, sizes, durations, counts.
+
+Kept in a small JSON file (0600) in the state directory: ``backup.state_dir``,
+else the first local target, else ``~/.local/state/eternia-backup``. ``status``
+reads it, the scheduler records slots in it, and the Prometheus textfile is
+written from it. The time of the last success is written only when a run
+succeeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .fsutil import fsync_dir
+
+log = logging.getLogger("eternia_backup.state")
+
+
+def default_state_dir(config) -> Path:
+    if config.state_dir is not None:
+        return config.state_dir
+    for t in config.targets:
+        if "://" not in t.url or t.url.startswith("file://"):
+            return Path(t.url.removeprefix("file://"))
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "eternia-backup"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class StateStore:
+    path: Path
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def for_config(cls, config) -> "StateStore":
+        return cls(default_state_dir(config) / f".{config.name}-{config.environment}.state.json")
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("state file %s is unreadable (%s); starting afresh", self.path, exc)
+            return {}
+
+    def update(self, change) -> dict[str, Any]:
+        """Apply ``change(data)`` and write the file atomically."""
+        with self._lock:
+            data = self.read()
+            change(data)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+            return data
+
+    def record_backup(self, *, targets: list[str], copies: list[str], failures: dict[str, str],
+                      duration: float, size: int, backup_id: str | None) -> dict[str, Any]:
+        def change(data):
+            per = data.setdefault("targets", {})
+            for name in targets:
+                t = per.setdefault(name, {"failures_total": 0})
+                t["last_duration_seconds"] = round(duration, 3)
+                if name in copies:
+                    t["last_success"] = _now()
+                    t["last_size_bytes"] = size
+                    t["last_backup_id"] = backup_id
+                else:
+                    t["last_failure"] = _now()
+                    t["last_error"] = failures.get(name, "failed")
+                    t["failures_total"] = int(t.get("failures_total", 0)) + 1
+
+        return self.update(change)
+
+    def record_slot(self, slot: datetime, *, succeeded: bool) -> None:
+        def change(data):
+            data["last_attempted_slot"] = slot.isoformat()
+            if succeeded:
+                data["last_successful_slot"] = slot.isoformat()
+
+        self.update(change)
