@@ -85,15 +85,22 @@ class BackupResult:
         }
 
 
+class BackupCancelled(EterniaBackupError):
+    """The backup was abandoned (scheduler stopping); nothing was committed."""
+
+
 class _CountingWriter:
     """The stream tarfile writes to: counts bytes (tarfile needs ``tell()``)."""
 
-    def __init__(self, inner, progress: Callable[[int], None] | None):
+    def __init__(self, inner, progress: Callable[[int], None] | None, cancel=None):
         self.inner = inner
         self.count = 0
         self.progress = progress
+        self.cancel = cancel
 
     def write(self, data) -> int:
+        if self.cancel is not None and self.cancel.is_set():
+            raise BackupCancelled("backup abandoned because the scheduler is stopping; nothing was committed")
         n = len(data)
         self.inner.write(data)
         self.count += n
@@ -164,8 +171,13 @@ def _backup_source(source: Source, section) -> None:
 def run_backup(*, name: str, environment: str, sources: list[Source], targets: list[Target],
                archiver: Archiver, compression: Compression, level: int | None, hook,
                config=None, progress: Callable[[int], None] | None = None,
-               now: datetime | None = None) -> BackupResult:
-    """Make one backup on every target. Raises BackupFailedError if any target failed."""
+               now: datetime | None = None, guard: Callable[[], None] | None = None,
+               cancel=None) -> BackupResult:
+    """Make one backup on every target. Raises BackupFailedError if any target failed.
+
+    ``guard()`` is called before anything is committed and may raise (a lost
+    lease) to abandon the backup; ``cancel`` (an Event) abandons it between writes.
+    """
     started = time.monotonic()
     created = now or datetime.now(timezone.utc)
     backup_id = new_backup_id(created, secrets.token_hex(3))
@@ -187,7 +199,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             raise StorageError("every target failed: " + "; ".join(failures.values()))
         fan = _FanOut(writers, failures, by_name)
         compressor = compression.compressor(fan, level)
-        counter = _CountingWriter(compressor, progress)
+        counter = _CountingWriter(compressor, progress, cancel)
         records: list[SourceRecord] = []
         with archiver.writer(counter) as aw:
             for source in sources:
@@ -198,6 +210,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
         compressor.close()
+        if guard is not None:
+            guard()
         manifest = Manifest(
             backup_id=backup_id, name=name, created_at=created, finished_at=datetime.now(timezone.utc),
             environment=environment, host=socket.gethostname(), framework_version=__version__,
@@ -213,7 +227,11 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
         raise
 
-    copies = _commit(manifest, fan, by_name)
+    try:
+        copies = _commit(manifest, fan, by_name, guard)
+    except BaseException as exc:
+        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
+        raise
     result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
     if failures:
         error = BackupFailedError(
@@ -229,11 +247,21 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     return result
 
 
-def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target]) -> list[Copy]:
+def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard=None) -> list[Copy]:
     archive_file = manifest.archive.file
     copies: list[Copy] = []
     for name, writer in list(fan.writers.items()):
         target = targets[name]
+        try:
+            if guard is not None:
+                guard()
+        except BaseException:
+            for w in fan.writers.values():
+                w.abort()
+            for c in copies:  # the lease holder lost it: take back what this run committed
+                _delete_quietly(targets[c.target], manifest.filename)
+                _delete_quietly(targets[c.target], archive_file)
+            raise
         try:
             writer.commit()
         except BaseException as exc:

@@ -79,7 +79,8 @@ def _leftover_expired(name: str, mtime: float | None, grace_seconds: float, now:
 
 
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
-                   dry_run: bool, now: datetime | None = None) -> TargetCleanup:
+                   dry_run: bool, now: datetime | None = None, guard=None) -> TargetCleanup:
+    """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease)."""
     report = TargetCleanup(target.name)
     now = now or datetime.now(timezone.utc)
     try:
@@ -104,6 +105,8 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         if dry_run:
             report.deleted.append(backup_id)
             continue
+        if guard is not None:
+            guard()
         try:
             target.delete(copy.manifest_file)
             # never through a manifest that names another backup's archive

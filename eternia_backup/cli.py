@@ -59,9 +59,17 @@ class _Progress:
 
 
 def cmd_create(mgr, args) -> int:
+    from .locks import BackupInProgress
+
     progress = _Progress(not args.json, "backup")
     try:
         result = mgr.create_backup(progress=progress if progress.bar else None)
+    except BackupInProgress as exc:
+        progress.close()
+        if args.json:
+            _print_json({"skipped": True, "reason": str(exc)})
+        print(f"skipped: {exc}", file=sys.stderr)
+        return EXIT_OK
     except BackupFailedError as exc:
         progress.close()
         if args.json and exc.result is not None:
@@ -199,6 +207,64 @@ def cmd_cleanup(mgr, args) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_status(mgr, args) -> int:
+    status = mgr.status()
+    if args.json:
+        _print_json(status)
+    else:
+        newest = status["newest_backup"]
+        print(f"schedule:   {status['schedule']} ({status['timezone']})"
+              + ("" if status["enabled"] else "  [automated backups disabled]"))
+        print(f"next run:   {status['next_run']}")
+        if newest:
+            hours = newest["age_seconds"] / 3600
+            print(f"newest:     {newest['backup_id']}  {_human_size(newest['size'])}  {hours:.1f} h old  "
+                  f"on {', '.join(newest['copies'])}")
+        else:
+            print("newest:     none")
+        for name, t in status["targets"].items():
+            line = f"target {name}: last success {t.get('last_success') or 'never'}"
+            if t.get("last_failure"):
+                line += f"; last failure {t['last_failure']}: {t.get('last_error')}"
+            if t.get("listing_error"):
+                line += f"; cannot list: {t['listing_error']}"
+            print(line)
+        if status["overdue"]:
+            print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
+                  "(twice the schedule's period)")
+    return EXIT_FAILED if status["overdue"] else EXIT_OK
+
+
+def cmd_run(mgr, args) -> int:
+    """The scheduler in the foreground until SIGTERM/SIGINT; then a graceful stop."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum, frame):
+        signals["count"] += 1
+        if signals["count"] > 1 and mgr.scheduler is not None:
+            mgr.scheduler.cancel.set()  # a second signal: abandon the running backup now
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.verbose == 0:
+        logging.getLogger("eternia_backup").setLevel(logging.INFO)  # a daemon logs one line per run
+    if not mgr.config.enabled:
+        log.warning("backups are disabled (backup.enabled: false); nothing is scheduled. Exiting.")
+        return EXIT_OK
+    mgr.start_scheduler()
+    log.info("next run at %s", mgr.status()["next_run"])
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: waiting up to %ss for a running backup", args.grace)
+    mgr.stop_scheduler(timeout=args.grace)
+    return EXIT_OK
+
+
 def cmd_plugins(args) -> int:
     from .plugins import build_registry, get_plugin_manager
 
@@ -273,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
     g.add_argument("--all", action="store_true", help="verify every copy of every backup")
 
+    sub.add_parser("status", parents=[common],
+                   help="last success/failure, next run, newest backup; exit 1 when overdue")
+    s = sub.add_parser("run", help="run the scheduler in the foreground until SIGTERM/SIGINT")
+    s.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                   help="on stop, how long a running backup may finish before it is abandoned (default 30)")
+
     sub.add_parser("plugins", parents=[common], help="list source types, archivers, compressions and targets")
 
     s = sub.add_parser("config", help="check or show the configuration")
@@ -318,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         mgr = BackupManager.from_config(args.config)
         handler = {
             "create": cmd_create, "list": cmd_list, "restore": cmd_restore, "download": cmd_download,
-            "cleanup": cmd_cleanup, "verify": cmd_verify,
+            "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run,
         }[args.command]
         return handler(mgr, args)
     except EterniaBackupError as exc:

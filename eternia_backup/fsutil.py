@@ -35,3 +35,12 @@ def remove_tree(path: Path) -> None:
             shutil.rmtree(path)
     except FileNotFoundError:
         pass
+
+
+def make_private_dirs(path: Path, mode: int = 0o700) -> None:
+    """mkdir -p where every directory created is ``mode`` whatever the umask."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=mode, exist_ok=True)
+        os.chmod(p, mode)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
 from .errors import EterniaBackupError
+from .fsutil import make_private_dirs
 
 
 class BackupInProgress(EterniaBackupError):
@@ -26,10 +28,11 @@ class LocalLock:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fd: int | None = None
+        self._owner: int | None = None
 
     def acquire(self, what: str = "backup") -> "LocalLock":
         """Take the lock or raise BackupInProgress naming the holder."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,13 +43,20 @@ class LocalLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode())
         self._fd = fd
+        self._owner = threading.get_ident()
         return self
+
+    @property
+    def held(self) -> bool:
+        """True while the calling thread holds the lock."""
+        return self._fd is not None and self._owner == threading.get_ident()
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            self._owner = None
 
     def __enter__(self) -> "LocalLock":
         return self.acquire() if self._fd is None else self

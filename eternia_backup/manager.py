@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -19,7 +20,9 @@ from pydantic import ValidationError
 from . import backup as backup_mod
 from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config
-from .errors import ConfigError, EterniaBackupError, IntegrityError, StorageError
+from .locks import LocalLock
+from .state import StateStore
+from .errors import BackupFailedError, ConfigError, EterniaBackupError, IntegrityError, StorageError
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .providers import Source, Target
 from .storage import split_protocol
@@ -49,6 +52,14 @@ class BackupManager:
         self._check_level()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
+        self.state = StateStore.for_config(config)
+        self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
+        self.lease_target: Target | None = None
+        self._scheduler = None
+        if config.webhook is not None:
+            from .builtin.webhook import WebhookNotifier
+
+            self.pm.register(WebhookNotifier(config.webhook, config), name="eternia_backup.builtin.webhook")
 
     @classmethod
     def from_config(cls, path: str | os.PathLike | None = None, **kwargs) -> "BackupManager":
@@ -108,19 +119,53 @@ class BackupManager:
 
     # -- operations ------------------------------------------------------------------
 
-    def create_backup(self, *, progress: Callable[[int], None] | None = None) -> backup_mod.BackupResult:
+    def create_backup(self, *, progress: Callable[[int], None] | None = None, guard=None,
+                      cancel=None) -> backup_mod.BackupResult:
         """Back up every source to every target; returns where the backup went.
 
-        Raises :class:`BackupFailedError` (with ``.result``) when a target failed.
+        Raises :class:`BackupFailedError` (with ``.result``) when a target failed,
+        and :class:`BackupInProgress` when another backup of this storage runs.
         """
+        if self.lock.held:
+            return self._create(progress, guard, cancel)
+        with self.lock.acquire("backup"):
+            return self._create(progress, guard, cancel)
+
+    def _create(self, progress, guard, cancel) -> backup_mod.BackupResult:
         for s in self.sources.values():
             s.check()
-        return backup_mod.run_backup(
-            name=self.config.name, environment=self.config.environment,
-            sources=list(self.sources.values()), targets=self.targets,
-            archiver=self.archiver, compression=self.compression, level=self.config.compression_level,
-            hook=self.pm.hook, config=self.config, progress=progress,
-        )
+        try:
+            result = backup_mod.run_backup(
+                name=self.config.name, environment=self.config.environment,
+                sources=list(self.sources.values()), targets=self.targets,
+                archiver=self.archiver, compression=self.compression, level=self.config.compression_level,
+                hook=self.pm.hook, config=self.config, progress=progress, guard=guard, cancel=cancel,
+            )
+        except BackupFailedError as exc:
+            self._record(exc.result, {t.name: str(exc) for t in self.targets})
+            raise
+        except EterniaBackupError as exc:
+            self._record(None, {t.name: str(exc) for t in self.targets})
+            raise
+        self._record(result, {})
+        return result
+
+    def _record(self, result, failures: dict[str, str]) -> None:
+        """Remember per-target outcomes (status, metrics); never fails the backup."""
+        try:
+            copies = [c.target for c in result.copies] if result else []
+            state = self.state.record_backup(
+                targets=[t.name for t in self.targets], copies=copies,
+                failures={**failures, **(result.failures if result else {})},
+                duration=result.duration if result else 0.0, size=result.size if result else 0,
+                backup_id=result.backup_id if result else None)
+            if self.config.metrics_textfile is not None:
+                from .metrics import write_metrics
+
+                write_metrics(self.config.metrics_textfile, state, name=self.config.name,
+                              environment=self.config.environment)
+        except OSError as exc:
+            log.warning("could not record the outcome in %s: %s", self.state.path, exc)
 
     def listings(self) -> tuple[list[catalog.TargetListing], dict[str, str]]:
         listings, errors = [], {}
@@ -201,11 +246,11 @@ class BackupManager:
                 return t
         raise StorageError("no local storage is configured to download into; set backup.storage_path or pass --to DIR")
 
-    def cleanup(self, *, dry_run: bool = False) -> cleanup.CleanupResult:
+    def cleanup(self, *, dry_run: bool = False, guard=None) -> cleanup.CleanupResult:
         """Apply retention on every target; a target whose listing fails is left untouched."""
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
-                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run)
+                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard)
             for t in self.targets
         ])
         if not dry_run:
@@ -223,6 +268,137 @@ class BackupManager:
             err.result = result
             raise err
         return result.deleted_count
+
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def prepare_scheduled_runs(self) -> None:
+        """Find a shared target that enforces conditional writes, for the lease."""
+        from .lease import probe_conditional_writes
+
+        self.lease_target = None
+        for t in self.targets:
+            if t.is_local:
+                continue
+            try:
+                supported = probe_conditional_writes(t)
+            except EterniaBackupError as exc:
+                log.warning("target %r: could not test conditional writes (%s); using local locking only", t.name, exc)
+                continue
+            if supported:
+                self.lease_target = t
+                log.info("target %r enforces conditional writes: replicas sharing it take a lease per slot", t.name)
+                return
+            log.warning("target %r does not enforce conditional writes: replicas sharing it cannot take a lease; "
+                        "falling back to local locking (run one scheduler per target)", t.name)
+
+    def last_successful_slot(self) -> datetime | None:
+        text = self.state.read().get("last_successful_slot")
+        return datetime.fromisoformat(text) if text else None
+
+    def newest_backup_time(self) -> datetime | None:
+        for entry in self.list_backups():
+            if entry.ok:
+                return entry.created_at
+        return None
+
+    def run_scheduled(self, slot: datetime, *, cancel=None):
+        """One scheduled run: lock, lease, one backup per slot, then retention."""
+        from .lease import Lease
+        from .locks import BackupInProgress
+        from .scheduler import RunOutcome
+
+        try:
+            self.lock.acquire("scheduled backup")
+        except BackupInProgress as exc:
+            return RunOutcome(slot, "skipped", str(exc))
+        lease = None
+        try:
+            if self.lease_target is not None:
+                lease = Lease(self.lease_target, f"{self.config.name}-{self.config.environment}",
+                              self.config.schedule.lease_ttl_seconds)
+                if not lease.acquire():
+                    lease = None
+                    return RunOutcome(slot, "skipped", "another replica holds the lease for this slot")
+            newest = self.newest_backup_time()
+            if newest is not None and newest >= slot:
+                return RunOutcome(slot, "skipped", f"a backup for this slot already exists (made {newest.isoformat()})")
+            guard = lease.check if lease else None
+            result = self.create_backup(guard=guard, cancel=cancel)
+            cleaned = self.cleanup(guard=guard)
+            self.state.record_slot(slot, succeeded=True)
+            message = f"{_size(result.size)} at {result.location}; retention deleted {cleaned.deleted_count}"
+            if not cleaned.ok:
+                return RunOutcome(slot, "failed", message + "; retention failed: " + "; ".join(cleaned.errors.values()))
+            return RunOutcome(slot, "ok", message)
+        except EterniaBackupError as exc:
+            self.state.record_slot(slot, succeeded=False)
+            return RunOutcome(slot, "failed", str(exc))
+        finally:
+            if lease is not None:
+                lease.release()
+            self.lock.release()
+
+    def start_scheduler(self, **kwargs) -> None:
+        """Start automated backups in a background thread; returns at once."""
+        from .scheduler import Scheduler, SchedulerError
+
+        if self._scheduler is not None and self._scheduler.running:
+            raise SchedulerError("the scheduler is already running; stop it before starting it again")
+        self._scheduler = Scheduler(self, **kwargs)
+        self._scheduler.start()
+
+    def stop_scheduler(self, timeout: float | None = 30.0) -> None:
+        """Stop automated backups; a running backup gets ``timeout`` seconds, then is abandoned safely."""
+        if self._scheduler is not None:
+            self._scheduler.stop(timeout)
+
+    @property
+    def scheduler(self):
+        return self._scheduler
+
+    def __enter__(self) -> "BackupManager":
+        self.start_scheduler()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_scheduler()
+
+    def status(self) -> dict:
+        """Last success/failure per target, next run, newest backup; ``overdue`` for alerting."""
+        from .schedule import next_slot, period, zone
+
+        now = datetime.now(timezone.utc)
+        tz, tz_name = zone(self.config.schedule.timezone)
+        state = self.state.read()
+        listings, errors = self.listings()
+        newest = next((e for e in catalog.merge(listings) if e.ok), None)
+        limit = 2 * period(self.config.schedule.cron, tz, now)
+        age = (now - newest.created_at) if newest else None
+        scheduler_next = self._scheduler.next_run if self._scheduler and self._scheduler.running else None
+        return {
+            "enabled": self.config.enabled,
+            "schedule": self.config.schedule.label,
+            "timezone": tz_name,
+            "next_run": (scheduler_next or next_slot(self.config.schedule.cron, now, tz)).isoformat(),
+            "newest_backup": None if newest is None else {
+                "backup_id": newest.backup_id, "created_at": newest.created_at.isoformat(),
+                "age_seconds": int(age.total_seconds()), "size": newest.manifest.archive.size,
+                "copies": [c.target.name for c in newest.copies if c.ok],
+            },
+            "overdue": newest is None or age > limit,
+            "overdue_after_seconds": int(limit.total_seconds()),
+            "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
+                                 "listing_error": errors.get(t.name)} for t in self.targets},
+        }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 class _DefaultManager:

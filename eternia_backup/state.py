@@ -18,19 +18,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, make_private_dirs
 
 log = logging.getLogger("eternia_backup.state")
 
 
 def default_state_dir(config) -> Path:
+    """Beside the first local storage directory (``.<dir>.eternia``), so that all
+    processes using that storage share the lock; else the user's state dir.
+    Never inside the storage directory, which holds backups only."""
     if config.state_dir is not None:
         return config.state_dir
     for t in config.targets:
         if "://" not in t.url or t.url.startswith("file://"):
-            return Path(t.url.removeprefix("file://"))
+            storage = Path(t.url.removeprefix("file://"))
+            beside = storage.parent / f".{storage.name}.eternia"
+            if beside.exists() or _writable_ancestor(storage.parent):
+                return beside
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "eternia-backup"
+
+
+def _writable_ancestor(path: Path) -> bool:
+    for p in (path, *path.parents):
+        if p.exists():
+            return os.access(p, os.W_OK | os.X_OK)
+    return False
 
 
 def _now() -> str:
@@ -61,7 +74,7 @@ class StateStore:
         with self._lock:
             data = self.read()
             change(data)
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import fsspec
 
 from . import redact
+from .fsutil import make_private_dirs
 from .errors import BackupNotFoundError, ConfigError, StorageError
 from .providers import AtomicWrite, StoredFile, Target
 
@@ -211,10 +212,7 @@ class FsspecTarget(Target):
                 path = Path(self.root)
                 # Each missing parent too is 0700 whatever the umask: a
                 # world-writable parent would let anyone move backups away.
-                missing = [p for p in (path, *path.parents) if not p.exists()]
-                for p in reversed(missing):
-                    p.mkdir(mode=DIR_MODE, exist_ok=True)
-                    os.chmod(p, DIR_MODE)
+                make_private_dirs(path, DIR_MODE)
                 if not path.is_dir():
                     raise NotADirectoryError(f"{path} is not a directory")
                 if statmod.S_IMODE(path.stat().st_mode) != DIR_MODE and path.stat().st_uid == os.getuid():
