@@ -172,7 +172,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                archiver: Archiver, compression: Compression, level: int | None, hook,
                config=None, progress: Callable[[int], None] | None = None,
                now: datetime | None = None, guard: Callable[[], None] | None = None,
-               cancel=None) -> BackupResult:
+               cancel=None, encryptor=None) -> BackupResult:
     """Make one backup on every target. Raises BackupFailedError if any target failed.
 
     ``guard()`` is called before anything is committed and may raise (a lost
@@ -182,9 +182,12 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     created = now or datetime.now(timezone.utc)
     backup_id = new_backup_id(created, secrets.token_hex(3))
     archive_file = f"{name}-{backup_id}{archiver.extension}{compression.extension}"
+    if encryptor is not None:
+        archive_file += ".age"
     by_name = {t.name: t for t in targets}
     failures: dict[str, str] = {}
     writers: dict[str, AtomicWrite] = {}
+    encrypting = None
     call_lifecycle(hook.eternia_backup_started, backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
 
@@ -198,7 +201,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         if not writers:
             raise StorageError("every target failed: " + "; ".join(failures.values()))
         fan = _FanOut(writers, failures, by_name)
-        compressor = compression.compressor(fan, level)
+        sink = fan
+        if encryptor is not None:  # compress, then encrypt, then hash what is stored
+            encrypting = sink = encryptor.writer(fan)
+        compressor = compression.compressor(sink, level)
         counter = _CountingWriter(compressor, progress, cancel)
         records: list[SourceRecord] = []
         with archiver.writer(counter) as aw:
@@ -210,6 +216,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
         compressor.close()
+        if encrypting is not None:
+            encrypting.close()
         if guard is not None:
             guard()
         manifest = Manifest(
@@ -218,8 +226,11 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             sources=tuple(records),
             archive=ArchiveRecord(file=archive_file, format=archiver.format_name, compression=compression.name,
                                   size=fan.size, sha256=fan.sha.hexdigest(), content_size=counter.count),
+            encryption=encryptor.record if encryptor is not None else None,
         )
     except BaseException as exc:
+        if encrypting is not None:
+            encrypting.abort()
         for w in writers.values():
             w.abort()
         call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)

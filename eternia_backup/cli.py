@@ -134,14 +134,16 @@ def cmd_verify(mgr, args) -> int:
     else:
         from .verify import verify_copy
 
-        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry)]
+        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry, mgr.config.encryption)]
     if args.json:
         _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
     else:
         if not reports:
             print("no backups to verify")
         for r in reports:
-            if r.ok:
+            if r.ok and r.note:
+                print(f"ok       {r.backup_id}  {_human_size(r.size)}  {r.url}  ({r.note})")
+            elif r.ok:
                 print(f"ok       {r.backup_id}  {_human_size(r.size)}, {r.entries} entries  {r.url}")
             else:
                 print(f"DAMAGED  {r.backup_id}  {r.problem}")
@@ -265,6 +267,24 @@ def cmd_run(mgr, args) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args) -> int:
+    from pathlib import Path
+
+    from .encryption import generate_identity_file
+
+    path = Path(args.output)
+    if path.exists():
+        print(f"error: {path} exists; refusing to overwrite a key (choose another --output)", file=sys.stderr)
+        return EXIT_USAGE
+    public = generate_identity_file(path)
+    if args.json:
+        _print_json({"identity_file": str(path.absolute()), "recipient": public})
+    else:
+        print(f"# wrote the private identity to {path} (mode 0600); keep a copy somewhere safe", file=sys.stderr)
+        print(public)
+    return EXIT_OK
+
+
 def cmd_plugins(args) -> int:
     from .plugins import build_registry, get_plugin_manager
 
@@ -345,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="on stop, how long a running backup may finish before it is abandoned (default 30)")
 
+    s = sub.add_parser("keygen", parents=[common],
+                       help="write a new age identity file (0600) and print its public recipient")
+    s.add_argument("--output", "-o", default="eternia-backup.key", metavar="FILE",
+                   help="where to write the identity (default: eternia-backup.key); never overwritten")
+
     sub.add_parser("plugins", parents=[common], help="list source types, archivers, compressions and targets")
 
     s = sub.add_parser("config", help="check or show the configuration")
@@ -383,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return cmd_plugins(args)
+        if args.command == "keygen":
+            return cmd_keygen(args)
         if args.command == "config":
             return cmd_config(args)
         from .manager import BackupManager

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from . import redact
+from .encryption import EncryptionSettings
 from .errors import ConfigError
 
 CONFIG_ENV = "ETERNIA_BACKUP_CONFIG"
@@ -123,6 +124,13 @@ class MetricsModel(_Model):
     textfile: str | None = _f("a file path for the Prometheus textfile collector", None)
 
 
+class EncryptionModel(_Model):
+    enabled: bool = _f("true or false", False)
+    recipients: list[str] = _f("a list of age public keys (age1...)", default_factory=list)
+    identity_file: str | None = _f("a path to an age identity file", None, min_length=1)
+    passphrase: str | None = _f("a passphrase, best given as ${VARIABLE}", None, min_length=1)
+
+
 class BackupModel(_Model):
     enabled: bool = _f("true or false", True)
     frequency: Literal["hourly", "daily", "weekly", "monthly"] = _f(
@@ -142,6 +150,7 @@ class BackupModel(_Model):
     notify: NotifyModel = _f("a mapping", default_factory=NotifyModel)
     metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel)
     state_dir: str | None = _f("a local directory path", None, min_length=1)
+    encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel)
 
 
 # -- the effective configuration -----------------------------------------------
@@ -224,6 +233,8 @@ class BackupConfig:
     webhook: Webhook | None = None
     metrics_textfile: Path | None = None
     state_dir: Path | None = None
+    encrypt: bool = False
+    encryption: "EncryptionSettings | None" = None
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         """The effective config as plain data (what ``config show`` prints)."""
@@ -241,6 +252,11 @@ class BackupConfig:
             "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
             "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None},
             "state_dir": str(self.state_dir) if self.state_dir else None,
+            "encryption": None if self.encryption is None else {
+                "enabled": self.encrypt, "recipients": list(self.encryption.recipients),
+                "identity_file": str(self.encryption.identity_file) if self.encryption.identity_file else None,
+                "passphrase": self.encryption.passphrase,
+            },
         }
         return redact.mask(data) if masked else data
 
@@ -429,6 +445,15 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         webhook = Webhook(w.url, w.on_success, w.timeout_seconds)
     metrics = Path(_local_url(model.metrics.textfile, base_dir)) if model.metrics.textfile else None
     state_dir = Path(_local_url(model.state_dir, base_dir)) if model.state_dir else None
+    enc = model.encryption
+    if enc.enabled and not enc.recipients and not enc.passphrase:
+        raise ConfigError("backup.encryption: enabled needs recipients (age1... public keys) or a passphrase; "
+                          "make a key with `eternia-backup keygen`")
+    settings = None
+    if enc.enabled or enc.identity_file or enc.passphrase or enc.recipients:
+        settings = EncryptionSettings(tuple(enc.recipients),
+                                      Path(_local_url(enc.identity_file, base_dir)) if enc.identity_file else None,
+                                      enc.passphrase)
 
     return BackupConfig(
         name=model.name,
@@ -448,6 +473,8 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         webhook=webhook,
         metrics_textfile=metrics,
         state_dir=state_dir,
+        encrypt=enc.enabled,
+        encryption=settings,
     )
 
 

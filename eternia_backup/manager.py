@@ -52,6 +52,10 @@ class BackupManager:
         self._check_level()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
+        if config.encrypt:
+            from .encryption import Encryptor
+
+            Encryptor(config.encryption)  # checks the recipients now, before any I/O
         self.state = StateStore.for_config(config)
         self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
         self.lease_target: Target | None = None
@@ -140,6 +144,7 @@ class BackupManager:
                 sources=list(self.sources.values()), targets=self.targets,
                 archiver=self.archiver, compression=self.compression, level=self.config.compression_level,
                 hook=self.pm.hook, config=self.config, progress=progress, guard=guard, cancel=cancel,
+                encryptor=self._encryptor(),
             )
         except BackupFailedError as exc:
             self._record(exc.result, {t.name: str(exc) for t in self.targets})
@@ -149,6 +154,13 @@ class BackupManager:
             raise
         self._record(result, {})
         return result
+
+    def _encryptor(self):
+        if not self.config.encrypt:
+            return None
+        from .encryption import Encryptor
+
+        return Encryptor(self.config.encryption)  # a fresh one per backup (passphrase mode)
 
     def _record(self, result, failures: dict[str, str]) -> None:
         """Remember per-target outcomes (status, metrics); never fails the backup."""
@@ -195,7 +207,7 @@ class BackupManager:
 
     def verify_backup(self, backup: str) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = verify.verify_copy(self.find_backup(backup), self.registry)
+        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
@@ -205,7 +217,7 @@ class BackupManager:
         listings, errors = self.listings()
         if errors:
             raise StorageError("; ".join(errors.values()))
-        return [verify.verify_copy(c, self.registry) for e in catalog.merge(listings) for c in e.copies]
+        return [verify.verify_copy(c, self.registry, self.config.encryption) for e in catalog.merge(listings) for c in e.copies]
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
@@ -215,6 +227,7 @@ class BackupManager:
         return restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
+            encryption=self.config.encryption,
         )
 
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None) -> Path:

@@ -27,7 +27,7 @@ from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .providers import RestorePlan, Source
 from .safety import Extractor, MemberChecker
-from .verify import HashingReader, LimitedReader, check_checksum, check_size
+from .verify import Content, HashingReader, check_checksum, check_size, keys_for
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -46,7 +46,7 @@ class RestoreResult:
 
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
                  to: Path | None, dry_run: bool, registry, hook,
-                 confirm: Callable[[list[str]], bool] | None = None) -> RestoreResult:
+                 confirm: Callable[[list[str]], bool] | None = None, encryption=None) -> RestoreResult:
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
@@ -63,6 +63,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
         )
 
     check_size(copy, manifest)
+    identities = keys_for(manifest, encryption)  # before anything: no key, no restore
     archiver = registry.archiver(manifest.archive.format)()
     compression = registry.compression(manifest.archive.compression)()
 
@@ -91,7 +92,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
                            destination=to, dry_run=False)
             try:
-                _stage(copy, path, plans, archiver, compression)
+                _stage(copy, path, plans, archiver, compression, identities)
                 _commit_all(plans)
             except BaseException as exc:
                 call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=exc, result=None)
@@ -130,7 +131,8 @@ class _local_archive:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression) -> None:
+def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression,
+           identities: list | None = None) -> None:
     manifest = copy.manifest
     for p in plans.values():
         p.prepare()
@@ -139,26 +141,25 @@ def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver
     extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where)
     with open(path, "rb") as raw:
         hashing = HashingReader(raw)
-        content = LimitedReader(compression.decompressor(hashing), manifest.archive.content_size, where)
-        reader = archiver.reader(content)
+        content = Content(hashing, manifest, compression, identities, where)
         try:
+            reader = archiver.reader(content)
             for member in reader:
                 source, rel = checker.check(member)
                 extractor.add(source, rel, member, reader)
             checker.finish()
             extractor.finish()
+            content.finish()
             hashing.drain()
-        except (UnsafeArchiveError, IntegrityError):
-            raise
-        except OSError as exc:
-            if isinstance(exc, EterniaBackupError):
-                raise
-            raise RestoreError(f"restore of {copy.backup_id} failed while staging: {exc.strerror or exc}; "
-                               "the current state was left as it was") from exc
         except EterniaBackupError:
             raise
-        except Exception as exc:
+        except OSError as exc:
+            raise RestoreError(f"restore of {copy.backup_id} failed while staging: {exc.strerror or exc}; "
+                               "the current state was left as it was") from exc
+        except Exception as exc:  # zstd, gzip, lzma and tarfile each raise their own
             raise IntegrityError(f"{where}: archive cannot be read: {exc}") from exc
+        finally:
+            content.close()
     if hashing.sha.hexdigest() != manifest.archive.sha256:
         raise IntegrityError(f"{where}: the archive changed while it was restored; nothing was changed")
 
