@@ -31,9 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
+import logging
+
 from .errors import ConfigError, EterniaBackupError, IntegrityError
 
 EXTENSION = ".age"
+log = logging.getLogger("eternia_backup.encryption")
 
 
 class DecryptionError(IntegrityError):
@@ -193,6 +196,8 @@ def identities_for(record: dict, settings: EncryptionSettings | None) -> list:
         except Exception:
             problems.append("the configured passphrase does not open this backup; check encryption.passphrase")
     if identities:
+        for problem in problems:
+            log.warning("%s (trying the other keys)", problem)
         return identities
     if problems:
         raise DecryptionError("; ".join(problems))

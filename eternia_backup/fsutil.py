@@ -44,3 +44,19 @@ def make_private_dirs(path: Path, mode: int = 0o700) -> None:
     for p in reversed(missing):
         p.mkdir(mode=mode, exist_ok=True)
         os.chmod(p, mode)
+
+
+def remove_empty_dirs(path: Path) -> None:
+    """Remove ``path`` and the directories under it, bottom-up, as far as they are empty."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    for root, dirs, _files in os.walk(path, topdown=False):
+        for d in dirs:
+            try:
+                os.rmdir(os.path.join(root, d))
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

@@ -23,6 +23,7 @@ from typing import Callable
 
 from .catalog import BackupCopy
 from .errors import EterniaBackupError, IntegrityError, RestoreError, UnsafeArchiveError
+from .fsutil import remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .providers import RestorePlan, Source
@@ -76,6 +77,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             plans[n] = src.restore_plan(to / n if to is not None else None)
     changes = [line for p in plans.values() for line in p.changes()]
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
+    created_to = to is not None and not to.exists()
     try:
         with _local_archive(copy) as (path, _temp):
             with open(path, "rb") as f:
@@ -103,6 +105,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     finally:
         for p in plans.values():
             p.discard()
+        if created_to:
+            remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
     call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result

@@ -58,11 +58,21 @@ def previous_slot(cron: str, at: datetime, tz: tzinfo) -> datetime:
     """The latest slot at or before ``at`` (aware), in UTC."""
     at = at.astimezone(UTC)
     start = (at + timedelta(seconds=1)).astimezone(tz).replace(microsecond=0)
+    found = None
     for t in CronSim(cron, start, reverse=True):
         u = t.astimezone(UTC)
         if u <= at:
-            return u
-    raise ValueError(f"cron expression {cron!r} has no past slot")
+            found = u
+            break
+    if found is None:
+        raise ValueError(f"cron expression {cron!r} has no past slot")
+    # Walking backwards in wall-clock time can miss slots when ``at`` lies in
+    # the repeated hour after a fall-back (03:10 the second time comes "before"
+    # 03:30 the first time on the wall clock, though after it in real time).
+    # ``found`` is a slot at or before ``at``; walk forward, which is exact.
+    while (n := next_slot(cron, found, tz)) <= at:
+        found = n
+    return found
 
 
 def period(cron: str, tz: tzinfo, around: datetime) -> timedelta:
