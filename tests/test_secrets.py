@@ -1,0 +1,111 @@
+"""Secrets everywhere they can be, and nowhere they must not be.
+
+S3 keys in the environment and in the config, a DSN with a password, an
+encryption passphrase: none may appear in debug logs, error messages,
+``config show``, manifests or any file left on disk.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import yaml
+
+from eternia_backup.testing import ADMIN
+
+ENV_SECRET = "env-secret-Zq81xLw0"
+CONFIG_SECRET = "config-secret-Kp44rTz9"
+DSN_PASSWORD = "dsn-pass-Hy62mNb3"
+PASSPHRASE = "passphrase-Ww37cVx5"
+SECRETS = (ENV_SECRET, CONFIG_SECRET, DSN_PASSWORD, PASSPHRASE, ADMIN[1])
+
+
+def all_files(*roots: Path):
+    for root in roots:
+        for p in root.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+def assert_clean(text: str, where: str) -> None:
+    for s in SECRETS:
+        assert s not in text, f"secret {s[:8]}... leaked in {where}"
+
+
+def test_no_secret_in_logs_errors_config_show_manifests_or_files(app, s3_server, s3_bucket, cli, tmp_path):
+    dsn = f"postgresql://app:{DSN_PASSWORD}@127.0.0.1:5432/appdb"
+    section = {
+        "storage_path": "backups",
+        "sources": [
+            {"type": "directory", "name": "files", "path": "state/files"},
+            # a dump command whose DSN carries a password (the command just prints)
+            {"type": "command", "name": "dump", "command": f"echo connecting to {dsn} >&2; echo dumped",
+             "restore_command": "cat > /dev/null"},
+        ],
+        "targets": [{"name": "s3", "url": f"s3://{s3_bucket}/env",
+                     "options": {"key": ADMIN[0], "secret": "${S3_SECRET}",
+                                 "client_kwargs": {"endpoint_url": s3_server.endpoint}}},
+                    {"name": "other", "url": f"s3://{s3_bucket}/other",
+                     "options": {"key": ADMIN[0], "secret": ADMIN[1],  # a literal in the config
+                                 "client_kwargs": {"endpoint_url": s3_server.endpoint}}}],
+        "encryption": {"enabled": True, "passphrase": "${BACKUP_PASSPHRASE}"},
+        # a webhook whose URL carries credentials; nothing listens there, so it is logged as undeliverable
+        "notify": {"webhook": {"url": f"http://hook:{CONFIG_SECRET}@127.0.0.1:9/notify", "on_success": True,
+                               "timeout_seconds": 2}},
+    }
+    config = app / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": section}))
+    env = {"S3_SECRET": ADMIN[1], "BACKUP_PASSPHRASE": PASSPHRASE, "AWS_SECRET_ACCESS_KEY": ENV_SECRET,
+           "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00"}
+
+    outputs = []
+    for args in (["-vv", "create"], ["-vv", "list"], ["-vv", "verify", "--all"], ["config", "show"],
+                 ["config", "show", "--json"], ["-vv", "status"], ["-vv", "cleanup"]):
+        proc = cli(*args, config=config, env=env)
+        outputs.append((args, proc))
+        assert_clean(proc.stdout + proc.stderr, f"`{' '.join(args)}`")
+    assert outputs[0][1].returncode == 0, outputs[0][1].stderr
+    assert "********" in outputs[3][1].stdout
+
+    # errors: a failing dump with the DSN in its stderr, a wrong S3 secret
+    section["sources"][1]["command"] = f"echo 'FATAL: password authentication failed for {dsn}' >&2; exit 2"
+    config.write_text(yaml.safe_dump({"backup": section}))
+    failed = cli("-vv", "create", config=config, env=env)
+    assert failed.returncode == 1 and "password authentication failed" in failed.stderr
+    assert_clean(failed.stdout + failed.stderr, "a failing dump's error")
+    bad = cli("-vv", "create", config=config, env={**env, "S3_SECRET": "wrong-" + ENV_SECRET})
+    assert bad.returncode == 1
+    assert_clean(bad.stdout + bad.stderr, "a wrong secret's error")
+
+    # restore, then everything left on disk and in the bucket
+    section["sources"][1]["command"] = "echo dumped"
+    config.write_text(yaml.safe_dump({"backup": section}))
+    restored = cli("-vv", "restore", "latest", "--to", str(tmp_path / "restored"), "--yes", config=config, env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert_clean(restored.stdout + restored.stderr, "restore")
+    for f in all_files(app, tmp_path / "restored"):  # state, lock, backups, restored files
+        if f.name == "eternia-backup.yaml":
+            continue  # the user's own file holds what the user wrote there
+        data = f.read_bytes()
+        for s in SECRETS:
+            assert s.encode() not in data, f"secret {s[:8]}... found in {f}"
+    for key in s3_server.client().find(s3_bucket):
+        data = s3_server.client().cat(key)
+        for s in SECRETS:
+            assert s.encode() not in data, f"secret {s[:8]}... found in s3://{key}"
+
+
+def test_backup_files_are_owner_only_whatever_the_umask(app, cli, write_config):
+    import os
+
+    old = os.umask(0)
+    try:
+        proc = cli("create", config=write_config())
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    storage = app / "backups"
+    assert stat.S_IMODE(storage.stat().st_mode) == 0o700
+    for f in storage.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
