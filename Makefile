@@ -6,10 +6,10 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: setup demo demo-s3 test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[s3,encryption,test]'
+	$(PY) -m pip install --quiet -e '.[s3,encryption,test]' -e plugins/eternia-backup-postgres
 	touch $(STAMP)
 
 setup: $(STAMP)

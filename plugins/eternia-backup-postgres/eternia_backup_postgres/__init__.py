@@ -1,0 +1,122 @@
+"""Source ``postgres``: a PostgreSQL database through pg_dump / pg_restore.
+
+The dump is pg_dump's custom format (consistent: one transaction snapshot),
+archived as ``<source>/dump.pgcustom``. Restore pipes it into
+``pg_restore --clean --if-exists --no-owner --single-transaction``, so a failed
+restore leaves the database as it was. A password in the DSN is moved into
+``PGPASSWORD`` so it never shows in a process listing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from eternia_backup import hookimpl
+from eternia_backup.builtin.command import stderr_tail
+from eternia_backup.errors import RestoreError, SourceError
+from eternia_backup.fsutil import remove_tree
+from eternia_backup.plans import DirectorySwapPlan
+from eternia_backup.providers import RestorePlan, Source, SourceOptions
+from eternia_backup.redact import redact_text, remember
+
+DUMP_NAME = "dump.pgcustom"
+
+
+class PostgresOptions(SourceOptions):
+    dsn: str
+    pg_dump: str = "pg_dump"
+    pg_restore: str = "pg_restore"
+    timeout: float | None = None
+
+
+def split_password(dsn: str) -> tuple[str, dict[str, str]]:
+    """(DSN without its password, environment carrying it) for URL-style DSNs."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql") or parts.password is None:
+        return dsn, {}
+    remember(parts.password)
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return urlunsplit(parts._replace(netloc=netloc)), {"PGPASSWORD": parts.password}
+
+
+class PostgresSource(Source):
+    type_name = "postgres"
+    options_model = PostgresOptions
+
+    def describe(self):
+        return {"type": self.type_name, "name": self.name, "dsn": redact_text(split_password(self.options.dsn)[0])}
+
+    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        dsn, env = split_password(self.options.dsn)
+        return subprocess.run([*args, f"--dbname={dsn}"], env={**os.environ, **env}, stderr=subprocess.PIPE,
+                              timeout=self.options.timeout, **kwargs)
+
+    def backup(self, writer) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="eternia-pg-"))
+        try:
+            dump = workdir / DUMP_NAME
+            started = time.time()
+            with open(dump, "wb") as out:
+                try:
+                    proc = self._run([self.options.pg_dump, "--format=custom"], stdout=out,
+                                     stdin=subprocess.DEVNULL)
+                except FileNotFoundError as exc:
+                    raise SourceError(f"source {self.name!r}: {exc.filename} not found; install the PostgreSQL "
+                                      "client tools") from exc
+            if proc.returncode != 0:
+                raise SourceError(f"source {self.name!r}: pg_dump exited with status {proc.returncode}: "
+                                  f"{stderr_tail(proc.stderr)}")
+            with open(dump, "rb") as f:
+                writer.add_stream(DUMP_NAME, f, os.fstat(f.fileno()).st_size, mode=0o600, mtime=started)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def restore_plan(self, destination: Path | None):
+        if destination is not None:
+            return DirectorySwapPlan(destination, f"source {self.name!r}")
+        return PgRestorePlan(self)
+
+
+class PgRestorePlan(RestorePlan):
+    irreversible = True  # runs after every plan that can roll back
+
+    def __init__(self, source: PostgresSource):
+        self.source = source
+        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-pg-not-prepared"
+        self.description = f"source {source.name!r}: pg_restore into {source.describe()['dsn']}"
+
+    def prepare(self) -> None:
+        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-pg-restore-"))
+
+    def replaces_existing(self) -> bool:
+        return True
+
+    def changes(self) -> list[str]:
+        return [f"source {self.source.name!r}: would replace the database {self.source.describe()['dsn']} "
+                "(pg_restore --clean)"]
+
+    def commit(self) -> None:
+        dump = self.staging_dir / DUMP_NAME
+        if not dump.is_file():
+            raise RestoreError(f"source {self.source.name!r}: the backup holds no {DUMP_NAME}")
+        opts = self.source.options
+        proc = self.source._run([opts.pg_restore, "--clean", "--if-exists", "--no-owner", "--single-transaction",
+                                 "--exit-on-error", str(dump)], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RestoreError(f"source {self.source.name!r}: pg_restore exited with status {proc.returncode} "
+                               f"(the database was left as it was): {stderr_tail(proc.stderr)}")
+
+    def discard(self) -> None:
+        if self.staging_dir.name != "eternia-pg-not-prepared":
+            remove_tree(self.staging_dir)
+
+
+@hookimpl
+def eternia_register_sources(register):
+    register(PostgresSource)
