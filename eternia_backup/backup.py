@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import secrets
 import socket
 import subprocess
@@ -23,8 +22,8 @@ from typing import Callable
 
 from . import __version__
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
-from .plugins import call_lifecycle
 from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
+from .plugins import call_lifecycle
 from .providers import Archiver, AtomicWrite, Compression, Source, Target
 from .redact import redact_text
 from .storage import describe_os_error

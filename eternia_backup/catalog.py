@@ -15,9 +15,21 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import BackupNotFoundError, EterniaBackupError, IntegrityError, StorageError
-from .manifest import (ARCHIVE_RE, MANIFEST_RE, MANIFEST_SUFFIX, Manifest, archive_stem, is_backup_id,
-                       manifest_name_for)
+from .errors import (
+    BackupNotFoundError,
+    EterniaBackupError,
+    IntegrityError,
+    StorageError,
+)
+from .manifest import (
+    ARCHIVE_RE,
+    MANIFEST_RE,
+    MANIFEST_SUFFIX,
+    Manifest,
+    archive_stem,
+    is_backup_id,
+    manifest_name_for,
+)
 from .providers import StoredFile, Target
 from .storage import parse_temp_name
 

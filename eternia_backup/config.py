@@ -496,7 +496,8 @@ def _schedule(model: BackupModel) -> Schedule:
 
 
 def _check_cron(expr: str) -> None:
-    from datetime import datetime, timezone as dt_timezone
+    from datetime import datetime
+    from datetime import timezone as dt_timezone
 
     from cronsim import CronSim, CronSimError
 

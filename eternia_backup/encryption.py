@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
-
-import logging
 
 from .errors import ConfigError, EterniaBackupError, IntegrityError
 

@@ -20,11 +20,17 @@ from pydantic import ValidationError
 from . import backup as backup_mod
 from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config
+from .errors import (
+    BackupFailedError,
+    ConfigError,
+    EterniaBackupError,
+    IntegrityError,
+    StorageError,
+)
 from .locks import LocalLock
-from .state import StateStore
-from .errors import BackupFailedError, ConfigError, EterniaBackupError, IntegrityError, StorageError
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .providers import Source, Target
+from .state import StateStore
 from .storage import split_protocol
 
 log = logging.getLogger("eternia_backup")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .catalog import BackupCopy
-from .errors import EterniaBackupError, IntegrityError, RestoreError, UnsafeArchiveError
+from .errors import EterniaBackupError, IntegrityError, RestoreError
 from .fsutil import remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
@@ -78,6 +78,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     changes = [line for p in plans.values() for line in p.changes()]
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
     created_to = to is not None and not to.exists()
+    committed = False
     try:
         with _local_archive(copy) as (path, _temp):
             with open(path, "rb") as f:
@@ -96,6 +97,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             try:
                 _stage(copy, path, plans, archiver, compression, identities)
                 _commit_all(plans)
+                committed = True
             except BaseException as exc:
                 call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=exc, result=None)
                 if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
@@ -105,7 +107,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     finally:
         for p in plans.values():
             p.discard()
-        if created_to:
+        if created_to and not committed:  # never after success: restored empty directories stay
             remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
     call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))

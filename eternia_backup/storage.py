@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 import fsspec
 
 from . import redact
-from .fsutil import make_private_dirs
 from .errors import BackupNotFoundError, ConfigError, StorageError
+from .fsutil import make_private_dirs
 from .providers import AtomicWrite, StoredFile, Target
 
 TMP_SUFFIX = ".tmp"

@@ -12,7 +12,13 @@ import hashlib
 from typing import BinaryIO
 
 from .catalog import BackupCopy
-from .errors import ArchiveError, BackupNotFoundError, IntegrityError, StorageError, UnsafeArchiveError
+from .errors import (
+    ArchiveError,
+    BackupNotFoundError,
+    IntegrityError,
+    StorageError,
+    UnsafeArchiveError,
+)
 from .manifest import Manifest
 from .safety import MemberChecker
 

@@ -19,7 +19,7 @@ from typing import IO, BinaryIO, Iterator
 
 from eternia_backup import hookimpl
 from eternia_backup.errors import ArchiveError, SourceError
-from eternia_backup.providers import ArchiveReader, Archiver, EntryWriter, Member
+from eternia_backup.providers import Archiver, ArchiveReader, EntryWriter, Member
 
 _COPY_BUFSIZE = 1024 * 1024
 
