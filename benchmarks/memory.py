@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""Peak memory and time of `eternia-backup create / restore / verify` on a generated state.
+
+Not a test: a measurement to read. It generates application state of a given size
+(default 2 GiB) mixed like the measurements in PERFORMANCE-NOTES.md -- many small JSON files,
+medium files of which half are random, one big mostly-random binary, a log and a
+SQLite database -- in a temporary directory outside the repository, then runs the
+real CLI in a subprocess for each step and reports, per step:
+
+* seconds (wall clock),
+* peak RSS of the largest process (the kernel's high-water mark VmHWM, read every
+  20 ms while it runs; for a shell pipeline, its largest member),
+* peak RSS of the whole process tree (the sum of the members' RSS, sampled every 20 ms),
+* the size of what it produced (archive, restored tree).
+
+For comparison it runs the anchors with the standard tools: ``tar | cat`` (the
+reading floor; GNU tar skips reading when its output is /dev/null, so the stream
+goes through a pipe), ``tar | zstd -T0 -3 > file`` then ``sync`` (the full-archive
+floor, written to the same disk as ours) and ``tar -I zstd -xf`` of our own archive
+into an empty directory.
+
+The state is generated once, synced, and sits in the page cache for every run (24 GiB
+RAM machines); all steps read it from memory alike. Times on small VMs swing (the
+kernel's cost of fresh memory and writeback); use ``--repeat 3`` for medians. The temporary data is removed at the
+end, also on Ctrl-C or SIGTERM.
+
+    python benchmarks/memory.py                      # 2 GiB, table
+    python benchmarks/memory.py --size-mib 256 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MIB = 1024 * 1024
+GOAL_MIB = 200  # the issue's bound for a 2 GiB backup: about 200 MB resident
+
+# Shares of the state, from the 1 GiB mix of PERFORMANCE-NOTES.md
+# (20,000 small files ~166 MiB, ~225 medium ~307 MiB, 300 MiB binary, 200 MiB log, 51 MiB db).
+SHARE = {"small": 0.16, "medium": 0.30, "binary": 0.29, "log": 0.20, "sqlite": 0.05}
+SMALL_PER_GIB = 20_000
+MEDIUM_PER_GIB = 225
+
+
+# -- the state ---------------------------------------------------------------------------
+
+
+def _random_text(rng: random.Random, n: int) -> str:
+    words = ["user", "order", "session", "token", "amount", "status", "ok", "pending", "eu-west",
+             "checkout", "cart", "refund", "shipping", "alpha", "beta", "gamma", "delta"]
+    out = []
+    size = 0
+    while size < n:
+        w = rng.choice(words) if rng.random() < 0.7 else os.urandom(4).hex()
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n]
+
+
+def generate_state(root: Path, size_mib: int, seed: int = 7) -> dict:
+    """Write the mixed state under root/files and root/app.db; returns what was made."""
+    rng = random.Random(seed)
+    total = size_mib * MIB
+    files = root / "files"
+    made = {"small_files": 0, "medium_files": 0, "bytes": 0}
+
+    # many small JSON documents, 1-16 KiB, in 100 directories
+    n_small = max(1, round(SMALL_PER_GIB * size_mib / 1024))
+    budget = SHARE["small"] * total
+    mean = budget / n_small
+    for i in range(n_small):
+        d = files / "docs" / f"{i % 100:02d}"
+        if i < 100:
+            d.mkdir(parents=True, exist_ok=True)
+        size = int(min(16 * 1024, max(1024, rng.uniform(0.12, 1.88) * mean)))
+        doc = {"id": i, "user": f"user-{rng.randrange(10**6)}", "score": rng.random(),
+               "tags": rng.sample(["a", "b", "c", "d", "e"], 2)}
+        doc["notes"] = _random_text(rng, max(0, size - len(json.dumps(doc)) - 12))
+        data = json.dumps(doc).encode()
+        (d / f"doc-{i:06d}.json").write_bytes(data)
+        made["bytes"] += len(data)
+    made["small_files"] = n_small
+
+    # medium files, half random, half compressible text
+    n_medium = max(2, round(MEDIUM_PER_GIB * size_mib / 1024))
+    each = int(SHARE["medium"] * total / n_medium)
+    (files / "media").mkdir(parents=True)
+    (files / "reports").mkdir(parents=True)
+    text_block = _random_text(rng, MIB).encode()
+    for i in range(n_medium):
+        if i % 2:
+            path, data = files / "media" / f"blob-{i:04d}.bin", os.urandom(each)
+        else:
+            path = files / "reports" / f"report-{i:04d}.txt"
+            reps = each // len(text_block) + 1
+            data = (f"report {i}\n".encode() + text_block * reps)[:each]
+        path.write_bytes(data)
+        made["bytes"] += len(data)
+    made["medium_files"] = n_medium
+
+    # one big binary, mostly random (85% random, 15% zero runs)
+    big = int(SHARE["binary"] * total)
+    with open(files / "model.bin", "wb") as f:
+        left = big
+        while left > 0:
+            n = min(MIB, left)
+            f.write(os.urandom(n) if rng.random() < 0.85 else bytes(n))
+            left -= n
+    made["bytes"] += big
+
+    # a log: 64 distinct 1 MiB blocks of lines, picked at random, each block numbered
+    blocks = []
+    for b in range(64):
+        lines = []
+        size = 0
+        while size < MIB:
+            line = (f"2024-06-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:"
+                    f"{rng.randint(0, 59):02d}.{rng.randint(0, 999):03d}Z {rng.choice(['INFO', 'INFO', 'WARN', 'DEBUG'])} "
+                    f"req={os.urandom(6).hex()} path=/api/{rng.choice(['orders', 'users', 'cart'])}/{rng.randint(1, 99999)} "
+                    f"status={rng.choice([200, 200, 200, 201, 404, 500])} ms={rng.randint(1, 900)}\n")
+            lines.append(line)
+            size += len(line)
+        blocks.append("".join(lines).encode()[:MIB])
+    log_size = int(SHARE["log"] * total)
+    with open(files / "app.log", "wb") as f:
+        written = 0
+        while written < log_size:
+            chunk = blocks[rng.randrange(64)][: log_size - written]
+            f.write(chunk)
+            written += len(chunk)
+    made["bytes"] += log_size
+
+    # a SQLite database of events with JSON payloads
+    db_target = int(SHARE["sqlite"] * total)
+    conn = sqlite3.connect(root / "app.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT, kind TEXT, payload TEXT)")
+    row = 0
+    while (root / "app.db").stat().st_size < db_target:
+        batch = [(f"2024-06-01T00:00:{row + k}", rng.choice(["login", "order", "logout"]),
+                  json.dumps({"n": row + k, "blob": os.urandom(150).hex(), "text": _random_text(rng, 200)}))
+                 for k in range(5000)]
+        conn.executemany("INSERT INTO events (ts, kind, payload) VALUES (?, ?, ?)", batch)
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        row += len(batch)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    made["sqlite_rows"] = row
+    made["bytes"] += (root / "app.db").stat().st_size
+    made["files"] = sum(1 for p in files.rglob("*") if p.is_file()) + 1
+    return made
+
+
+# -- measuring a child -------------------------------------------------------------------
+
+
+def _status_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB; VmHWM is its peak RSS since its last exec."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def run_measured(cmd, *, env=None, shell: bool = False, interval: float = 0.02) -> dict:
+    """Run cmd; wall seconds, the largest process's peak RSS, and the tree's peak RSS.
+
+    The per-process peak is the kernel's own high-water mark (VmHWM), read every
+    ``interval`` seconds while the process lives. Not ``ru_maxrss`` from wait4: on Linux
+    that also counts the RSS the child had before its exec, i.e. a copy of this script.
+    """
+    import psutil
+
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            executable="/bin/bash" if shell else None)
+    hwm: dict[tuple[int, str], int] = {}
+    peak_tree = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_tree
+        while not done.is_set():
+            try:
+                root = psutil.Process(proc.pid)
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                procs = []
+            tree = 0
+            for q in procs:
+                rss, high = _status_kib(q.pid)
+                tree += rss
+                try:
+                    key = (q.pid, q.name())
+                except psutil.Error:
+                    continue
+                hwm[key] = max(hwm.get(key, 0), high)
+            peak_tree = max(peak_tree, tree)
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.monotonic() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    largest = max(hwm.items(), key=lambda kv: kv[1], default=((0, "?"), 0))
+    return {"seconds": seconds, "peak_rss_mib": largest[1] / 1024, "largest_process": largest[0][1],
+            "tree_peak_mib": peak_tree / 1024, "stdout": out.decode(errors="replace").strip()}
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).parent / "eternia-backup"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "eternia_backup"]
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=2048, help="size of the generated state (default 2048)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each step; medians are reported")
+    parser.add_argument("--workdir", default=None, help="where to make the temporary directory (default: system temp)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--no-anchors", action="store_true", help="skip the tar/zstd comparisons")
+    parser.add_argument("--s3", action="store_true",
+                        help="also back up to a local SeaweedFS S3 server (multipart upload) and restore from it")
+    args = parser.parse_args()
+
+    for tool in ("tar", "zstd"):
+        if not args.no_anchors and shutil.which(tool) is None:
+            parser.error(f"{tool} is needed for the anchors (or pass --no-anchors)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="eternia-bench-", dir=args.workdir))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _run(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _median(runs: list[dict]) -> dict:
+    out = dict(runs[-1])
+    for k in ("seconds", "peak_rss_mib", "tree_peak_mib", *(["output_mib"] if "output_mib" in out else [])):
+        out[k] = statistics.median(r[k] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def _run(tmp: Path, args) -> int:
+    state, backups = tmp / "state", tmp / "backups"
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log(f"generating {args.size_mib} MiB of state in {state} ...")
+    t0 = time.monotonic()
+    made = generate_state(state, args.size_mib)
+    os.sync()  # its writeback must not land in the first measured step
+    made["seconds"] = round(time.monotonic() - t0, 1)
+    log(f"  {made['files']} files, {made['bytes'] / MIB:.0f} MiB in {made['seconds']}s")
+
+    config = tmp / "eternia-backup.yaml"
+    config.write_text(json.dumps({"backup": {  # JSON is YAML
+        "name": "bench", "storage_path": str(backups), "retention_days": 0,
+        "sources": [{"type": "directory", "name": "files", "path": str(state / "files")},
+                    {"type": "sqlite", "name": "db", "path": str(state / "app.db")}],
+    }}))
+    cli = cli_command() + ["--config", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    results: dict[str, dict] = {}
+
+    def step(name: str, cmd, *, before=None, size=None, **kw) -> None:
+        runs = []
+        for _ in range(args.repeat):
+            if before:
+                before()
+            log(f"{name} ...")
+            r = run_measured(cmd, env=env, **kw)
+            if size:
+                r["output_mib"] = size() / MIB
+            runs.append(r)
+        results[name] = _median(runs)
+
+    def fresh_backups():
+        shutil.rmtree(backups, ignore_errors=True)
+
+    step("eternia-backup create", cli + ["create"], before=fresh_backups,
+         size=lambda: sum(p.stat().st_size for p in backups.glob("*.tar.zst")))
+    (archive,) = backups.glob("*.tar.zst")
+    restored = tmp / "restored"
+    step("eternia-backup restore latest", cli + ["restore", "latest", "--to", str(restored), "--yes"],
+         before=lambda: shutil.rmtree(restored, ignore_errors=True), size=lambda: du(restored))
+    shutil.rmtree(restored, ignore_errors=True)
+    step("eternia-backup verify latest", cli + ["verify", "latest"])
+
+    if args.s3:
+        from eternia_backup.testing import ADMIN, SeaweedFS
+
+        log("starting SeaweedFS on loopback ...")
+        server = SeaweedFS(tmp / "seaweedfs").start()
+        try:
+            server.make_bucket("bench")
+            s3_config = tmp / "eternia-backup-s3.yaml"
+            s3_config.write_text(json.dumps({"backup": {
+                "name": "bench", "retention_days": 0, "state_dir": str(tmp / "s3-state"),
+                "sources": [{"type": "directory", "name": "files", "path": str(state / "files")},
+                            {"type": "sqlite", "name": "db", "path": str(state / "app.db")}],
+                "targets": [{"name": "s3", "url": "s3://bench/bench",
+                             "options": {"key": ADMIN[0], "secret": ADMIN[1],
+                                         "client_kwargs": {"endpoint_url": server.endpoint}}}],
+            }}))
+            s3_cli = cli_command() + ["--config", str(s3_config)]
+            fs = server.client()
+            step("eternia-backup create (S3 only)", s3_cli + ["create"],
+                 before=lambda: [fs.rm(k) for k in fs.find("bench")],
+                 size=lambda: sum(fs.du(k) for k in fs.find("bench") if k.endswith(".tar.zst")))
+            step("eternia-backup restore latest (from S3)",
+                 s3_cli + ["restore", "latest", "--to", str(restored), "--yes"],
+                 before=lambda: shutil.rmtree(restored, ignore_errors=True), size=lambda: du(restored))
+            shutil.rmtree(restored, ignore_errors=True)
+        finally:
+            server.stop()
+
+    if not args.no_anchors:
+        q = f"'{state}'"
+        step("anchor: tar -cf - | cat >/dev/null", f"tar -C {q} -cf - . | cat > /dev/null", shell=True)
+        anchor_file = tmp / "anchor.tar.zst"  # written to disk and fsynced, as our archive is
+        step("anchor: tar -cf - | zstd -T0 -3 > file", f"tar -C {q} -cf - . | zstd -q -T0 -3 > '{anchor_file}' "
+             f"&& sync '{anchor_file}'", shell=True, before=lambda: anchor_file.unlink(missing_ok=True),
+             size=lambda: anchor_file.stat().st_size)
+        anchor_file.unlink(missing_ok=True)
+        out = tmp / "extracted"
+
+        def empty_out():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+
+        step("anchor: tar -I zstd -xf (our archive)", f"tar -I zstd -xf '{archive}' -C '{out}'",
+             shell=True, before=empty_out, size=lambda: du(out))
+        shutil.rmtree(out, ignore_errors=True)
+
+    create = results["eternia-backup create"]
+    report = {
+        "size_mib": args.size_mib, "state": made, "repeat": args.repeat,
+        "python": sys.version.split()[0], "cpus": os.cpu_count(),
+        "steps": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items() if kk != "stdout"}
+                  for k, v in results.items()},
+        "goal_peak_rss_mib": GOAL_MIB,
+        "create_within_goal": create["peak_rss_mib"] <= GOAL_MIB,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"\nstate: {made['files']} files, {made['bytes'] / MIB:.0f} MiB "
+              f"({made['small_files']} small, {made['medium_files']} medium, 1 binary, 1 log, "
+              f"SQLite {made['sqlite_rows']} rows); python {report['python']}, {report['cpus']} CPUs")
+        print(f"{'step':<40} {'seconds':>8} {'peak RSS MiB':>13} {'(process)':<15} {'tree peak MiB':>14} {'output MiB':>11}")
+        for name, r in results.items():
+            output = f"{r['output_mib']:.1f}" if "output_mib" in r else "-"
+            print(f"{name:<40} {r['seconds']:>8.2f} {r['peak_rss_mib']:>13.1f} {r['largest_process'][:15]:<15} "
+                  f"{r['tree_peak_mib']:>14.1f} {output:>11}")
+        verdict = "within" if report["create_within_goal"] else "OVER"
+        print(f"\nbackup peak RSS {create['peak_rss_mib']:.1f} MiB: {verdict} the ~{GOAL_MIB} MiB goal")
+        if "eternia-backup create (S3 only)" in results:
+            up = results["eternia-backup create (S3 only)"]
+            print(f"S3 multipart upload of a {up.get('output_mib', 0):.0f} MiB archive: peak RSS "
+                  f"{up['peak_rss_mib']:.1f} MiB in {up['seconds']:.1f}s")
+    return 0 if report["create_within_goal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
