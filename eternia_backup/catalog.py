@@ -129,6 +129,29 @@ def _time_from_id(backup_id: str) -> datetime | None:
         return None
 
 
+def _read_manifest(target: Target, fname: str) -> Manifest:
+    """Read and parse a manifest; one that does not parse is read again before it is called damaged.
+
+    A store can return wrong bytes once (a flipped bit, a cut-off read): such a
+    backup is good, and retention deletes damaged ones. Two different reads are
+    a StorageError (state unknown, nothing deleted), the same bad bytes twice an
+    IntegrityError.
+    """
+    where = target.file_url(fname)
+    data = target.read_bytes(fname)
+    try:
+        return Manifest.from_json(data, where=where)
+    except IntegrityError as first:
+        again = target.read_bytes(fname)
+        if again == data:
+            raise
+        try:
+            return Manifest.from_json(again, where=where)
+        except IntegrityError:
+            raise StorageError(f"manifest {where} reads differently each time ({first}); "
+                               "the store returns unreliable data") from None
+
+
 def list_target(target: Target, name: str) -> TargetListing:
     """Every backup of series ``name`` on ``target``; raises StorageError if listing fails."""
     files = {f.name: f for f in target.list()}
@@ -140,7 +163,7 @@ def list_target(target: Target, name: str) -> TargetListing:
             continue
         copy = BackupCopy(target, m["id"], fname, None)
         try:
-            manifest = Manifest.from_json(target.read_bytes(fname), where=target.file_url(fname))
+            manifest = _read_manifest(target, fname)
         except IntegrityError as exc:
             copy.problem = str(exc)
             claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))

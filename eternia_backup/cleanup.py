@@ -129,6 +129,8 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
                 target.delete(f.name)
             except EterniaBackupError as exc:
                 log.warning("cleanup on target %r: could not remove leftover %s: %s", target.name, f.name, exc)
+                problem = f"could not remove leftover {f.name}: {exc}"  # reported: it holds space until removed
+                report.error = f"{report.error}; {problem}" if report.error else problem
                 continue
         report.leftovers_removed.append(f.name)
     try:

@@ -101,7 +101,8 @@ def cmd_list(mgr, args) -> int:
                 where = " ".join(c.url for c in e.copies)
                 state = e.state
                 if not e.ok or e.state != "ok":
-                    state += ": " + "; ".join(c.problem for c in e.copies if c.problem)
+                    state += ": " + "; ".join(f"{c.target.name}: {c.problem.split(': ', 1)[-1]}"
+                                              for c in e.copies if c.problem)
                 rows.append((e.backup_id, created, _human_size(m.archive.size if m else None), sources, state, where))
             widths = [max(len(r[i]) for r in rows) for i in range(5)]
             for r in rows:

@@ -208,7 +208,12 @@ class BackupManager:
         copy = catalog.copy_from_reference(backup, self._target_for_url)
         if copy is not None:
             return copy
-        entry = catalog.find(self.list_backups(), backup)
+        entries = self.list_backups()
+        entry = catalog.find(entries, backup)
+        if backup == "latest" and entries and entry is not entries[0]:
+            log.warning("the newest backup %s is damaged (%s); using %s, the newest intact one",
+                        entries[0].backup_id, "; ".join(c.problem for c in entries[0].copies if c.problem),
+                        entry.backup_id)
         return entry.best
 
     def verify_backup(self, backup: str) -> verify.VerifyReport:

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from .catalog import BackupCopy
-from .errors import EterniaBackupError, IntegrityError, RestoreError
+from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError
 from .fsutil import remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .providers import RestorePlan, Source
 from .safety import Extractor, MemberChecker
+from .storage import describe_os_error
 from .verify import Content, HashingReader, check_checksum, check_size, keys_for
 
 log = logging.getLogger("eternia_backup.restore")
@@ -128,8 +129,16 @@ class _local_archive:
             return local, False
         self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
         path = self.tmpdir / manifest.archive.file
-        with self.copy.target.open_read(manifest.archive.file) as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
+        try:
+            with self.copy.target.open_read(manifest.archive.file) as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+        except BaseException as exc:
+            self.__exit__()  # not called when __enter__ raises: remove the partial download here
+            if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+                # a store's file object fails mid-read with its own errors (EIO, reset connections)
+                raise StorageError(f"{self.copy.describe()}: downloading the archive failed: "
+                                   f"{describe_os_error(exc)}; nothing was changed") from exc
+            raise
         return path, True
 
     def __exit__(self, *exc) -> None:

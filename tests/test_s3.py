@@ -209,7 +209,7 @@ def test_part_size_keeps_any_archive_within_10000_parts():
 def slow_config(app: Path, bucket: str, endpoint: str, gate: Path) -> Path:
     big = app / "big"
     big.mkdir()
-    (big / "random.bin").write_bytes(os.urandom(40 * 2**20))  # > 2 parts of 16 MiB
+    (big / "random.bin").write_bytes(os.urandom(40 * 2**20))  # several parts of 8 MiB
     section = {
         "storage_path": "backups",
         "retention": {"incomplete_grace_hours": 0},

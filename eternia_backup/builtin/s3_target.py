@@ -6,7 +6,7 @@ On top of the generic fsspec target it:
   become an object only on commit, and are aborted on any failure, so a failed
   or interrupted upload never leaves an object under the final name (the s3fs
   trap of closing a file after an exception does not apply);
-* grows the part size as parts accumulate (16 MiB, doubling every 1,000 parts),
+* grows the part size as parts accumulate (8 MiB, doubling every 1,000 parts),
   so memory stays small for small archives and any archive up to S3's 5 TiB
   limit fits in 10,000 parts;
 * checks the archive's size on the server (``head_object``) before the manifest
@@ -32,10 +32,11 @@ from eternia_backup.storage import FsspecTarget
 
 log = logging.getLogger("eternia_backup.target.s3")
 
-MIN_PART = 16 * 2**20
+MIN_PART = 8 * 2**20
 PART_DOUBLING_EVERY = 1000
 MAX_PART = 5 * 2**30
 MAX_PARTS = 10_000
+READ_BLOCK = 8 * 2**20
 
 
 def part_size(parts_done: int) -> int:
@@ -190,6 +191,13 @@ class S3Target(FsspecTarget):
             return S3AtomicWrite(self, filename)
         except Exception as exc:
             raise self.error_for("write", exc, filename) from exc
+
+    def open_read(self, filename: str):
+        try:
+            # s3fs reads ahead a whole block (50 MiB by default); a smaller block keeps restores small.
+            return self.fs.open(self.join(filename), "rb", block_size=READ_BLOCK)
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
 
     def size(self, filename: str) -> int:
         try:
