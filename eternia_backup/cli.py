@@ -231,6 +231,8 @@ def cmd_status(mgr, args) -> int:
             if t.get("listing_error"):
                 line += f"; cannot list: {t['listing_error']}"
             print(line)
+        if status.get("interrupted_restore"):
+            print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
                   "(twice the schedule's period)")

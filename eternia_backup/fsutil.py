@@ -60,3 +60,56 @@ def remove_empty_dirs(path: Path) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2():
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE).
+
+    False when the system or filesystem cannot; then the caller falls back to
+    two renames (and the restore journal covers the moment between them).
+    """
+    import ctypes
+    import errno
+
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def remove_stale_siblings(path: Path, keep: Path) -> list[Path]:
+    """Remove what killed restores left beside ``path`` (staging and replaced trees).
+
+    Only called under the host lock, after any interrupted restore was finished,
+    so nothing else can be using them.
+    """
+    removed = []
+    for purpose in ("restore", "replaced"):
+        for p in path.parent.glob(f".{path.name}.eternia-{purpose}-*"):
+            if p != keep:
+                remove_tree(p)
+                removed.append(p)
+    return removed

@@ -137,8 +137,10 @@ class BackupManager:
         and :class:`BackupInProgress` when another backup of this storage runs.
         """
         if self.lock.held:
+            self.finish_interrupted_restore()  # never back up a half-restored state
             return self._create(progress, guard, cancel)
         with self.lock.acquire("backup"):
+            self.finish_interrupted_restore()
             return self._create(progress, guard, cancel)
 
     def _create(self, progress, guard, cancel) -> backup_mod.BackupResult:
@@ -234,12 +236,32 @@ class BackupManager:
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``)."""
+        if dry_run:
+            return self._restore(backup, to, sources, True, confirm)
+        if self.lock.held:
+            self.finish_interrupted_restore()
+            return self._restore(backup, to, sources, False, confirm)
+        with self.lock.acquire("restore"):
+            self.finish_interrupted_restore()
+            return self._restore(backup, to, sources, False, confirm)
+
+    def _restore(self, backup, to, sources, dry_run, confirm) -> restore.RestoreResult:
         copy = self.find_backup(backup)
         return restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption,
+            encryption=self.config.encryption, journal_path=self.journal_path,
         )
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state.path.parent / f".{self.config.name}-{self.config.environment}.restore-journal.json"
+
+    def finish_interrupted_restore(self) -> list[str]:
+        """Finish a restore that a crash stopped half way (see :mod:`.journal`)."""
+        from . import journal
+
+        return journal.finish(self.journal_path)
 
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None) -> Path:
         """Copy a backup (archive and manifest) into local storage, verified; returns the archive's path."""
@@ -411,10 +433,20 @@ class BackupManager:
                 "copies": [c.target.name for c in newest.copies if c.ok],
             },
             "overdue": newest is None or age > limit,
+            "interrupted_restore": _journal_description(self.journal_path),
             "overdue_after_seconds": int(limit.total_seconds()),
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
                                  "listing_error": errors.get(t.name)} for t in self.targets},
         }
+
+
+def _journal_description(path: Path) -> str | None:
+    from . import journal
+
+    try:
+        return journal.describe(path)
+    except EterniaBackupError as exc:
+        return str(exc)
 
 
 def _size(n: int) -> str:

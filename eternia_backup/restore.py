@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import journal
 from .catalog import BackupCopy
 from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError
 from .fsutil import remove_empty_dirs
@@ -48,7 +49,8 @@ class RestoreResult:
 
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
                  to: Path | None, dry_run: bool, registry, hook,
-                 confirm: Callable[[list[str]], bool] | None = None, encryption=None) -> RestoreResult:
+                 confirm: Callable[[list[str]], bool] | None = None, encryption=None,
+                 journal_path: Path | None = None) -> RestoreResult:
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
@@ -97,6 +99,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                            destination=to, dry_run=False)
             try:
                 _stage(copy, path, plans, archiver, compression, identities)
+                if journal_path is not None:  # the next run finishes the swaps if this process dies
+                    journal.write(journal_path, copy.backup_id, [_journal_entry(p) for p in plans.values()])
                 _commit_all(plans)
                 committed = True
             except BaseException as exc:
@@ -110,9 +114,16 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             p.discard()
         if created_to and not committed:  # never after success: restored empty directories stay
             remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
+        if journal_path is not None:
+            journal.remove(journal_path)  # finished or rolled back
     call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
+
+
+def _journal_entry(plan: RestorePlan) -> dict:
+    entry = getattr(plan, "journal_entry", None)
+    return entry() if entry is not None else {"kind": "other", "destination": plan.description}
 
 
 class _local_archive:

@@ -219,4 +219,8 @@ def verify_copy(copy: BackupCopy, registry, encryption=None) -> VerifyReport:
         report.problem = str(exc)
     except StorageError as exc:
         report.problem = f"{copy.describe()}: {exc}"
+    except OSError as exc:  # a store's file object failing half way (EIO, a reset connection)
+        from .storage import describe_os_error
+
+        report.problem = f"{copy.describe()}: reading the archive failed: {describe_os_error(exc)}"
     return report

@@ -331,10 +331,6 @@ def test_read_error_half_way_is_a_clear_error_and_nothing_is_written(remote, app
     assert list(private_tmp.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (verify.py): verify_copy lets a raw OSError from the store's file object escape (its except "
-    "branch calls hashing.drain() again, which fails again); `verify --all` stops at that backup with "
-    "'unexpected OSError ... please report this' instead of reporting it as unreadable and going on"))
 def test_verify_reports_a_read_error_half_way_as_that_backups_problem(remote, app):
     mgr, store, backup_id, _ = remote
     FAULTS["remote"].read_error_after = archive_size(store) // 2

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eternia_backup import hookimpl
 from eternia_backup.errors import RestoreError, SourceError
-from eternia_backup.fsutil import remove_tree, sibling
+from eternia_backup.fsutil import remove_stale_siblings, remove_tree, sibling
 from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
 
 
@@ -58,6 +58,19 @@ def integrity_problem(path: Path) -> str | None:
         return str(exc)
     result = "; ".join(r[0] for r in rows)
     return None if result == "ok" else result
+
+
+def write_into(staged: Path, destination: Path) -> None:
+    """Replace the live database's contents with ``staged`` in one SQLite transaction."""
+    src = _connect(staged, mode="ro")
+    try:
+        dst = _connect(destination, mode="rw")
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
 
 
 class SqliteSource(Source):
@@ -127,6 +140,7 @@ class SqliteRestorePlan(RestorePlan):
                                        "Remove the link or restore into another directory")
         try:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_siblings(self.destination, keep=self.staging_dir)
             self.staging_dir.mkdir(mode=0o700)
         except OSError as exc:
             raise RestoreError(f"{self.label}: cannot create a staging directory beside {self.destination}: {exc.strerror}") from exc
@@ -156,17 +170,13 @@ class SqliteRestorePlan(RestorePlan):
         self.previous = self.staging_dir / (self.member + ".previous")
         try:
             _copy(self.destination, self.previous)
-            src = _connect(staged, mode="ro")
-            try:
-                dst = _connect(self.destination, mode="rw")
-                try:
-                    src.backup(dst)
-                finally:
-                    dst.close()
-            finally:
-                src.close()
+            write_into(staged, self.destination)
         except sqlite3.DatabaseError as exc:
             raise RestoreError(f"{self.label}: cannot write {self.destination}: {exc}") from exc
+
+    def journal_entry(self) -> dict:
+        return {"kind": "sqlite", "destination": str(self.destination),
+                "staged": str(self.staging_dir / self.member), "staging": str(self.staging_dir)}
 
     def rollback(self) -> None:
         if self.created:
