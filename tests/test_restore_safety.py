@@ -183,7 +183,8 @@ class World:
         return BackupManager.from_config(self.config)
 
     def before(self) -> dict:
-        return snapshot(self.root, skip=(str(self.storage),))
+        # storage, and the state dir beside it (the host lock, state, restore journal)
+        return snapshot(self.root, skip=(str(self.storage), str(self.root / ".backups.eternia")))
 
     def outside_paths(self) -> list[str]:
         """Paths that hostile members aim at; none of them may appear."""
