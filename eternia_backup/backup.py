@@ -14,13 +14,12 @@ import hashlib
 import logging
 import secrets
 import socket
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
+from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
 from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
 from .plugins import call_lifecycle
@@ -84,8 +83,7 @@ class BackupResult:
         }
 
 
-class BackupCancelled(EterniaBackupError):
-    """The backup was abandoned (scheduler stopping); nothing was committed."""
+BackupCancelled = process.Cancelled
 
 
 class _CountingWriter:
@@ -149,11 +147,10 @@ class _FanOut:
 
 def _run_hook_command(source: Source, when: str, command: str) -> None:
     log.info("source %r: running %s command", source.name, when)
-    proc = subprocess.run(command, shell=True, cwd=source.base_dir, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        tail = redact_text(proc.stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
-        raise SourceError(f"source {source.name!r}: {when} command exited with status {proc.returncode}: {tail}")
+    status, stderr = process.run(command, shell=True, cwd=source.base_dir)
+    if status != 0:
+        tail = redact_text(stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
+        raise SourceError(f"source {source.name!r}: {when} command exited with status {status}: {tail}")
 
 
 def _backup_source(source: Source, section) -> None:
@@ -187,10 +184,13 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     failures: dict[str, str] = {}
     writers: dict[str, AtomicWrite] = {}
     encrypting = None
+    cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
     call_lifecycle(hook.eternia_backup_started, backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
 
     try:
+        for source in sources:  # a missing source fails here, before any target is touched
+            source.check()
         for t in targets:
             try:
                 writers[t.name] = t.open_write(archive_file)
@@ -237,6 +237,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
         raise
 
+    finally:
+        process.CANCEL.reset(cancel_token)
     try:
         copies = _commit(manifest, fan, by_name, guard)
     except BaseException as exc:

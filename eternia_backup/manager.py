@@ -66,6 +66,7 @@ class BackupManager:
         self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
         self.lease_target: Target | None = None
         self._scheduler = None
+        self._scheduler_lock = threading.Lock()
         if config.webhook is not None:
             from .builtin.webhook import WebhookNotifier
 
@@ -144,8 +145,6 @@ class BackupManager:
             return self._create(progress, guard, cancel)
 
     def _create(self, progress, guard, cancel) -> backup_mod.BackupResult:
-        for s in self.sources.values():
-            s.check()
         try:
             result = backup_mod.run_backup(
                 name=self.config.name, environment=self.config.environment,
@@ -389,10 +388,11 @@ class BackupManager:
         """Start automated backups in a background thread; returns at once."""
         from .scheduler import Scheduler, SchedulerError
 
-        if self._scheduler is not None and self._scheduler.running:
-            raise SchedulerError("the scheduler is already running; stop it before starting it again")
-        self._scheduler = Scheduler(self, **kwargs)
-        self._scheduler.start()
+        with self._scheduler_lock:  # two threads starting at once must not make two schedulers
+            if self._scheduler is not None and self._scheduler.running:
+                raise SchedulerError("the scheduler is already running; stop it before starting it again")
+            self._scheduler = Scheduler(self, **kwargs)
+            self._scheduler.start()
 
     def stop_scheduler(self, timeout: float | None = 30.0) -> None:
         """Stop automated backups; a running backup gets ``timeout`` seconds, then is abandoned safely."""

@@ -79,7 +79,9 @@ class SeaweedFS:
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
             f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=100",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # every bucket is a collection with volumes of its own: room for many test buckets
+            "-volume.max=2000", "-master.volumeSizeLimitMB=256",
             f"-s3.config={config}",
         ]
         self.log = open(self.workdir / "weed.log", "ab")

@@ -228,8 +228,10 @@ def slow_config(app: Path, bucket: str, endpoint: str, gate: Path) -> Path:
 
 
 def start_create(config: Path, env: dict) -> subprocess.Popen:
+    # its own process group, so the gate's shell loop is killed with it
     return subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(config), "create"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                            start_new_session=True)
 
 
 def wait_for_parts(server: SeaweedFS, bucket: str, proc, timeout: float = 120) -> None:
@@ -252,11 +254,12 @@ def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(ap
     proc = start_create(config, creds())
     try:
         wait_for_parts(s3_server, s3_bucket, proc)
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
+        gate.touch()  # ends any shell still waiting at the gate
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert keys(s3_server, s3_bucket) == []  # no object under any name
     listed = cli("list", "--json", config=config, env=creds())
     assert listed.returncode == 0 and json.loads(listed.stdout)["backups"] == []

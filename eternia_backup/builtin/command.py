@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eternia_backup import hookimpl
+from eternia_backup import hookimpl, process
 from eternia_backup.errors import RestoreError, SourceError
 from eternia_backup.fsutil import remove_tree
 from eternia_backup.plans import DirectorySwapPlan
@@ -67,16 +67,16 @@ class CommandSource(Source):
             started = time.time()
             with open(out_path, "wb") as out:
                 try:
-                    proc = subprocess.run(args, shell=shell, stdout=out, stderr=subprocess.PIPE,
-                                          stdin=subprocess.DEVNULL, cwd=self.base_dir, timeout=opts.timeout)
+                    status, stderr = process.run(args, shell=shell, stdout=out, cwd=self.base_dir,
+                                                 timeout=opts.timeout)
                 except FileNotFoundError as exc:
                     raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
                 except subprocess.TimeoutExpired as exc:
                     raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
-            if proc.returncode != 0:
+            if status != 0:
                 raise SourceError(
                     f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
-                    f"{proc.returncode}: {stderr_tail(proc.stderr)}"
+                    f"{status}: {stderr_tail(stderr)}"
                 )
             with open(out_path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size

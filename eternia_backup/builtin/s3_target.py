@@ -20,8 +20,10 @@ Credentials come from the standard AWS chain (environment, profile, IAM role).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import time
 from typing import Any
 
 from eternia_backup import hookimpl
@@ -36,6 +38,7 @@ MIN_PART = 8 * 2**20
 PART_DOUBLING_EVERY = 1000
 MAX_PART = 5 * 2**30
 MAX_PARTS = 10_000
+COMPLETE_ATTEMPTS = 4
 READ_BLOCK = 8 * 2**20
 
 
@@ -82,6 +85,11 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _internal_error(exc: BaseException) -> bool:
+    text = " ".join(str(e) for e in _chain(exc))
+    return getattr(exc, "errno", None) == errno.EREMOTEIO or "InternalError" in text or "internal error" in text
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     text = " ".join(str(e) for e in _chain(exc))
     return "PreconditionFailed" in text or "pre-conditions you specified did not hold" in text
@@ -108,7 +116,18 @@ class S3AtomicWrite(AtomicWrite):
 
     def commit(self) -> None:
         self._file.close()  # uploads the last part; nothing is visible yet
-        self._file.commit()  # complete_multipart_upload
+        for attempt in range(COMPLETE_ATTEMPTS):
+            try:
+                self._file.commit()  # complete_multipart_upload
+                break
+            except OSError as exc:
+                # S3 may answer CompleteMultipartUpload with InternalError (even
+                # inside a 200); AWS's advice is to retry it, the parts are kept.
+                if attempt == COMPLETE_ATTEMPTS - 1 or not _internal_error(exc):
+                    raise
+                log.info("target %r: completing the upload of %s failed (%s); retrying",
+                         self.target.name, self.filename, exc)
+                time.sleep(0.5 * 2**attempt)
         self._done = True
 
     def abort(self) -> None:
@@ -189,6 +208,14 @@ class S3Target(FsspecTarget):
         self.ensure_dir()
         try:
             return S3AtomicWrite(self, filename)
+        except Exception as exc:
+            raise self.error_for("write", exc, filename) from exc
+
+    def write_bytes(self, filename: str, data: bytes) -> None:
+        """Small files (manifests) in one PUT: S3 makes an object appear whole or not at all."""
+        self.ensure_dir()
+        try:
+            self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(filename), Body=data)
         except Exception as exc:
             raise self.error_for("write", exc, filename) from exc
 

@@ -1,0 +1,59 @@
+"""Running the commands of sources and hooks so that a stopping scheduler can abandon them.
+
+``run_backup`` publishes its cancel event in :data:`CANCEL`; :func:`run` polls it
+while the command runs, and kills the command's whole process group when it is
+set, so ``stop_scheduler(timeout)`` and ``eternia-backup run --grace`` are
+honoured even in the middle of a long dump.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+
+from .errors import EterniaBackupError
+
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("eternia_cancel", default=None)
+
+
+class Cancelled(EterniaBackupError):
+    """The backup was abandoned (the scheduler is stopping); nothing was committed."""
+
+
+def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float | None = None,
+        env=None) -> tuple[int, bytes]:
+    """Run a command; return (exit status, stderr). Raises Cancelled or TimeoutExpired."""
+    cancel = CANCEL.get()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err,
+                                env=env, start_new_session=True)
+        waited = 0.0
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    waited += 0.2
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("backup abandoned because the scheduler is stopping; nothing was committed")
+                    if timeout is not None and waited >= timeout:
+                        raise subprocess.TimeoutExpired(args, timeout) from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        err.seek(0)
+        return proc.returncode, err.read()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
