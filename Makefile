@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo demo-s3 test test-fast bench lint clean
+.PHONY: setup demo demo-s3 test bench clean
 
 $(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

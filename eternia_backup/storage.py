@@ -25,7 +25,7 @@ import fsspec
 
 from . import redact
 from .errors import BackupNotFoundError, ConfigError, StorageError
-from .fsutil import make_private_dirs
+from .fsutil import fsync_dir, make_private_dirs
 from .providers import AtomicWrite, StoredFile, Target
 
 TMP_SUFFIX = ".tmp"
@@ -89,7 +89,7 @@ class LocalAtomicWrite(AtomicWrite):
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         self._done = True
 
     def abort(self) -> None:
@@ -104,19 +104,6 @@ class LocalAtomicWrite(AtomicWrite):
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class FsspecAtomicWrite(AtomicWrite):
