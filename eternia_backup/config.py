@@ -161,6 +161,7 @@ class SourceSpec:
     type: str
     name: str
     options: dict[str, Any]
+    default: bool = False  # the data/ directory used when backup.sources is not set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,7 +523,7 @@ def _check_timezone(name: str, key: str = "backup.timezone") -> None:
 
 def _sources(model: BackupModel, base_dir: Path) -> list[SourceSpec]:
     if model.sources is None:
-        return [SourceSpec("directory", "data", {"path": "data"})]
+        return [SourceSpec("directory", "data", {"path": "data"}, default=True)]
     if not model.sources:
         raise ConfigError("backup.sources: expected at least one source, got an empty list")
     seen: dict[str, int] = {}

@@ -25,6 +25,7 @@ from .errors import (
     ConfigError,
     EterniaBackupError,
     IntegrityError,
+    SourceError,
     StorageError,
 )
 from .locks import LocalLock
@@ -158,6 +159,9 @@ class BackupManager:
             raise
         except EterniaBackupError as exc:
             self._record(None, {t.name: str(exc) for t in self.targets})
+            if isinstance(exc, SourceError) and any(s.default for s in self.config.sources):
+                raise SourceError(f"{exc} (backup.sources is not set, so the directory data/ beside the "
+                                  "config file is backed up; list your sources under backup.sources)") from exc
             raise
         self._record(result, {})
         return result

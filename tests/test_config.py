@@ -441,3 +441,14 @@ def test_create_with_a_missing_source_fails_and_writes_nothing(cli, app, write_c
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert str(app / missing) in lines[0] and "'broken'" in lines[0]
     assert sorted(p.name for p in (app / "backups").iterdir()) == before
+
+
+def test_without_sources_the_missing_default_data_dir_is_explained(tmp_path, cli):
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text("backup:\n  storage_path: backups\n")
+    proc = cli("create", config=config)
+    assert proc.returncode == 1
+    assert "data" in proc.stderr and "backup.sources is not set" in proc.stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state.json").write_text("{}")
+    assert cli("create", config=config).returncode == 0
