@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .errors import (
     BackupNotFoundError,
-    EterniaBackupError,
     IntegrityError,
     StorageError,
 )
@@ -286,6 +285,3 @@ def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
         f"no backup {wanted!r}: not a file, URL or known backup id; see `eternia-backup list`"
     )
 
-
-class ListingFailed(EterniaBackupError):
-    """Listing a target failed (retention deletes nothing there)."""

@@ -383,10 +383,16 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+def unknown_key_hint(key: str, allowed: list[str]) -> str:
+    """'; did you mean ...?' for a misspelt key, else the keys that exist."""
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
+
+
 def _format_errors(exc: ValidationError, section: dict) -> str:
     lines = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("bool", "int", "str", "list[SourceModel]", "list[TargetModel]", "function-after", "CloudBackupModel", "ArchiveModel", "RetentionModel")))
+        loc = tuple(err["loc"])
         keypath = "backup"
         for part in loc:
             keypath = _join(keypath, part)
@@ -394,9 +400,7 @@ def _format_errors(exc: ValidationError, section: dict) -> str:
         kind = err["type"]
         if kind == "extra_forbidden":
             allowed = list(getattr(model, "model_fields", {})) if model else []
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            did = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
-            lines.append(f"{keypath}: unknown key{did}")
+            lines.append(f"{keypath}: unknown key{unknown_key_hint(str(loc[-1]), allowed)}")
             continue
         if kind == "missing":
             expected = (info.json_schema_extra or {}).get("expected") if info else None

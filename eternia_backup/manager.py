@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from . import backup as backup_mod
 from . import catalog, cleanup, restore, verify
-from .config import BackupConfig, load_config
+from .config import BackupConfig, load_config, unknown_key_hint
 from .errors import (
     BackupFailedError,
     ConfigError,
@@ -59,10 +59,13 @@ class BackupManager:
         self._check_level()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
-        if config.encrypt:
-            from .encryption import Encryptor
+        if config.encryption is not None:
+            from .encryption import parse_recipient
 
-            Encryptor(config.encryption)  # checks the recipients now, before any I/O
+            # Check the recipients now, before any I/O. (Not by building an
+            # Encryptor: in passphrase mode that costs a scrypt on every command.)
+            for i, r in enumerate(config.encryption.recipients):
+                parse_recipient(r, f"backup.encryption.recipients[{i}]")
         self.state = StateStore.for_config(config)
         self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
         self.lease_target: Target | None = None
@@ -92,11 +95,9 @@ class BackupManager:
             for err in exc.errors():
                 key = ".".join(str(p) for p in err["loc"])
                 if err["type"] == "extra_forbidden":
-                    import difflib
-
-                    hint = difflib.get_close_matches(key, list(cls.options_model.model_fields), n=1)
+                    allowed = [k for k in cls.options_model.model_fields if k not in ("type", "name")]
                     problems.append(f"backup.sources[{index}].{key}: unknown key for a {spec.type} source"
-                                    + (f"; did you mean {hint[0]!r}?" if hint else ""))
+                                    + unknown_key_hint(key, allowed))
                 elif err["type"] == "missing":
                     problems.append(f"backup.sources[{index}].{key}: required for a {spec.type} source")
                 else:

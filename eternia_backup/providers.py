@@ -236,18 +236,30 @@ class Target:
                             f"{describe_os_error(exc)}")
 
     def write_bytes(self, filename: str, data: bytes) -> None:
-        """Write a small file atomically (the manifest)."""
+        """Write a small file atomically (the manifest); failures become StorageError."""
+        from .errors import EterniaBackupError
+
         writer = self.open_write(filename)
         try:
             writer.write(data)
             writer.commit()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            if isinstance(exc, Exception) and not isinstance(exc, EterniaBackupError):
+                raise self.error_for("write", exc, filename) from exc
             raise
 
     def read_bytes(self, filename: str) -> bytes:
-        with self.open_read(filename) as f:
-            return f.read()
+        """A small file's bytes (a manifest); failures become StorageError."""
+        from .errors import EterniaBackupError
+
+        try:
+            with self.open_read(filename) as f:
+                return f.read()
+        except EterniaBackupError:
+            raise
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
 
     def check(self) -> None:
         """Fail with :class:`StorageError` if the target cannot be written now."""

@@ -83,7 +83,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     created_to = to is not None and not to.exists()
     committed = False
     try:
-        with _local_archive(copy) as (path, _temp):
+        with _local_archive(copy) as path:
             with open(path, "rb") as f:
                 check_checksum(copy, manifest, f)
             log.info("restore %s: size and sha256 verified", copy.backup_id)
@@ -133,11 +133,11 @@ class _local_archive:
         self.copy = copy
         self.tmpdir: Path | None = None
 
-    def __enter__(self) -> tuple[Path, bool]:
+    def __enter__(self) -> Path:
         manifest = self.copy.manifest
         local = self.copy.target.local_path(manifest.archive.file)
         if local is not None:
-            return local, False
+            return local
         self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
         path = self.tmpdir / manifest.archive.file
         try:
@@ -150,7 +150,7 @@ class _local_archive:
                 raise StorageError(f"{self.copy.describe()}: downloading the archive failed: "
                                    f"{describe_os_error(exc)}; nothing was changed") from exc
             raise
-        return path, True
+        return path
 
     def __exit__(self, *exc) -> None:
         if self.tmpdir is not None:

@@ -248,31 +248,11 @@ class FsspecTarget(Target):
         except Exception as exc:
             raise self.error_for("write", exc, filename) from exc
 
-    def write_bytes(self, filename: str, data: bytes) -> None:
-        writer = self.open_write(filename)
-        try:
-            writer.write(data)
-            writer.commit()
-        except BaseException as exc:
-            writer.abort()
-            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-                raise self.error_for("write", exc, filename) from exc
-            raise
-
     def open_read(self, filename: str) -> BinaryIO:
         try:
             if self.is_local:
                 return open(Path(self.root) / filename, "rb")
             return self.fs.open(self.join(filename), "rb")
-        except Exception as exc:
-            raise self.error_for("read", exc, filename) from exc
-
-    def read_bytes(self, filename: str) -> bytes:
-        try:
-            with self.open_read(filename) as f:
-                return f.read()
-        except StorageError:
-            raise
         except Exception as exc:
             raise self.error_for("read", exc, filename) from exc
 

@@ -379,7 +379,7 @@ def test_bad_environment_variable_is_named(tmp_path):
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     conf_dir = tmp_path / "srv" / "app"
-    path = write(conf_dir / "eternia-backup.yaml", yaml.safe_dump({"backup": base(
+    write(conf_dir / "eternia-backup.yaml", yaml.safe_dump({"backup": base(
         targets=[{"name": "nas", "url": "../nas"}, {"name": "abs", "url": str(tmp_path / "abs")}],
     )}))
     monkeypatch.chdir(tmp_path)  # somewhere else

@@ -17,7 +17,7 @@ import pytest
 
 from eternia_backup import BackupManager
 from eternia_backup.config import parse_config
-from eternia_backup.errors import BackupFailedError, IntegrityError, SourceError
+from eternia_backup.errors import IntegrityError, SourceError
 from eternia_backup.manifest import format_time
 
 
