@@ -7,6 +7,15 @@ and what to do, and never contain a secret.
 
 from __future__ import annotations
 
+# Exit statuses of the CLI, documented in docs/json.md and README.md. 3 and 11
+# follow restic, whose codes operators already script against.
+EXIT_OK = 0  #: done
+EXIT_FAILED = 1  #: an operation failed
+EXIT_USAGE = 2  #: a usage or configuration error; nothing was done
+EXIT_WARNINGS = 3  #: the backup was made, but some files could not be read or changed while read
+EXIT_LOCKED = 11  #: skipped: another run holds the lock (create, restore, cleanup)
+EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT; nothing was committed
+
 
 class EterniaBackupError(Exception):
     """Base of every error the framework raises on purpose."""

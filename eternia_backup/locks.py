@@ -14,14 +14,14 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import EterniaBackupError
+from .errors import EXIT_LOCKED, EterniaBackupError
 from .fsutil import make_private_dirs
 
 
 class BackupInProgress(EterniaBackupError):
     """Another backup or cleanup of the same storage is running; this one was skipped."""
 
-    exit_code = 0
+    exit_code = EXIT_LOCKED
 
 
 class LocalLock:
