@@ -23,6 +23,7 @@ from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
 from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
 from .plugins import call_lifecycle
+from .progress import Progress, as_progress
 from .providers import Archiver, AtomicWrite, Compression, Source, Target
 from .redact import redact_text
 from .storage import describe_os_error
@@ -89,7 +90,7 @@ BackupCancelled = process.Cancelled
 class _CountingWriter:
     """The stream tarfile writes to: counts bytes (tarfile needs ``tell()``)."""
 
-    def __init__(self, inner, progress: Callable[[int], None] | None, cancel=None):
+    def __init__(self, inner, progress: Progress, cancel=None):
         self.inner = inner
         self.count = 0
         self.progress = progress
@@ -101,8 +102,7 @@ class _CountingWriter:
         n = len(data)
         self.inner.write(data)
         self.count += n
-        if self.progress is not None:
-            self.progress(n)
+        self.progress.advance(n)
         return n
 
     def tell(self) -> int:
@@ -153,12 +153,44 @@ def _run_hook_command(source: Source, when: str, command: str) -> None:
         raise SourceError(f"source {source.name!r}: {when} command exited with status {status}: {tail}")
 
 
-def _backup_source(source: Source, section) -> None:
+class _CountingSection:
+    """A source's EntryWriter that reports each entry added as one file done."""
+
+    def __init__(self, inner, progress: Progress):
+        self._inner = inner
+        self._progress = progress
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if name.startswith("add_") and callable(attr):
+            def counted(*args, **kwargs):
+                result = attr(*args, **kwargs)
+                self._progress.file_done()
+                return result
+            return counted
+        return attr
+
+
+def estimated_size(sources: list[Source]) -> int | None:
+    """Sum of the sources' own estimates; None when one cannot tell (a dump command)."""
+    total = 0
+    for source in sources:
+        try:
+            size = source.estimate_size()
+        except OSError:
+            size = None
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def _backup_source(source: Source, section, progress: Progress) -> None:
     before, after = source.options.before, source.options.after
     if before:
         _run_hook_command(source, "before", before)
     try:
-        source.backup(section)
+        source.backup(_CountingSection(section, progress) if progress.wants_totals else section)
     finally:
         if after:
             _run_hook_command(source, "after", after)
@@ -166,14 +198,17 @@ def _backup_source(source: Source, section) -> None:
 
 def run_backup(*, name: str, environment: str, sources: list[Source], targets: list[Target],
                archiver: Archiver, compression: Compression, level: int | None, hook,
-               config=None, progress: Callable[[int], None] | None = None,
+               config=None, progress: "Progress | Callable[[int], None] | None" = None,
                now: datetime | None = None, guard: Callable[[], None] | None = None,
                cancel=None, encryptor=None) -> BackupResult:
     """Make one backup on every target. Raises BackupFailedError if any target failed.
 
     ``guard()`` is called before anything is committed and may raise (a lost
     lease) to abandon the backup; ``cancel`` (an Event) abandons it between writes.
+    ``progress`` (a :class:`~eternia_backup.progress.Progress`, or a callable
+    taking a byte count) is told the bytes archived and the entries added.
     """
+    progress = as_progress(progress)
     started = time.monotonic()
     created = now or datetime.now(timezone.utc)
     backup_id = new_backup_id(created, secrets.token_hex(3))
@@ -199,6 +234,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 log.info("%s", exc)
         if not writers:
             raise StorageError("every target failed: " + "; ".join(failures.values()))
+        progress.phase("backup", estimated_size(sources) if progress.wants_totals else None)
         fan = _FanOut(writers, failures, by_name)
         sink = fan
         if encryptor is not None:  # compress, then encrypt, then hash what is stored
@@ -209,7 +245,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         with archiver.writer(counter) as aw:
             for source in sources:
                 section = aw.section(source.name)
-                _backup_source(source, section)
+                log.debug("backup %s: source %r (%s) starting", backup_id, source.name, source.type_name)
+                _backup_source(source, section, progress)
                 records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
                                             details=source.describe()))
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,

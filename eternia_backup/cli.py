@@ -1,7 +1,11 @@
 """The command line: parse, call the manager, print. Nothing else lives here.
 
-Exit status: 0 success, 1 an operation failed, 2 usage or configuration error.
-Errors print one line (``-v`` adds the chain of causes), never a traceback.
+Exit status (constants in :mod:`.errors`, documented in docs/json.md): 0 done,
+1 failed, 2 usage or configuration error, 3 backup made with warnings, 11
+skipped because another run holds the lock, 130 interrupted. Errors print one
+line (``-v`` adds the chain of causes), never a traceback. With ``--json`` every
+command prints exactly one JSON document (``"version": 1``) on stdout, errors
+included.
 """
 
 from __future__ import annotations
@@ -9,15 +13,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from . import __version__, redact
-from .errors import BackupFailedError, EterniaBackupError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    BackupFailedError,
+    EterniaBackupError,
+)
+from .timefmt import display_zone, for_people
 
 log = logging.getLogger("eternia_backup")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+JSON_VERSION = 1
 
 
 def _human_size(n: int | None) -> str:
@@ -31,54 +44,48 @@ def _human_size(n: int | None) -> str:
     return str(n)
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps({"version": JSON_VERSION, **data}, indent=2, default=str))
 
 
-class _Progress:
-    """A byte-count progress bar on a terminal; silent otherwise."""
+def _progress(args):
+    """A terminal progress bar, or None: not with -q or --json, nor when stderr is not a terminal."""
+    if args.quiet or args.json or not sys.stderr.isatty():
+        return None
+    from .progress import TerminalProgress
 
-    def __init__(self, enabled: bool, desc: str):
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+    return TerminalProgress()
 
-            self.bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
 
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+def _summary_wanted(args) -> bool:
+    return not args.quiet and not args.json and (sys.stderr.isatty() or args.verbose > 0)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+
+def _zone(mgr):
+    return display_zone(mgr.config.timezone)
 
 
 # -- commands --------------------------------------------------------------------
 
 
 def cmd_create(mgr, args) -> int:
-    from .locks import BackupInProgress
-
-    progress = _Progress(not args.json, "backup")
+    progress = _progress(args)
     try:
-        result = mgr.create_backup(progress=progress if progress.bar else None)
-    except BackupInProgress as exc:
-        progress.close()
-        if args.json:
-            _print_json({"skipped": True, "reason": str(exc)})
-        print(f"skipped: {exc}", file=sys.stderr)
-        return EXIT_OK
-    except BackupFailedError as exc:
-        progress.close()
-        if args.json and exc.result is not None:
-            _print_json(exc.result.to_dict())
-        raise
-    progress.close()
+        result = mgr.create_backup(progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.json:
         _print_json(result.to_dict())
     else:
         print(result.location)
+        if _summary_wanted(args):
+            m = result.manifest
+            files = sum(s.entries for s in m.sources)
+            ratio = m.archive.content_size / m.archive.size if m.archive.size else 0.0
+            print(f"backup {result.backup_id}: {files} files, {_human_size(m.archive.content_size)} in, "
+                  f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s",
+                  file=sys.stderr)
     return EXIT_OK
 
 
@@ -90,20 +97,21 @@ def cmd_list(mgr, args) -> int:
     if args.json:
         _print_json({"backups": [e.to_dict() for e in entries], "errors": errors})
     else:
+        zone = _zone(mgr)
         if not entries:
             print("no backups yet" + ("" if errors else "; make one with `eternia-backup create`"))
         else:
-            rows = [("ID", "CREATED (UTC)", "SIZE", "SOURCES", "STATE", "LOCATION")]
+            rows = [("ID", "CREATED", "SIZE", "SOURCES", "STATE", "LOCATION")]
             for e in entries:
                 m = e.manifest
-                created = e.created_at.strftime("%Y-%m-%d %H:%M:%S") if e.created_at else "?"
                 sources = ",".join(s.name for s in m.sources) if m else "?"
                 where = " ".join(c.url for c in e.copies)
                 state = e.state
                 if not e.ok or e.state != "ok":
                     state += ": " + "; ".join(f"{c.target.name}: {c.problem.split(': ', 1)[-1]}"
                                               for c in e.copies if c.problem)
-                rows.append((e.backup_id, created, _human_size(m.archive.size if m else None), sources, state, where))
+                rows.append((e.backup_id, for_people(e.created_at, zone) if e.created_at else "?",
+                             _human_size(m.archive.size if m else None), sources, state, where))
             widths = [max(len(r[i]) for r in rows) for i in range(5)]
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
@@ -129,12 +137,19 @@ def _copy_to_verify(mgr, reference: str):
 
 
 def cmd_verify(mgr, args) -> int:
-    if args.all:
-        reports = mgr.verify_all()
-    else:
-        from .verify import verify_copy
+    from .progress import NO_PROGRESS
 
-        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry, mgr.config.encryption)]
+    progress = _progress(args) or NO_PROGRESS
+    try:
+        if args.all:
+            reports = mgr.verify_all(progress=progress)
+        else:
+            from .verify import verify_copy
+
+            reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry,
+                                   mgr.config.encryption, progress)]
+    finally:
+        progress.close()
     if args.json:
         _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
     else:
@@ -170,8 +185,14 @@ def _confirm_factory(args):
 
 
 def cmd_restore(mgr, args) -> int:
-    result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
-                                confirm=_confirm_factory(args))
+    from .progress import NO_PROGRESS
+
+    progress = _progress(args) or NO_PROGRESS
+    try:
+        result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
+                                    confirm=_confirm_factory(args), progress=progress)
+    finally:
+        progress.close()
     if args.json:
         _print_json(result.to_dict())
     elif args.dry_run:
@@ -180,11 +201,19 @@ def cmd_restore(mgr, args) -> int:
             print(f"  {line}")
     else:
         print(f"restored backup {result.backup_id} ({', '.join(result.sources)})")
+        if _summary_wanted(args) and progress is not NO_PROGRESS:
+            print(f"restore {result.backup_id}: {progress.files} files in {progress.elapsed:.1f} s", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_download(mgr, args) -> int:
-    path = mgr.download_backup(args.url, to=args.to)
+    from .progress import NO_PROGRESS
+
+    progress = _progress(args) or NO_PROGRESS
+    try:
+        path = mgr.download_backup(args.url, to=args.to, progress=progress)
+    finally:
+        progress.close()
     if args.json:
         _print_json({"path": str(path)})
     else:
@@ -214,20 +243,21 @@ def cmd_status(mgr, args) -> int:
     if args.json:
         _print_json(status)
     else:
+        zone = _zone(mgr)
         newest = status["newest_backup"]
         print(f"schedule:   {status['schedule']} ({status['timezone']})"
               + ("" if status["enabled"] else "  [automated backups disabled]"))
-        print(f"next run:   {status['next_run']}")
+        print(f"next run:   {for_people(status['next_run'], zone)}")
         if newest:
             hours = newest["age_seconds"] / 3600
-            print(f"newest:     {newest['backup_id']}  {_human_size(newest['size'])}  {hours:.1f} h old  "
-                  f"on {', '.join(newest['copies'])}")
+            print(f"newest:     {newest['backup_id']}  {for_people(newest['created_at'], zone)}  "
+                  f"{_human_size(newest['size'])}  {hours:.1f} h old  on {', '.join(newest['copies'])}")
         else:
             print("newest:     none")
         for name, t in status["targets"].items():
-            line = f"target {name}: last success {t.get('last_success') or 'never'}"
+            line = f"target {name}: last success {for_people(t['last_success'], zone) if t.get('last_success') else 'never'}"
             if t.get("last_failure"):
-                line += f"; last failure {t['last_failure']}: {t.get('last_error')}"
+                line += f"; last failure {for_people(t['last_failure'], zone)}: {t.get('last_error')}"
             if t.get("listing_error"):
                 line += f"; cannot list: {t['listing_error']}"
             print(line)
@@ -255,17 +285,21 @@ def cmd_run(mgr, args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if args.verbose == 0:
+    if args.verbose == 0 and not args.quiet:
         logging.getLogger("eternia_backup").setLevel(logging.INFO)  # a daemon logs one line per run
     if not mgr.config.enabled:
         log.warning("backups are disabled (backup.enabled: false); nothing is scheduled. Exiting.")
+        if args.json:
+            _print_json({"stopped": True, "reason": "backups are disabled"})
         return EXIT_OK
     mgr.start_scheduler()
-    log.info("next run at %s", mgr.status()["next_run"])
+    log.info("next run at %s", for_people(mgr.status()["next_run"], _zone(mgr)))
     while not stop.wait(1.0):
         pass
     log.info("stopping: waiting up to %ss for a running backup", args.grace)
     mgr.stop_scheduler(timeout=args.grace)
+    if args.json:
+        _print_json({"stopped": True, "reason": "signal"})
     return EXIT_OK
 
 
@@ -273,11 +307,11 @@ def cmd_keygen(args) -> int:
     from pathlib import Path
 
     from .encryption import generate_identity_file
+    from .errors import UsageError
 
     path = Path(args.output)
     if path.exists():
-        print(f"error: {path} exists; refusing to overwrite a key (choose another --output)", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{path} exists; refusing to overwrite a key (choose another --output)")
     public = generate_identity_file(path)
     if args.json:
         _print_json({"identity_file": str(path.absolute()), "recipient": public})
@@ -293,8 +327,8 @@ def cmd_plugins(args) -> int:
     registry = build_registry(get_plugin_manager())
     provided = sorted(registry.all(), key=lambda p: (p.kind, p.name))
     if args.json:
-        _print_json([{"kind": p.kind, "name": p.name, "plugin": p.plugin,
-                      "class": f"{p.cls.__module__}.{p.cls.__qualname__}"} for p in provided])
+        _print_json({"plugins": [{"kind": p.kind, "name": p.name, "plugin": p.plugin,
+                                  "class": f"{p.cls.__module__}.{p.cls.__qualname__}"} for p in provided]})
         return EXIT_OK
     for p in provided:
         name = "* (any fsspec protocol)" if p.name == "*" else p.name
@@ -303,6 +337,12 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_config(args) -> int:
+    if args.config_command == "schema":
+        from .config_reference import json_schema
+
+        print(json.dumps(json_schema(), indent=2))  # a JSON Schema document, as editors expect it
+        return EXIT_OK
+
     from .config import load_config
     from .manager import BackupManager
 
@@ -316,7 +356,7 @@ def cmd_config(args) -> int:
         return EXIT_OK
     data = config.as_dict(masked=True)
     if args.json:
-        _print_json(data)
+        _print_json({"config": data})
     else:
         import yaml
 
@@ -324,68 +364,185 @@ def cmd_config(args) -> int:
     return EXIT_OK
 
 
+def cmd_init(args) -> int:
+    from .starter import write_starter
+
+    path = write_starter(args.path)
+    if args.json:
+        _print_json({"path": str(path)})
+    else:
+        print(f"wrote {path}")
+        if not args.quiet:
+            print("next: put the state to back up in data/ beside it (or list sources), then run "
+                  "`eternia-backup config check` and `eternia-backup create`", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    import argcomplete
+
+    sys.stdout.write(argcomplete.shellcode(["eternia-backup"], shell=args.shell))
+    return EXIT_OK
+
+
 # -- parsing -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+class _ArgumentError(Exception):
+    """argparse's complaint, raised instead of printed so --json can report it."""
 
-    p = argparse.ArgumentParser(prog="eternia-backup", description="Backups of application state you can trust.")
-    p.add_argument("--config", "-c", metavar="PATH",
-                   help="config file (default: $ETERNIA_BACKUP_CONFIG, else ./eternia-backup.yaml)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit 2 itself
+        raise _ArgumentError(self, message)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-c/-v/-q/--json, accepted before and after the subcommand.
+
+    The subcommand's copies leave nothing set unless given (SUPPRESS), and count
+    under their own names, so ``-v create -v`` is ``-vv``.
+    """
+    unset = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-c", "--config", metavar="PATH", **({"default": None} if top else unset),
+                        help="config file (default: $ETERNIA_BACKUP_CONFIG, else ./eternia-backup.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", dest="verbose" if top else "verbose_sub",
+                        default=0 if top else argparse.SUPPRESS, help="more output: -v info, -vv debug")
+    parser.add_argument("-q", "--quiet", action="store_true", dest="quiet" if top else "quiet_sub",
+                        default=False if top else argparse.SUPPRESS, help="only errors; no progress bar")
+    parser.add_argument("--json", action="store_true", dest="json" if top else "json_sub",
+                        default=False if top else argparse.SUPPRESS,
+                        help="print one JSON document on stdout (see docs/json.md)")
+
+
+#: name -> (one-line description, examples); shown by `eternia-backup COMMAND --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("write a commented starter eternia-backup.yaml (never overwrites a file)",
+             "eternia-backup init\n  eternia-backup init --path /etc/myapp/eternia-backup.yaml"),
+    "create": ("make a backup now and print where it went",
+               "eternia-backup create\n  eternia-backup -c /etc/myapp/eternia-backup.yaml create --json"),
+    "list": ("list backups on every target, newest first",
+             "eternia-backup list\n  eternia-backup list --json | jq '.backups[0].backup_id'"),
+    "restore": ("verify a backup and restore it (in place, or into --to DIR)",
+                "eternia-backup restore latest --dry-run\n  eternia-backup restore latest --to /tmp/r --source db\n"
+                "  eternia-backup restore 20261129T020000Z-3f2a1c --yes"),
+    "download": ("copy a backup from a URL into local storage, verified",
+                 "eternia-backup download s3://bucket/production/eternia-backup-20261129T020000Z-3f2a1c.tar.zst"),
+    "cleanup": ("apply retention on every target",
+                "eternia-backup cleanup --dry-run\n  eternia-backup cleanup"),
+    "verify": ("check backups: presence, size, sha256, every member",
+               "eternia-backup verify\n  eternia-backup verify --all --json"),
+    "status": ("last success/failure, next run, newest backup; exit 1 when overdue",
+               "eternia-backup status\n  eternia-backup status --json"),
+    "run": ("run the scheduler in the foreground until SIGTERM/SIGINT",
+            "eternia-backup run\n  eternia-backup run --grace 120"),
+    "keygen": ("write a new age identity file (0600) and print its public recipient",
+               "eternia-backup keygen -o key.txt"),
+    "plugins": ("list source types, archivers, compressions and targets",
+                "eternia-backup plugins"),
+    "config": ("check, show or describe the configuration",
+               "eternia-backup config check\n  eternia-backup config show\n  eternia-backup config schema > schema.json"),
+    "completion": ("print a shell completion script for bash, zsh or fish",
+                   'eval "$(eternia-backup completion bash)"     # in ~/.bashrc\n'
+                   '  eval "$(eternia-backup completion zsh)"      # in ~/.zshrc\n'
+                   "  eternia-backup completion fish | source       # in ~/.config/fish/config.fish"),
+}
+
+
+def _add_command(sub, name: str, *, global_options: bool = True) -> argparse.ArgumentParser:
+    line, examples = COMMANDS[name]
+    p = sub.add_parser(name, help=line, description=line[0].upper() + line[1:] + ".",
+                       epilog="examples:\n  " + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if global_options:
+        _global_options(p, top=False)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="eternia-backup", description="Backups of application state you can trust.",
+                epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 backup made with warnings,\n"
+                       "11 skipped (another run holds the lock), 130 interrupted.\n"
+                       "Start with `eternia-backup init`; `eternia-backup COMMAND --help` shows examples.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p, top=True)
     p.add_argument("--version", action="version", version=f"eternia-backup {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sub.add_parser("create", parents=[common], help="make a backup now and print where it went")
-    sub.add_parser("list", parents=[common], help="list backups on every target, newest first")
+    s = _add_command(sub, "init")
+    s.add_argument("--path", default="eternia-backup.yaml", metavar="FILE",
+                   help="where to write it (default: ./eternia-backup.yaml)")
+    _add_command(sub, "create")
+    _add_command(sub, "list")
 
-    s = sub.add_parser("restore", parents=[common], help="verify a backup and restore it")
+    s = _add_command(sub, "restore")
     s.add_argument("backup", help="a path, URL, backup id (or unique prefix), or 'latest'")
     s.add_argument("--to", metavar="DIR", help="restore into DIR/<source> instead of the configured places")
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
 
-    s = sub.add_parser("download", parents=[common], help="copy a backup from a URL into local storage, verified")
+    s = _add_command(sub, "download")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")
     s.add_argument("--to", metavar="DIR", help="directory to download into (default: the local storage)")
 
-    s = sub.add_parser("cleanup", parents=[common], help="apply retention on every target")
+    s = _add_command(sub, "cleanup")
     s.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
 
-    s = sub.add_parser("verify", parents=[common], help="check backups: presence, size, sha256, contents")
+    s = _add_command(sub, "verify")
     g = s.add_mutually_exclusive_group()
     g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
     g.add_argument("--all", action="store_true", help="verify every copy of every backup")
 
-    sub.add_parser("status", parents=[common],
-                   help="last success/failure, next run, newest backup; exit 1 when overdue")
-    s = sub.add_parser("run", help="run the scheduler in the foreground until SIGTERM/SIGINT")
+    _add_command(sub, "status")
+    s = _add_command(sub, "run")
     s.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="on stop, how long a running backup may finish before it is abandoned (default 30)")
 
-    s = sub.add_parser("keygen", parents=[common],
-                       help="write a new age identity file (0600) and print its public recipient")
+    s = _add_command(sub, "keygen")
     s.add_argument("--output", "-o", default="eternia-backup.key", metavar="FILE",
                    help="where to write the identity (default: eternia-backup.key); never overwritten")
 
-    sub.add_parser("plugins", parents=[common], help="list source types, archivers, compressions and targets")
+    _add_command(sub, "plugins")
 
-    s = sub.add_parser("config", help="check or show the configuration")
+    s = _add_command(sub, "config")
     csub = s.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
-    csub.add_parser("check", parents=[common], help="validate the config file")
-    csub.add_parser("show", parents=[common], help="print the effective config, secrets masked")
+    for action, line in (("check", "validate the config file"),
+                         ("show", "print the effective config, secrets masked"),
+                         ("schema", "print the JSON Schema of the config file (for editors)")):
+        c = csub.add_parser(action, help=line, description=line[0].upper() + line[1:] + ".",
+                            epilog=f"example:\n  eternia-backup config {action}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _global_options(c, top=False)
+
+    s = _add_command(sub, "completion")
+    s.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")
     return p
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+def _merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
+    args.verbose += getattr(args, "verbose_sub", 0)
+    args.quiet = args.quiet or getattr(args, "quiet_sub", False)
+    args.json = args.json or getattr(args, "json_sub", False)
+    if args.quiet:
+        args.verbose = 0
+    return args
+
+
+def _setup_logging(verbosity: int, quiet: bool = False) -> None:
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # The offset makes a log line unambiguous in any zone.
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%Y-%m-%dT%H:%M:%S%z"))
     handler.addFilter(redact.RedactingFilter())
     logger = logging.getLogger("eternia_backup")
     logger.handlers[:] = [handler]
@@ -403,41 +560,72 @@ def _describe_error(exc: BaseException, verbose: int) -> str:
     return message
 
 
+def _report_error(args, message: str, code: str, status: int, **extra: Any) -> int:
+    """One line on stderr; with --json also the error document on stdout."""
+    print(f"error: {message}", file=sys.stderr)
+    if args is not None and getattr(args, "json", False):
+        _print_json({"error": {"message": message.split("\n", 1)[0], "code": code, "exit_status": status},
+                     **extra})
+    return status
+
+
+def _run(args) -> int:
+    if args.command == "plugins":
+        return cmd_plugins(args)
+    if args.command == "keygen":
+        return cmd_keygen(args)
+    if args.command == "config":
+        return cmd_config(args)
+    if args.command == "init":
+        return cmd_init(args)
+    if args.command == "completion":
+        return cmd_completion(args)
+    from .manager import BackupManager
+
+    mgr = BackupManager.from_config(args.config)
+    handler = {
+        "create": cmd_create, "list": cmd_list, "restore": cmd_restore, "download": cmd_download,
+        "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run,
+    }[args.command]
+    return handler(mgr, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    try:
-        if args.command == "plugins":
-            return cmd_plugins(args)
-        if args.command == "keygen":
-            return cmd_keygen(args)
-        if args.command == "config":
-            return cmd_config(args)
-        from .manager import BackupManager
+    if "_ARGCOMPLETE" in os.environ:  # only a completing shell pays for the import
+        import argcomplete
 
-        mgr = BackupManager.from_config(args.config)
-        handler = {
-            "create": cmd_create, "list": cmd_list, "restore": cmd_restore, "download": cmd_download,
-            "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run,
-        }[args.command]
-        return handler(mgr, args)
+        argcomplete.autocomplete(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _merge_global_options(parser.parse_args(argv))
+    except _ArgumentError as exc:
+        if "--json" in argv:
+            print(f"error: {exc}", file=sys.stderr)
+            _print_json({"error": {"message": str(exc), "code": "usage", "exit_status": EXIT_USAGE}})
+        else:
+            exc.parser.print_usage(sys.stderr)
+            print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return _run(args)
+    except BackupFailedError as exc:
+        extra = {"backup": exc.result.to_dict()} if exc.result is not None else {}
+        return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code, **extra)
     except EterniaBackupError as exc:
-        print(f"error: {_describe_error(exc, args.verbose)}", file=sys.stderr)
-        return exc.exit_code
+        return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was committed", file=sys.stderr)
-        return 130
+        return _report_error(args, "interrupted; nothing was committed", "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         return EXIT_FAILED
-    except Exception as exc:  # a bug: still one line, and the details with -v
+    except Exception as exc:  # a bug: still one line, and the details with -vv
         if args.verbose >= 2:
             import traceback
 
             traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {_describe_error(exc, args.verbose)} "
-              "(please report this; run with -vv for details)", file=sys.stderr)
-        return EXIT_FAILED
+        return _report_error(args, f"unexpected {type(exc).__name__}: {_describe_error(exc, args.verbose)} "
+                                   "(please report this; run with -vv for details)", "unexpected", EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,8 @@ def find_config(path: str | os.PathLike | None = None) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(
-            f"config file not found: {where}; pass --config PATH or set {CONFIG_ENV}"
+            f"config file not found: {where}; write a starter config with `eternia-backup init`, "
+            f"or pass --config PATH or set {CONFIG_ENV}"
         )
     return p.resolve()
 
@@ -298,7 +299,8 @@ def load_config(path: str | os.PathLike | None = None) -> BackupConfig:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
     if not isinstance(document, dict) or "backup" not in document:
-        raise ConfigError(f"{p}: no 'backup:' section; add one (see README.md for an example)")
+        raise ConfigError(f"{p}: no 'backup:' section; add one (`eternia-backup init --path FILE` writes an "
+                          "example to copy from)")
     return parse_config(document["backup"], base_dir=p.parent, path=p)
 
 

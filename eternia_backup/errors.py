@@ -21,47 +21,72 @@ class EterniaBackupError(Exception):
     """Base of every error the framework raises on purpose."""
 
     #: CLI exit status for this kind of error.
-    exit_code = 1
+    exit_code = EXIT_FAILED
+    #: A stable name for scripts (``--json`` prints it as ``error.code``).
+    code = "failed"
 
 
 class ConfigError(EterniaBackupError, ValueError):
     """The configuration is invalid; raised before any I/O."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+    code = "config"
 
 
 class PluginError(EterniaBackupError):
     """A plugin could not be loaded, or implements a hook that does not exist."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+    code = "plugin"
 
 
 class SourceError(EterniaBackupError):
     """A source could not produce or put back its state."""
 
+    code = "source"
+
 
 class ArchiveError(EterniaBackupError):
     """An archive could not be written or read."""
+
+    code = "archive"
 
 
 class StorageError(EterniaBackupError, OSError):
     """A storage target failed (missing, unreachable, denied, full)."""
 
+    code = "storage"
+
 
 class BackupNotFoundError(StorageError, FileNotFoundError):
     """No backup matches what was asked for."""
+
+    code = "not_found"
 
 
 class IntegrityError(EterniaBackupError):
     """A backup does not match its manifest (size, checksum, contents)."""
 
+    code = "integrity"
+
 
 class UnsafeArchiveError(IntegrityError):
     """An archive member would write outside the destination, or is not allowed."""
 
+    code = "unsafe_archive"
+
+
+class UsageError(EterniaBackupError, ValueError):
+    """A call names something that does not exist (a source, an option); nothing was done."""
+
+    exit_code = EXIT_USAGE
+    code = "usage"
+
 
 class RestoreError(EterniaBackupError):
     """A restore could not be completed; the current state was left as it was."""
+
+    code = "restore"
 
 
 class BackupFailedError(EterniaBackupError):
@@ -69,6 +94,8 @@ class BackupFailedError(EterniaBackupError):
 
     ``result`` holds what did succeed, so callers can see which copies exist.
     """
+
+    code = "backup_failed"
 
     def __init__(self, message: str, result=None):
         super().__init__(message)

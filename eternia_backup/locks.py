@@ -22,6 +22,7 @@ class BackupInProgress(EterniaBackupError):
     """Another backup or cleanup of the same storage is running; this one was skipped."""
 
     exit_code = EXIT_LOCKED
+    code = "locked"
 
 
 class LocalLock:

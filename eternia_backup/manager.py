@@ -30,9 +30,11 @@ from .errors import (
 )
 from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
+from .progress import NO_PROGRESS, Progress, ProgressReader
 from .providers import Source, Target
 from .state import StateStore
 from .storage import split_protocol
+from .timefmt import iso_utc
 
 log = logging.getLogger("eternia_backup")
 
@@ -132,12 +134,14 @@ class BackupManager:
 
     # -- operations ------------------------------------------------------------------
 
-    def create_backup(self, *, progress: Callable[[int], None] | None = None, guard=None,
+    def create_backup(self, *, progress: "Progress | Callable[[int], None] | None" = None, guard=None,
                       cancel=None) -> backup_mod.BackupResult:
         """Back up every source to every target; returns where the backup went.
 
         Raises :class:`BackupFailedError` (with ``.result``) when a target failed,
         and :class:`BackupInProgress` when another backup of this storage runs.
+        ``progress`` is a :class:`~eternia_backup.progress.Progress` (or a
+        callable taking a byte count).
         """
         if self.lock.held:
             self.finish_interrupted_restore()  # never back up a half-restored state
@@ -222,39 +226,41 @@ class BackupManager:
                         entry.backup_id)
         return entry.best
 
-    def verify_backup(self, backup: str) -> verify.VerifyReport:
+    def verify_backup(self, backup: str, *, progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption)
+        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption, progress)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
 
-    def verify_all(self) -> list[verify.VerifyReport]:
+    def verify_all(self, *, progress: Progress = NO_PROGRESS) -> list[verify.VerifyReport]:
         """Check every copy of every backup; never raises for a damaged one."""
         listings, errors = self.listings()
         if errors:
             raise StorageError("; ".join(errors.values()))
-        return [verify.verify_copy(c, self.registry, self.config.encryption) for e in catalog.merge(listings) for c in e.copies]
+        return [verify.verify_copy(c, self.registry, self.config.encryption, progress)
+                for e in catalog.merge(listings) for c in e.copies]
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
-                       confirm: Callable[[list[str]], bool] | None = None) -> restore.RestoreResult:
+                       confirm: Callable[[list[str]], bool] | None = None,
+                       progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``)."""
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm)
+            return self._restore(backup, to, sources, True, confirm, progress)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(backup, to, sources, False, confirm, progress)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(backup, to, sources, False, confirm, progress)
 
-    def _restore(self, backup, to, sources, dry_run, confirm) -> restore.RestoreResult:
+    def _restore(self, backup, to, sources, dry_run, confirm, progress=NO_PROGRESS) -> restore.RestoreResult:
         copy = self.find_backup(backup)
         return restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption, journal_path=self.journal_path,
+            encryption=self.config.encryption, journal_path=self.journal_path, progress=progress,
         )
 
     @property
@@ -267,7 +273,8 @@ class BackupManager:
 
         return journal.finish(self.journal_path)
 
-    def download_backup(self, url: str, *, to: str | os.PathLike | None = None) -> Path:
+    def download_backup(self, url: str, *, to: str | os.PathLike | None = None,
+                        progress: Progress = NO_PROGRESS) -> Path:
         """Copy a backup (archive and manifest) into local storage, verified; returns the archive's path."""
         copy = self.find_backup(url)
         if copy.manifest is None or copy.problem:
@@ -275,9 +282,10 @@ class BackupManager:
         dest = self._download_target(to)
         manifest = copy.manifest
         writer = dest.open_write(manifest.archive.file)
+        progress.phase("download", manifest.archive.size)
         try:
             with copy.target.open_read(manifest.archive.file) as src:
-                hashing = verify.HashingReader(src)
+                hashing = verify.HashingReader(ProgressReader(src, progress))
                 while chunk := hashing.read(1024 * 1024):
                     writer.write(chunk)
             verify._compare(copy, manifest, hashing)
@@ -297,7 +305,17 @@ class BackupManager:
         raise StorageError("no local storage is configured to download into; set backup.storage_path or pass --to DIR")
 
     def cleanup(self, *, dry_run: bool = False, guard=None) -> cleanup.CleanupResult:
-        """Apply retention on every target; a target whose listing fails is left untouched."""
+        """Apply retention on every target; a target whose listing fails is left untouched.
+
+        Takes the host lock (not for a dry run), so a cleanup never runs beside a
+        backup or restore of this storage: raises :class:`BackupInProgress` then.
+        """
+        if dry_run or self.lock.held:
+            return self._cleanup(dry_run, guard)
+        with self.lock.acquire("cleanup"):
+            return self._cleanup(dry_run, guard)
+
+    def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
                                    policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard)
@@ -431,9 +449,9 @@ class BackupManager:
             "enabled": self.config.enabled,
             "schedule": self.config.schedule.label,
             "timezone": tz_name,
-            "next_run": (scheduler_next or next_slot(self.config.schedule.cron, now, tz)).isoformat(),
+            "next_run": iso_utc(scheduler_next or next_slot(self.config.schedule.cron, now, tz)),
             "newest_backup": None if newest is None else {
-                "backup_id": newest.backup_id, "created_at": newest.created_at.isoformat(),
+                "backup_id": newest.backup_id, "created_at": iso_utc(newest.created_at),
                 "age_seconds": int(age.total_seconds()), "size": newest.manifest.archive.size,
                 "copies": [c.target.name for c in newest.copies if c.ok],
             },

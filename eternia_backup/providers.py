@@ -105,6 +105,10 @@ class Source:
         """Write the source's current state into ``writer``, consistently."""
         raise NotImplementedError
 
+    def estimate_size(self) -> int | None:
+        """About how many bytes ``backup`` will write, cheaply, for a progress bar; None if unknown."""
+        return None
+
     def default_destination(self) -> Path | None:
         """Where a restore without ``--to`` puts this source, or None if it pipes."""
         return None

@@ -23,10 +23,11 @@ from typing import Callable
 
 from . import journal
 from .catalog import BackupCopy
-from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError
+from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError, UsageError
 from .fsutil import remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
+from .progress import NO_PROGRESS, Progress, ProgressReader
 from .providers import RestorePlan, Source
 from .safety import Extractor, MemberChecker
 from .storage import describe_os_error
@@ -50,7 +51,7 @@ class RestoreResult:
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
                  to: Path | None, dry_run: bool, registry, hook,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
-                 journal_path: Path | None = None) -> RestoreResult:
+                 journal_path: Path | None = None, progress: Progress = NO_PROGRESS) -> RestoreResult:
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
@@ -58,10 +59,10 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     names = list(selected) if selected else in_backup
     for n in names:
         if n not in in_backup:
-            raise RestoreError(f"backup {copy.backup_id} has no source {n!r}; it has: {', '.join(in_backup)}")
+            raise UsageError(f"backup {copy.backup_id} has no source {n!r}; it has: {', '.join(in_backup)}")
     missing = [n for n in names if n not in sources]
     if missing and to is None:
-        raise RestoreError(
+        raise UsageError(
             f"source(s) {', '.join(missing)} of backup {copy.backup_id} are not in the current config, so it is "
             "unknown where they go; restore with --to DIR"
         )
@@ -83,9 +84,10 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     created_to = to is not None and not to.exists()
     committed = False
     try:
-        with _local_archive(copy) as path:
+        with _local_archive(copy, progress) as path:
+            progress.phase("verify", manifest.archive.size)
             with open(path, "rb") as f:
-                check_checksum(copy, manifest, f)
+                check_checksum(copy, manifest, ProgressReader(f, progress))
             log.info("restore %s: size and sha256 verified", copy.backup_id)
             if dry_run:
                 call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
@@ -98,7 +100,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
                            destination=to, dry_run=False)
             try:
-                _stage(copy, path, plans, archiver, compression, identities)
+                _stage(copy, path, plans, archiver, compression, identities, progress)
                 if journal_path is not None:  # the next run finishes the swaps if this process dies
                     journal.write(journal_path, copy.backup_id, [_journal_entry(p) for p in plans.values()])
                 _commit_all(plans)
@@ -129,8 +131,9 @@ def _journal_entry(plan: RestorePlan) -> dict:
 class _local_archive:
     """The archive as a local file: the copy itself, or a private temporary download."""
 
-    def __init__(self, copy: BackupCopy):
+    def __init__(self, copy: BackupCopy, progress: Progress = NO_PROGRESS):
         self.copy = copy
+        self.progress = progress
         self.tmpdir: Path | None = None
 
     def __enter__(self) -> Path:
@@ -140,9 +143,11 @@ class _local_archive:
             return local
         self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
         path = self.tmpdir / manifest.archive.file
+        log.debug("restore %s: downloading %s", self.copy.backup_id, self.copy.url)
+        self.progress.phase("download", manifest.archive.size)
         try:
             with self.copy.target.open_read(manifest.archive.file) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1024 * 1024)
+                shutil.copyfileobj(ProgressReader(src, self.progress), dst, 1024 * 1024)
         except BaseException as exc:
             self.__exit__()  # not called when __enter__ raises: remove the partial download here
             if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
@@ -158,21 +163,23 @@ class _local_archive:
 
 
 def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression,
-           identities: list | None = None) -> None:
+           identities: list | None = None, progress: Progress = NO_PROGRESS) -> None:
     manifest = copy.manifest
+    progress.phase("restore", manifest.archive.size)
     for p in plans.values():
         p.prepare()
     where = copy.describe()
     checker = MemberChecker([s.name for s in manifest.sources], where=where)
     extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where)
     with open(path, "rb") as raw:
-        hashing = HashingReader(raw)
+        hashing = HashingReader(ProgressReader(raw, progress))
         content = Content(hashing, manifest, compression, identities, where)
         try:
             reader = archiver.reader(content)
             for member in reader:
                 source, rel = checker.check(member)
                 extractor.add(source, rel, member, reader)
+                progress.file_done()
             checker.finish()
             extractor.finish()
             content.finish()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .fsutil import fsync_dir, make_private_dirs
+from .timefmt import iso_utc
 
 log = logging.getLogger("eternia_backup.state")
 
@@ -47,7 +48,7 @@ def _writable_ancestor(path: Path) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return iso_utc(datetime.now(timezone.utc))
 
 
 @dataclasses.dataclass
@@ -105,8 +106,8 @@ class StateStore:
 
     def record_slot(self, slot: datetime, *, succeeded: bool) -> None:
         def change(data):
-            data["last_attempted_slot"] = slot.isoformat()
+            data["last_attempted_slot"] = iso_utc(slot)
             if succeeded:
-                data["last_successful_slot"] = slot.isoformat()
+                data["last_successful_slot"] = iso_utc(slot)
 
         self.update(change)

@@ -20,6 +20,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .manifest import Manifest
+from .progress import NO_PROGRESS, Progress, ProgressReader
 from .safety import MemberChecker
 
 _CHUNK = 1024 * 1024
@@ -155,7 +156,7 @@ def keys_for(manifest: Manifest, encryption) -> list | None:
     return identities_for(manifest.encryption, encryption)
 
 
-def verify_copy(copy: BackupCopy, registry, encryption=None) -> VerifyReport:
+def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress = NO_PROGRESS) -> VerifyReport:
     """Verify one copy fully; returns a report (ok or the problem), never raises IntegrityError.
 
     An encrypted backup with no key configured is checked for size and sha256
@@ -180,8 +181,9 @@ def verify_copy(copy: BackupCopy, registry, encryption=None) -> VerifyReport:
             report.ok, report.size = True, manifest.archive.size
             report.note = f"size and sha256 checked; contents not read: {exc}"
             return report
+        progress.phase(f"verify {copy.backup_id}", manifest.archive.size)
         with copy.target.open_read(manifest.archive.file) as raw:
-            hashing = HashingReader(raw)
+            hashing = HashingReader(ProgressReader(raw, progress))
             content = Content(hashing, manifest, compression, identities, copy.describe())
             checker = MemberChecker([s.name for s in manifest.sources], where=copy.describe())
             entries = 0
@@ -194,6 +196,7 @@ def verify_copy(copy: BackupCopy, registry, encryption=None) -> VerifyReport:
                         while f.read(_CHUNK):
                             pass
                     entries += 1
+                    progress.file_done()
                 checker.finish()
                 content.finish()
                 hashing.drain()

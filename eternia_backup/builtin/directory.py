@@ -108,6 +108,25 @@ class DirectorySource(Source):
             else:
                 log.warning("source %r: skipping %s: not a regular file, directory or symlink", self.name, relpath)
 
+    def estimate_size(self) -> int | None:
+        """The bytes of the regular files the walk would take (metadata only: no file is read)."""
+        total, stack = 0, [(self.root, "")]
+        while stack:
+            directory, rel = stack.pop()
+            try:
+                with os.scandir(directory) as it:
+                    for entry in it:
+                        relpath = f"{rel}/{entry.name}" if rel else entry.name
+                        if self.options.exclude and _matches(relpath, self.options.exclude):
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, relpath))
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue  # the backup itself says what cannot be read
+        return total
+
     def default_destination(self) -> Path:
         return self.root
 

@@ -85,6 +85,9 @@ class SqliteSource(Source):
     def describe(self):
         return {"type": self.type_name, "name": self.name, "path": str(self.path)}
 
+    def estimate_size(self) -> int | None:
+        return self.path.stat().st_size
+
     def check(self) -> None:
         if not self.path.is_file():
             raise SourceError(f"source {self.name!r}: SQLite database {self.path} does not exist; fix its path")

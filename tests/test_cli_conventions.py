@@ -1,0 +1,162 @@
+"""The CLI behaves like the tools users know: options anywhere, -v/-vv/-q, help with
+examples, exit codes a script can trust, shell completion, a starter config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from eternia_backup.cli import COMMANDS
+from eternia_backup.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
+from eternia_backup.locks import LocalLock
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("hello")
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "retention_days": 7}}))
+    return config
+
+
+def cli_in(directory: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    return run_cli(*args, cwd=directory, **kw)
+
+
+def test_global_options_work_before_and_after_the_command(project, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in (("-c", str(project), "create"), ("create", "-c", str(project)),
+                 ("create", "--config", str(project), "-q")):
+        proc = cli_in(elsewhere, *args)
+        assert proc.returncode == 0, (args, proc.stderr)
+    for args in (("--json", "-c", str(project), "list"), ("-c", str(project), "list", "--json")):
+        proc = cli_in(elsewhere, *args)
+        assert proc.returncode == 0 and len(json.loads(proc.stdout)["backups"]) == 3, (args, proc.stdout)
+
+
+def test_v_gives_info_vv_gives_debug_records_and_q_gives_only_errors(project):
+    info = run_cli("create", "-v", config=project)
+    assert info.returncode == 0 and " INFO " in info.stderr and " DEBUG " not in info.stderr, info.stderr
+    debug = run_cli("-v", "create", "-v", config=project)  # counted across both places
+    assert debug.returncode == 0 and " DEBUG " in debug.stderr, debug.stderr
+    quiet = run_cli("create", "-q", config=project)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip().endswith(".tar.zst")
+    failing = run_cli("restore", "nope", "-q", config=project)
+    assert failing.returncode == 1 and failing.stderr.startswith("error: "), failing.stderr
+
+
+def test_log_lines_carry_the_utc_offset(project):
+    proc = run_cli("create", "-v", config=project)
+    first = proc.stderr.splitlines()[0]
+    assert first[:19].count("-") == 2 and first[19] in "+-", first  # 2026-11-29T07:02:11+0000
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_help_has_a_description_and_an_example(command, capsys):
+    from eternia_backup.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    line = COMMANDS[command][0]
+    assert " ".join(line[1:].split()) in " ".join(out.split()), out  # the one-line description
+    assert "examples:" in out and f"eternia-backup {command}" in out.split("examples:")[1]
+
+
+def test_a_run_that_finds_the_lock_held_exits_11_and_does_nothing(project):
+    run_cli("create", config=project)
+    backups = project.parent / "backups"
+    before = sorted(p.name for p in backups.iterdir())
+    from eternia_backup import BackupManager
+
+    lock = LocalLock(BackupManager.from_config(project).lock.path)  # what another run would hold
+    with lock.acquire("test"):
+        for args in (("create",), ("restore", "latest", "--to", str(project.parent / "r"), "--yes"), ("cleanup",)):
+            proc = run_cli(*args, config=project)
+            assert proc.returncode == EXIT_LOCKED, (args, proc.returncode, proc.stderr)
+            assert "skipped" in proc.stderr and "another backup or cleanup is running" in proc.stderr
+        as_json = run_cli("create", "--json", config=project)
+        assert as_json.returncode == EXIT_LOCKED and json.loads(as_json.stdout)["error"]["code"] == "locked"
+    assert sorted(p.name for p in backups.iterdir()) == before
+    assert not (project.parent / "r").exists()
+
+
+def test_usage_mistakes_exit_2(project):
+    run_cli("create", config=project)
+    proc = run_cli("restore", "latest", "--source", "nope", "--to", str(project.parent / "r"), config=project)
+    assert proc.returncode == EXIT_USAGE and "no source 'nope'" in proc.stderr, proc.stderr
+    assert run_cli("frobnicate", config=project).returncode == EXIT_USAGE
+    assert run_cli("restore", config=project).returncode == EXIT_USAGE
+    assert run_cli("list", "--bogus", config=project).returncode == EXIT_USAGE
+
+
+def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "sources": [
+        {"type": "command", "name": "slow", "command": "echo started >&2; sleep 60; echo done"}]}}))
+    proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "-c", str(config), "create", "-v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    backups = tmp_path / "backups"
+    while time.monotonic() < deadline and not any(p.name.endswith(".lock") for p in
+                                                   (backups.iterdir() if backups.exists() else [])):
+        time.sleep(0.1)
+    time.sleep(1.0)  # the dump command is running now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err)
+    assert "interrupted; nothing was committed" in err and "Traceback" not in err
+    assert not [p for p in backups.iterdir() if not p.name.startswith(".")], list(backups.iterdir())
+
+
+def test_shell_completion_scripts_and_completions(tmp_path):
+    for shell in ("bash", "zsh", "fish"):
+        proc = run_cli("completion", shell)
+        assert proc.returncode == 0 and "eternia-backup" in proc.stdout and len(proc.stdout) > 200, proc.stderr
+    out = tmp_path / "completions"
+    line = "eternia-backup res"
+    env = {"_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE_IFS": "\n",
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "eternia_backup"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().split() == ["restore"]
+
+
+def test_init_writes_a_config_that_checks_and_backs_up_at_once(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("remember")
+    proc = cli_in(tmp_path, "init")
+    assert proc.returncode == 0 and (tmp_path / "eternia-backup.yaml").exists(), proc.stderr
+    text = (tmp_path / "eternia-backup.yaml").read_text()
+    for key in ("enabled:", "frequency:", "retention_days:", "storage_path:", "cloud_backup:", "bucket:",
+                "# sources:", "# targets:", "# encryption:", "# schedule:"):
+        assert key in text, key
+    assert cli_in(tmp_path, "config", "check").returncode == 0
+    created = cli_in(tmp_path, "create")
+    assert created.returncode == 0 and Path(created.stdout.strip()).exists(), created.stderr
+    restored = cli_in(tmp_path, "restore", "latest", "--to", str(tmp_path / "r"), "--yes")
+    assert restored.returncode == 0 and (tmp_path / "r" / "data" / "notes.txt").read_text() == "remember"
+
+    again = cli_in(tmp_path, "init")
+    assert again.returncode == EXIT_USAGE and "already exists" in again.stderr
+    assert (tmp_path / "eternia-backup.yaml").read_text() == text
+    other = cli_in(tmp_path, "init", "--path", str(tmp_path / "sub.yaml"))
+    assert other.returncode == 0 and (tmp_path / "sub.yaml").read_text() == text
+
+
+def test_config_not_found_points_at_init(tmp_path):
+    proc = cli_in(tmp_path, "create")
+    assert proc.returncode == EXIT_USAGE and "eternia-backup init" in proc.stderr, proc.stderr
