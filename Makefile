@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo demo-s3 test bench clean
+.PHONY: setup demo demo-s3 test test-fast bench clean
 
 $(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo-s3: $(STAMP)
 ## test: the whole test suite (starts its own SeaweedFS S3 server on loopback)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## test-fast: the suite without the slow tests (crash, S3 fault, scheduler timing, wheel install)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory.py
