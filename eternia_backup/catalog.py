@@ -154,6 +154,7 @@ def _read_manifest(target: Target, fname: str) -> Manifest:
 def list_target(target: Target, name: str) -> TargetListing:
     """Every backup of series ``name`` on ``target``; raises StorageError if listing fails."""
     files = {f.name: f for f in target.list()}
+    log.debug("target %r: %d file(s) listed at %s", target.name, len(files), target.file_url(""))
     copies: list[BackupCopy] = []
     claimed: set[str] = set()
     for fname in sorted(files):

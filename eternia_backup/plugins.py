@@ -148,6 +148,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}; "
                 f"fix or uninstall it, or block it with {DISABLE_ENV}={ep.name}"
             ) from exc
+        log.debug("plugin %r loaded from entry point %s (%s)", ep.name, ep.value,
+                  getattr(ep.dist, "name", "?") if ep.dist else "?")
         _register(pm, plugin, ep.name)
 
 
