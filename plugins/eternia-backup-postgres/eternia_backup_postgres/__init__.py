@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import Field
+
 from eternia_backup import hookimpl
 from eternia_backup.builtin.command import stderr_tail
 from eternia_backup.errors import RestoreError, SourceError
@@ -29,10 +31,14 @@ DUMP_NAME = "dump.pgcustom"
 
 
 class PostgresOptions(SourceOptions):
-    dsn: str
-    pg_dump: str = "pg_dump"
-    pg_restore: str = "pg_restore"
-    timeout: float | None = None
+    dsn: str = Field(description="The database as a postgresql://user:password@host:port/db URL; the password "
+                     "goes to the tools in PGPASSWORD.", examples=["postgresql://app:${PGPASSWORD}@127.0.0.1/appdb"])
+    pg_dump: str = Field("pg_dump", description="The pg_dump program (a name on PATH or a path).",
+                         examples=["/usr/lib/postgresql/16/bin/pg_dump"])
+    pg_restore: str = Field("pg_restore", description="The pg_restore program (a name on PATH or a path).",
+                            examples=["/usr/lib/postgresql/16/bin/pg_restore"])
+    timeout: float | None = Field(None, description="Seconds pg_dump or pg_restore may run; default: as long as "
+                                  "it takes.", examples=[3600])
 
 
 def split_password(dsn: str) -> tuple[str, dict[str, str]]:
