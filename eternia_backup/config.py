@@ -1,14 +1,15 @@
 """Configuration: the application's YAML ``backup:`` section -> validated, frozen objects.
 
-SEED.md's keys (``enabled``, ``frequency``, ``retention_days``, ``storage_path``,
-``cloud_backup``) are accepted as they are and mapped onto the general form
+The keys of the project's original description (``enabled``, ``frequency``,
+``retention_days``, ``storage_path``, ``cloud_backup``; the first YAML block of
+README.md) are accepted as they are and mapped onto the general form
 (``sources``, ``targets``, ``archive``, ``retention``). Validation happens before
 any I/O; every error names the key path, the value found and what was expected.
 
 Decisions:
 
 * With no ``sources:``, the state backed up is the directory ``data/`` beside the
-  config file (a source named ``data``), so SEED.md's YAML works unchanged.
+  config file (a source named ``data``), so that original YAML works unchanged.
 * ``storage_path`` becomes a local target named ``local``; ``cloud_backup``
   becomes a target named ``cloud`` at ``s3://<bucket>/[<prefix>/]<environment>``.
 * Relative paths are relative to the directory of the config file.
