@@ -1,8 +1,8 @@
 """Configuration: the application's YAML ``backup:`` section -> validated, frozen objects.
 
 The keys of the project's original description (``enabled``, ``frequency``,
-``retention_days``, ``storage_path``, ``cloud_backup``; the first YAML block of
-README.md) are accepted as they are and mapped onto the general form
+``retention_days``, ``storage_path``, ``cloud_backup``, as in
+examples/app/eternia-backup.yaml) are accepted as they are and mapped onto the general form
 (``sources``, ``targets``, ``archive``, ``retention``). Validation happens before
 any I/O; every error names the key path, the value found and what was expected.
 
