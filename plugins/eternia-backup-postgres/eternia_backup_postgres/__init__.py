@@ -1,10 +1,11 @@
 """Source ``postgres``: a PostgreSQL database through pg_dump / pg_restore.
 
 The dump is pg_dump's custom format (consistent: one transaction snapshot),
-archived as ``<source>/dump.pgcustom``. Restore pipes it into
-``pg_restore --clean --if-exists --no-owner --single-transaction``, so a failed
-restore leaves the database as it was. A password in the DSN is moved into
-``PGPASSWORD`` so it never shows in a process listing.
+archived as ``<source>/dump.pgcustom``. Restore stages it and runs
+``pg_restore --clean --if-exists --no-owner --single-transaction`` on it, so a
+failed restore leaves the database as it was. A password in a
+``postgresql://`` URL DSN is moved into ``PGPASSWORD`` so it never shows in a
+process listing; a key/value DSN is passed on as written.
 """
 
 from __future__ import annotations
