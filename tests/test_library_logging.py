@@ -28,6 +28,7 @@ backup:
         secret: {S3_SECRET}
         client_kwargs: {{endpoint_url: "http://127.0.0.1:9"}}
         config_kwargs: {{retries: {{max_attempts: 1}}, connect_timeout: 1}}
+        retries: 1  # s3fs's own retries: fail fast on the closed port
   sources:
     - {{type: directory, name: data, path: data}}
     - {{type: postgres, name: db, pg_dump: /nonexistent/pg_dump,
