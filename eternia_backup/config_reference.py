@@ -11,6 +11,7 @@ Regenerate the page with::
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import types
@@ -93,8 +94,6 @@ def _allow_placeholder(prop: dict) -> None:
 
 def source_types() -> list[tuple[str, type[BaseModel]]]:
     """(type name, options model) of the built-in sources and installed first-party source plugins."""
-    import importlib
-
     from .plugins import build_registry, get_plugin_manager
 
     extra = []
