@@ -2,7 +2,7 @@
 """Peak memory and time of `eternia-backup create / restore / verify` on a generated state.
 
 Not a test: a measurement to read. It generates application state of a given size
-(default 2 GiB) mixed like the measurements in PERFORMANCE-NOTES.md -- many small JSON files,
+(default 2 GiB) mixed like a typical application's state -- many small JSON files,
 medium files of which half are random, one big mostly-random binary, a log and a
 SQLite database -- in a temporary directory outside the repository, then runs the
 real CLI in a subprocess for each step and reports, per step:
@@ -48,7 +48,7 @@ from pathlib import Path
 MIB = 1024 * 1024
 GOAL_MIB = 200  # the issue's bound for a 2 GiB backup: about 200 MB resident
 
-# Shares of the state, from the 1 GiB mix of PERFORMANCE-NOTES.md
+# Shares of the state, from a measured 1 GiB mix
 # (20,000 small files ~166 MiB, ~225 medium ~307 MiB, 300 MiB binary, 200 MiB log, 51 MiB db).
 SHARE = {"small": 0.16, "medium": 0.30, "binary": 0.29, "log": 0.20, "sqlite": 0.05}
 SMALL_PER_GIB = 20_000

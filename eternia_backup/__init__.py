@@ -13,6 +13,12 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("eternia_backup")
 
+from . import redact as _redact  # noqa: E402
+
+# Secrets are masked in the library's log records for every application, not
+# only under the CLI (which adds its own handler with the same filter).
+_redact.install_log_guard()
+
 from .errors import (  # noqa: E402
     BackupFailedError,
     ConfigError,

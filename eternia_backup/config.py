@@ -1,14 +1,15 @@
 """Configuration: the application's YAML ``backup:`` section -> validated, frozen objects.
 
-SEED.md's keys (``enabled``, ``frequency``, ``retention_days``, ``storage_path``,
-``cloud_backup``) are accepted as they are and mapped onto the general form
+The keys of the project's original description (``enabled``, ``frequency``,
+``retention_days``, ``storage_path``, ``cloud_backup``, as in
+examples/app/eternia-backup.yaml) are accepted as they are and mapped onto the general form
 (``sources``, ``targets``, ``archive``, ``retention``). Validation happens before
 any I/O; every error names the key path, the value found and what was expected.
 
 Decisions:
 
 * With no ``sources:``, the state backed up is the directory ``data/`` beside the
-  config file (a source named ``data``), so SEED.md's YAML works unchanged.
+  config file (a source named ``data``), so that original YAML works unchanged.
 * ``storage_path`` becomes a local target named ``local``; ``cloud_backup``
   becomes a target named ``cloud`` at ``s3://<bucket>/[<prefix>/]<environment>``.
 * Relative paths are relative to the directory of the config file.
@@ -58,99 +59,200 @@ Count = Whole | None
 
 
 class CloudBackupModel(_Model):
-    enabled: bool = _f("true or false", False)
-    provider: str = _f("a cloud provider name", "aws")
-    bucket: str | None = _f("an S3 bucket name (3-63 characters)", None, min_length=3, max_length=63)
-    region: str | None = _f("an AWS region name such as us-west-2", None)
-    endpoint_url: str | None = _f("an http(s) URL of an S3-compatible endpoint", None)
-    prefix: str | None = _f("a key prefix such as team/app", None)
-    storage_class: str | None = _f("an S3 storage class such as STANDARD_IA", None)
-    server_side_encryption: Literal["AES256", "aws:kms"] | None = _f("AES256 or aws:kms", None)
-    kms_key_id: str | None = _f("a KMS key id or ARN", None)
-    create_bucket: bool = _f("true or false", False)
+    """Copies of every backup in S3: a target named ``cloud``."""
+
+    enabled: bool = _f("true or false", False, description="Also store every backup in S3.",
+                       examples=[True])
+    provider: str = _f("a cloud provider name", "aws", description="The cloud provider; only aws (S3 and "
+                       "S3-compatible stores) is supported.", examples=["aws"])
+    bucket: str | None = _f("an S3 bucket name (3-63 characters)", None, min_length=3, max_length=63,
+                            description="The bucket; required when enabled.", examples=["eternia-backups"])
+    region: str | None = _f("an AWS region name such as us-west-2", None,
+                            description="The bucket's region; default: the AWS configuration's.",
+                            examples=["us-west-2"])
+    endpoint_url: str | None = _f("an http(s) URL of an S3-compatible endpoint", None,
+                                  description="The endpoint of an S3-compatible store (MinIO, SeaweedFS ...).",
+                                  examples=["http://127.0.0.1:8333"])
+    prefix: str | None = _f("a key prefix such as team/app", None,
+                            description="Key prefix; backups go to s3://<bucket>/[<prefix>/]<environment>/.",
+                            examples=["team/app"])
+    storage_class: str | None = _f("an S3 storage class such as STANDARD_IA", None,
+                                   description="The S3 storage class of uploaded objects.",
+                                   examples=["STANDARD_IA"])
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = _f(
+        "AES256 or aws:kms", None, description="S3 server-side encryption of uploaded objects.",
+        examples=["aws:kms"])
+    kms_key_id: str | None = _f("a KMS key id or ARN", None,
+                                description="The KMS key; required with server_side_encryption: aws:kms.",
+                                examples=["arn:aws:kms:us-west-2:111122223333:key/1234abcd"])
+    create_bucket: bool = _f("true or false", False, description="Create the bucket when it does not exist "
+                             "(otherwise a missing bucket is an error).", examples=[True])
 
 
 class SourceModel(BaseModel):
     """A source entry; the options beyond type/name are checked by its plugin."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    type: str = _f("a source type such as directory, sqlite or command")
-    name: str = _f("a name made of letters, digits, '.', '_' or '-'", pattern=_NAME_RE)
+    type: str = _f("a source type such as directory, sqlite or command",
+                   description="What kind of state this is; the other keys depend on it (see below).",
+                   examples=["directory"])
+    name: str = _f("a name made of letters, digits, '.', '_' or '-'", pattern=_NAME_RE,
+                   description="Unique among the sources; the directory that holds it in the archive and the "
+                   "name for `restore --source`.", examples=["files"])
 
 
 class TargetModel(_Model):
-    name: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE)
-    url: str = _f("a path or URL such as /var/backups or s3://bucket/prefix", min_length=1)
-    options: dict[str, Any] = _f("a mapping of storage options", default_factory=dict)
+    name: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE,
+                          description="Unique among the targets; default: target1, target2 ...", examples=["nas"])
+    url: str = _f("a path or URL such as /var/backups or s3://bucket/prefix", min_length=1,
+                  description="Where backups are stored: a local directory (relative to the config file) or any "
+                  "URL fsspec can open.", examples=["/mnt/nas/backups"])
+    options: dict[str, Any] = _f("a mapping of storage options", default_factory=dict,
+                                 description="Passed to the fsspec filesystem of the URL.",
+                                 examples=[{"client_kwargs": {"region_name": "eu-central-1"}}])
 
 
 class ArchiveModel(_Model):
-    format: str = _f("an archive format such as tar", "tar")
-    compression: str = _f("one of zstd, gzip, xz, none", "zstd")
-    level: Whole | None = _f("a whole number compression level", None)
+    format: str = _f("an archive format such as tar", "tar",
+                     description="How entries are packed into one stream (an archiver plugin).", examples=["tar"])
+    compression: str = _f("one of zstd, gzip, xz, none", "zstd",
+                          description="How the archive is compressed (a compression plugin).", examples=["zstd"])
+    level: Whole | None = _f("a whole number compression level", None,
+                             description="Compression level (zstd -7..22, gzip and xz 0..9); default: the "
+                             "compression's own (zstd 3, gzip 6, xz 6).", examples=[3])
 
 
 class RetentionModel(_Model):
-    days: Whole | None = _f("a whole number >= 0", None, ge=0)
-    keep_last: Count = _f("a whole number >= 0", None, ge=0)
-    keep_hourly: Count = _f("a whole number >= 0", None, ge=0)
-    keep_daily: Count = _f("a whole number >= 0", None, ge=0)
-    keep_weekly: Count = _f("a whole number >= 0", None, ge=0)
-    keep_monthly: Count = _f("a whole number >= 0", None, ge=0)
-    keep_yearly: Count = _f("a whole number >= 0", None, ge=0)
-    incomplete_grace_hours: float = _f("a number of hours >= 0", 24.0, ge=0)
+    days: Whole | None = _f("a whole number >= 0", None, ge=0,
+                            description="Keep backups younger than this many days; 0 keeps every backup. The "
+                            "same as backup.retention_days (set only one).", examples=[30])
+    keep_last: Count = _f("a whole number >= 0", None, ge=0,
+                          description="Keep the N newest intact backups.", examples=[3])
+    keep_hourly: Count = _f("a whole number >= 0", None, ge=0,
+                            description="Keep the newest backup of each of the N most recent hours that have one.",
+                            examples=[24])
+    keep_daily: Count = _f("a whole number >= 0", None, ge=0,
+                           description="Keep the newest backup of each of the N most recent days that have one.",
+                           examples=[7])
+    keep_weekly: Count = _f("a whole number >= 0", None, ge=0,
+                            description="Keep the newest backup of each of the N most recent weeks that have one.",
+                            examples=[4])
+    keep_monthly: Count = _f("a whole number >= 0", None, ge=0,
+                             description="Keep the newest backup of each of the N most recent months that have one.",
+                             examples=[12])
+    keep_yearly: Count = _f("a whole number >= 0", None, ge=0,
+                            description="Keep the newest backup of each of the N most recent years that have one.",
+                            examples=[3])
+    incomplete_grace_hours: float = _f("a number of hours >= 0", 24.0, ge=0,
+                                       description="Leftovers of interrupted backups older than this are removed "
+                                       "by cleanup.", examples=[48])
 
 
 class ScheduleModel(_Model):
-    cron: str | None = _f("a 5-field cron expression such as '30 2 * * *'", None)
-    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None)
-    catch_up: bool = _f("true or false", True)
-    retry_attempts: Whole = _f("a whole number >= 0", 3, ge=0)
-    retry_backoff_seconds: float = _f("a number of seconds > 0", 60.0, gt=0)
-    lease_ttl_seconds: float = _f("a number of seconds >= 10", 300.0, ge=10)
+    cron: str | None = _f("a 5-field cron expression such as '30 2 * * *'", None,
+                          description="When scheduled backups run, instead of backup.frequency (set only one).",
+                          examples=["30 2 * * *"])
+    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None,
+                              description="The same as backup.timezone (set only one).", examples=["Europe/Berlin"])
+    catch_up: bool = _f("true or false", True,
+                        description="When the scheduler starts after a missed slot, back up at once (false: wait "
+                        "for the next slot).", examples=[False])
+    retry_attempts: Whole = _f("a whole number >= 0", 3, ge=0,
+                               description="Retries of a failed scheduled backup.", examples=[5])
+    retry_backoff_seconds: float = _f("a number of seconds > 0", 60.0, gt=0,
+                                      description="Wait before the first retry; doubled for each further retry.",
+                                      examples=[30])
+    lease_ttl_seconds: float = _f("a number of seconds >= 10", 300.0, ge=10,
+                                  description="Lifetime of the lease that makes replicas sharing an S3 target take "
+                                  "one backup per slot; renewed while a backup runs.", examples=[600])
 
 
 class WebhookModel(_Model):
-    url: str = _f("an http(s) URL", pattern=r"^https?://")
-    on_success: bool = _f("true or false", False)
-    timeout_seconds: float = _f("a number of seconds > 0", 10.0, gt=0)
+    url: str = _f("an http(s) URL", pattern=r"^https?://",
+                  description="Receives a JSON POST when a backup fails.", examples=["https://hooks.example/backup"])
+    on_success: bool = _f("true or false", False, description="Also notify when a backup succeeds.",
+                          examples=[True])
+    timeout_seconds: float = _f("a number of seconds > 0", 10.0, gt=0,
+                                description="How long to wait for the webhook to answer.", examples=[5])
 
 
 class NotifyModel(_Model):
-    webhook: WebhookModel | None = _f("a mapping with url", None)
+    webhook: WebhookModel | None = _f("a mapping with url", None, description="A webhook to notify.",
+                                      examples=[{"url": "https://hooks.example/backup"}])
 
 
 class MetricsModel(_Model):
-    textfile: str | None = _f("a file path for the Prometheus textfile collector", None)
+    textfile: str | None = _f("a file path for the Prometheus textfile collector", None,
+                              description="Written after every backup run, for node_exporter's textfile collector.",
+                              examples=["/var/lib/node_exporter/eternia.prom"])
 
 
 class EncryptionModel(_Model):
-    enabled: bool = _f("true or false", False)
-    recipients: list[str] = _f("a list of age public keys (age1...)", default_factory=list)
-    identity_file: str | None = _f("a path to an age identity file", None, min_length=1)
-    passphrase: str | None = _f("a passphrase, best given as ${VARIABLE}", None, min_length=1)
+    enabled: bool = _f("true or false", False,
+                       description="Encrypt new backups with age (needs the encryption extra: pyrage).",
+                       examples=[True])
+    recipients: list[str] = _f("a list of age public keys (age1...)", default_factory=list,
+                               description="Public keys that can decrypt new backups (`eternia-backup keygen` "
+                               "prints one).", examples=[["${AGE_RECIPIENT}"]])
+    identity_file: str | None = _f("a path to an age identity file", None, min_length=1,
+                                   description="The private key file used to decrypt (restore, verify).",
+                                   examples=["key.txt"])
+    passphrase: str | None = _f("a passphrase, best given as ${VARIABLE}", None, min_length=1,
+                                description="Encrypt and decrypt with a passphrase instead of, or as well as, keys.",
+                                examples=["${BACKUP_PASSPHRASE}"])
 
 
 class BackupModel(_Model):
-    enabled: bool = _f("true or false", True)
+    enabled: bool = _f("true or false", True,
+                       description="Scheduled backups on or off; manual ones always work.", examples=[True])
     frequency: Literal["hourly", "daily", "weekly", "monthly"] = _f(
-        "one of hourly, daily, weekly, monthly", "daily"
-    )
-    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None)
-    retention_days: Whole | None = _f("a whole number >= 0", None, ge=0)
-    storage_path: str | None = _f("a local directory path", None, min_length=1)
-    cloud_backup: CloudBackupModel | None = _f("a mapping", None)
-    name: str = _f("a name made of letters, digits, '.', '_' or '-'", "eternia-backup", pattern=_NAME_RE)
-    environment: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE)
-    sources: list[SourceModel] | None = _f("a list of sources", None)
-    targets: list[TargetModel] | None = _f("a list of targets", None)
-    archive: ArchiveModel = _f("a mapping", default_factory=ArchiveModel)
-    retention: RetentionModel = _f("a mapping", default_factory=RetentionModel)
-    schedule: ScheduleModel = _f("a mapping", default_factory=ScheduleModel)
-    notify: NotifyModel = _f("a mapping", default_factory=NotifyModel)
-    metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel)
-    state_dir: str | None = _f("a local directory path", None, min_length=1)
-    encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel)
+        "one of hourly, daily, weekly, monthly", "daily",
+        description="When scheduled backups run: at the start of each hour, at midnight, at midnight on Monday, "
+        "at midnight on the 1st.", examples=["daily"])
+    timezone: str | None = _f("an IANA time zone name such as Europe/Berlin", None,
+                              description="The time zone of the schedule and of the daily/weekly/... retention "
+                              "buckets; default: the machine's.", examples=["Europe/Berlin"])
+    retention_days: Whole | None = _f("a whole number >= 0", None, ge=0,
+                                      description="Keep backups younger than this many days; 0 keeps every "
+                                      "backup. The newest intact backup is never deleted.", examples=[7])
+    storage_path: str | None = _f("a local directory path", None, min_length=1,
+                                  description="A local directory for backups (a target named local); without any "
+                                  "target, backups/ beside the config file.", examples=["backups"])
+    cloud_backup: CloudBackupModel | None = _f("a mapping", None, description="Copies in S3; see below.",
+                                               examples=[{"enabled": True, "bucket": "eternia-backups"}])
+    name: str = _f("a name made of letters, digits, '.', '_' or '-'", "eternia-backup", pattern=_NAME_RE,
+                   description="The start of every archive's file name.", examples=["myapp"])
+    environment: str | None = _f("a name made of letters, digits, '.', '_' or '-'", None, pattern=_NAME_RE,
+                                 description="Separates deployments sharing a bucket; default: $ETERNIA_ENV, else "
+                                 "default.", examples=["production"])
+    sources: list[SourceModel] | None = _f("a list of sources", None,
+                                           description="What is backed up; default: the directory data/ beside "
+                                           "the config file.",
+                                           examples=[[{"type": "directory", "name": "files", "path": "state/files"}]])
+    targets: list[TargetModel] | None = _f("a list of targets", None,
+                                           description="More places to store backups, by path or URL.",
+                                           examples=[[{"name": "nas", "url": "/mnt/nas/backups"}]])
+    archive: ArchiveModel = _f("a mapping", default_factory=ArchiveModel,
+                               description="Archive format and compression; see below.",
+                               examples=[{"compression": "zstd", "level": 3}])
+    retention: RetentionModel = _f("a mapping", default_factory=RetentionModel,
+                                   description="Which backups cleanup keeps; see below.",
+                                   examples=[{"keep_last": 3, "keep_daily": 7}])
+    schedule: ScheduleModel = _f("a mapping", default_factory=ScheduleModel,
+                                 description="Cron schedule, catch-up and retries; see below.",
+                                 examples=[{"cron": "30 2 * * *"}])
+    notify: NotifyModel = _f("a mapping", default_factory=NotifyModel, description="Notifications; see below.",
+                             examples=[{"webhook": {"url": "https://hooks.example/backup"}}])
+    metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel,
+                               description="Prometheus metrics; see below.",
+                               examples=[{"textfile": "/var/lib/node_exporter/eternia.prom"}])
+    state_dir: str | None = _f("a local directory path", None, min_length=1,
+                               description="Where the lock and the last-run state are kept; default: beside the "
+                               "first local storage directory, else ~/.local/state/eternia-backup.",
+                               examples=["/var/lib/eternia-backup"])
+    encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
+                                     description="age encryption of the archives; see below.",
+                                     examples=[{"enabled": True, "recipients": ["${AGE_RECIPIENT}"]}])
 
 
 # -- the effective configuration -----------------------------------------------

@@ -80,7 +80,8 @@ def eternia_backup_started(backup_id: str, config) -> None:
 
     :param backup_id: the id the backup will have (``20261127T020000Z-1a2b3c``).
     :param config: the validated :class:`~eternia_backup.config.BackupConfig`;
-        read-only. Secrets in it are :class:`pydantic.SecretStr`.
+        read-only. Secret values in it are plain strings: never log or send
+        them; ``config.as_dict()`` gives a copy with secrets masked.
     """
 
 

@@ -2,7 +2,8 @@
 
 ``backup_manager`` is a default instance configured lazily from the config file
 (``$ETERNIA_BACKUP_CONFIG`` or ``./eternia-backup.yaml``) on first use, so the
-snippets of SEED.md run unchanged.
+project's original snippets (``from ... import backup_manager``;
+``backup_manager.create_backup()``, README.md) run unchanged.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ class BackupManager:
         return result
 
     def cleanup_old_backups(self) -> int:
-        """SEED.md's API: apply retention, return how many backups were deleted.
+        """The original API (README.md): apply retention, return how many backups were deleted.
 
         Raises StorageError (with ``.result``) if a target could not be cleaned.
         """

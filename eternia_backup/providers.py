@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import IO, Any, BinaryIO, ClassVar, Iterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SourceOptions(BaseModel):
@@ -23,8 +23,10 @@ class SourceOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    before: str | None = None
-    after: str | None = None
+    before: str | None = Field(None, description="A shell command run before the source is backed up; "
+                               "a failure fails the backup.", examples=["systemctl stop myapp-worker"])
+    after: str | None = Field(None, description="A shell command run after the source was backed up, "
+                              "even when that failed.", examples=["systemctl start myapp-worker"])
 
 
 # -- what sources write into and archivers read back -------------------------

@@ -3,7 +3,10 @@
 Secrets are recognised by key name (``secret``, ``password``, ``passphrase``,
 ``token``, ``key`` ...) and by the password part of URLs/DSNs. Every secret value
 seen while loading a config is also remembered, and a logging filter replaces
-it wherever it would appear in a log line.
+it wherever it would appear in a log line. Importing ``eternia_backup``
+installs that masking on the library's loggers (:class:`LibraryLogGuard`), so
+an application that only calls ``logging.basicConfig()`` gets it too, not just
+the CLI.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class RedactingFilter(logging.Filter):
         except Exception:
             return True
         clean = redact_text(message)
-        if clean != message or record.args:
+        if clean != message:  # else msg and args stay apart, for handlers that group by template
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
@@ -104,7 +107,47 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_log_filter(logger: logging.Logger | None = None) -> None:
+class LibraryLogGuard(logging.Handler):
+    """Masks every record of the ``eternia_backup.*`` loggers before the application's handlers see it.
+
+    A filter on the ``eternia_backup`` logger would not do: a logger's filters
+    only see records logged on that very logger, not those of its children
+    (``eternia_backup.backup`` ...) passing through. Handlers do see those, in
+    order, from the child up to the root; this one sits first on
+    ``eternia_backup`` and masks the record in place, so the handlers after it
+    (the application's, on ``eternia_backup`` or the root logger) format the
+    masked record. It emits nothing itself; when it is the only handler a
+    record meets, the record goes to :data:`logging.lastResort`, as it would
+    have without it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self._filter = RedactingFilter()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        self._filter.filter(record)
+        if not self._others_handle(record):
+            last = logging.lastResort
+            if last is not None and record.levelno >= last.level:
+                last.handle(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() does the work
+        pass
+
+    def _others_handle(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self for h in logger.handlers):  # as Logger.callHandlers counts
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+
+def install_log_guard(logger: logging.Logger | None = None) -> None:
+    """Put a :class:`LibraryLogGuard` first on the library's logger (once); done on import."""
     logger = logger or logging.getLogger("eternia_backup")
-    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-        logger.addFilter(RedactingFilter())
+    if not any(isinstance(h, LibraryLogGuard) for h in logger.handlers):
+        logger.handlers.insert(0, LibraryLogGuard())
+

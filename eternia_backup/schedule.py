@@ -1,7 +1,7 @@
 """When backups are due: cron maths in a time zone, nothing else.
 
-Frequencies are cron expressions at the boundaries SEED.md names (see
-:data:`eternia_backup.config.FREQUENCY_CRON`). Slots are computed with cronsim
+Frequencies are cron expressions at the natural boundaries (start of the hour,
+midnight, Monday, the 1st; :data:`eternia_backup.config.FREQUENCY_CRON`). Slots are computed with cronsim
 on wall-clock time in the configured zone (zoneinfo) and compared in UTC, so a
 daylight-saving change neither skips nor doubles a daily run: a 02:30 that does
 not exist runs at 03:00, a 03:30 that happens twice runs once. Hourly slots

@@ -644,7 +644,7 @@ def test_missing_config_says_how_to_fix_it(cli, tmp_path):
 
 
 def test_seed_restore_script_list_and_restore_path(tmp_path):
-    """SEED.md's workflow in a copy of the example app: Python API backup, script list + restore."""
+    """The original description's workflow in a copy of the example app: Python API backup, script list + restore."""
     app = tmp_path / "app"
     (app / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "examples" / "app" / "eternia-backup.yaml", app / "eternia-backup.yaml")

@@ -1,4 +1,4 @@
-"""The config loader: SEED.md's YAML verbatim, the general form, and every bad input's message.
+"""The config loader: the original description's YAML verbatim, the general form, and every bad input's message.
 
 ``load_config``/``parse_config`` check the YAML; ``BackupManager(config)`` adds what
 plugins check (source options, compression, level). Every error is a ConfigError
@@ -18,7 +18,7 @@ from eternia_backup.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# SEED.md's configuration block, verbatim (comments, trailing blank line with spaces and all).
+# The original description's configuration block, verbatim (comments, trailing blank line with spaces and all).
 SEED_YAML = """\
 backup:
   enabled: true                # Enable or disable automated backups
@@ -64,7 +64,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-# -- SEED.md as it is ------------------------------------------------------------------
+# -- the original YAML as it is ------------------------------------------------------
 
 
 def test_seed_yaml_verbatim(tmp_path):

@@ -1,4 +1,4 @@
-"""Crash safety, proven with real SIGKILL (RELIABILITY.md rows 1, 2 and the restore swap).
+"""Crash safety, proven with real SIGKILL: a killed create, cleanup after a killed create, a killed restore.
 
 ``python -m eternia_backup create`` and ``restore --yes`` run in real subprocesses
 on an app holding ~32 MB (random bytes and text, so compression takes its time)

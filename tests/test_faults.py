@@ -1,6 +1,7 @@
 """Storage that misbehaves, disks that fill up, dumps that fail half way.
 
-RELIABILITY.md rows 7, 8, 10, 11, 13 (and 20 for cleanup). A throw-away target
+Failing, truncating, corrupting and slow storage; a full disk; a failing dump;
+cleanup against failing storage. A throw-away target
 plugin, ``faulty://<absolute path>``, wraps the built-in FsspecTarget on a real
 local directory and injects what real stores do: errors on open, read, list and
 delete, reads that end early, bit flips on read, slow calls. It says it is not

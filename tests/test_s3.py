@@ -1,6 +1,6 @@
 """Cloud backups on S3, against a real S3 server (SeaweedFS) with enforced identities.
 
-SEED.md's cloud_backup section as written; every failure of the cloud gives exit
+The original description's cloud_backup section as written; every failure of the cloud gives exit
 status 1 and one line saying what to check, and loses nothing; an interrupted
 multipart upload never becomes an object and is cleaned up.
 """

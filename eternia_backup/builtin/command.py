@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from eternia_backup import hookimpl, process
 from eternia_backup.errors import RestoreError, SourceError
 from eternia_backup.fsutil import remove_tree
@@ -29,10 +31,15 @@ _STDERR_TAIL = 2000
 
 
 class CommandOptions(SourceOptions):
-    command: str | list[str]
-    restore_command: str | list[str] | None = None
-    filename: str = "dump"
-    timeout: float | None = None  # seconds; None waits as long as it takes
+    command: str | list[str] = Field(description="The dump command: its stdout is the backup (a string runs "
+                                     "through /bin/sh -c, a list directly).", examples=["pg_dump -Fc mydb"])
+    restore_command: str | list[str] | None = Field(None, description="Gets the dump on stdin at restore; "
+                                                    "without it, only restore --to works.",
+                                                    examples=["pg_restore -d mydb --clean"])
+    filename: str = Field("dump", description="The dump's file name in the archive (<source>/<filename>).",
+                          examples=["mydb.pgcustom"])
+    timeout: float | None = Field(None, description="Seconds the command may run; default: as long as it takes.",
+                                  examples=[3600])
 
 
 def run_args(command: str | list[str]) -> tuple[list[str] | str, bool]:

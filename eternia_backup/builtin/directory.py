@@ -18,6 +18,8 @@ import posixpath
 import stat as statmod
 from pathlib import Path
 
+from pydantic import Field
+
 from eternia_backup import hookimpl
 from eternia_backup.errors import SourceError
 from eternia_backup.plans import DirectorySwapPlan
@@ -27,9 +29,11 @@ log = logging.getLogger("eternia_backup.source.directory")
 
 
 class DirectoryOptions(SourceOptions):
-    path: str
-    include: list[str] = []
-    exclude: list[str] = []
+    path: str = Field(description="The directory, relative to the config file.", examples=["state/files"])
+    include: list[str] = Field([], description="Glob patterns: only matching files are backed up "
+                               "(directories are kept).", examples=[["*.json", "uploads/*"]])
+    exclude: list[str] = Field([], description="Glob patterns of files and directories left out; a pattern "
+                               "without / matches a name anywhere.", examples=[["*.tmp", "cache"]])
 
 
 def _matches(relpath: str, patterns: list[str]) -> bool:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from eternia_backup import hookimpl
 from eternia_backup.errors import RestoreError, SourceError
 from eternia_backup.fsutil import remove_stale_siblings, remove_tree, sibling
@@ -24,8 +26,9 @@ from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOpt
 
 
 class SqliteOptions(SourceOptions):
-    path: str
-    timeout: float = 30.0  # seconds to wait for a lock held by the application
+    path: str = Field(description="The database file, relative to the config file.", examples=["state/app.db"])
+    timeout: float = Field(30.0, description="Seconds to wait for a lock held by the application.",
+                           examples=[60])
 
 
 def _connect(path: Path, *, mode: str, timeout: float = 30.0) -> sqlite3.Connection:

@@ -2,8 +2,8 @@
 
 Each source's entries go under ``<source name>/``. Headers are built from
 ``os.stat`` directly (no owner-name lookups) and mtimes are whole seconds, so no
-per-file pax header is needed for ASCII names: both were measurable costs (see
-PERFORMANCE-NOTES.md). The archive is written with ``tarfile`` in plain ``"w"``
+per-file pax header is needed for ASCII names: both were measurable costs
+(benchmarks/memory.py measures a run). The archive is written with ``tarfile`` in plain ``"w"``
 mode onto a stream that reports ``tell()``; stream mode ("w|") re-slices its
 buffer and was 2.7x slower.
 """

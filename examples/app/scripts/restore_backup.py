@@ -1,4 +1,4 @@
-"""SEED.md's restore script: list, restore PATH, download s3://bucket/key.
+"""The restore script of the project's original description: list, restore PATH, download s3://bucket/key.
 
     python scripts/restore_backup.py list
     python scripts/restore_backup.py restore /path/to/backup/file

@@ -1,10 +1,11 @@
 """Source ``postgres``: a PostgreSQL database through pg_dump / pg_restore.
 
 The dump is pg_dump's custom format (consistent: one transaction snapshot),
-archived as ``<source>/dump.pgcustom``. Restore pipes it into
-``pg_restore --clean --if-exists --no-owner --single-transaction``, so a failed
-restore leaves the database as it was. A password in the DSN is moved into
-``PGPASSWORD`` so it never shows in a process listing.
+archived as ``<source>/dump.pgcustom``. Restore stages it and runs
+``pg_restore --clean --if-exists --no-owner --single-transaction`` on it, so a
+failed restore leaves the database as it was. A password in a
+``postgresql://`` URL DSN is moved into ``PGPASSWORD`` so it never shows in a
+process listing; a key/value DSN is passed on as written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
 
 from eternia_backup import hookimpl
 from eternia_backup.builtin.command import stderr_tail
@@ -29,10 +32,14 @@ DUMP_NAME = "dump.pgcustom"
 
 
 class PostgresOptions(SourceOptions):
-    dsn: str
-    pg_dump: str = "pg_dump"
-    pg_restore: str = "pg_restore"
-    timeout: float | None = None
+    dsn: str = Field(description="The database as a postgresql://user:password@host:port/db URL; the password "
+                     "goes to the tools in PGPASSWORD.", examples=["postgresql://app:${PGPASSWORD}@127.0.0.1/appdb"])
+    pg_dump: str = Field("pg_dump", description="The pg_dump program (a name on PATH or a path).",
+                         examples=["/usr/lib/postgresql/16/bin/pg_dump"])
+    pg_restore: str = Field("pg_restore", description="The pg_restore program (a name on PATH or a path).",
+                            examples=["/usr/lib/postgresql/16/bin/pg_restore"])
+    timeout: float | None = Field(None, description="Seconds pg_dump or pg_restore may run; default: as long as "
+                                  "it takes.", examples=[3600])
 
 
 def split_password(dsn: str) -> tuple[str, dict[str, str]]:
