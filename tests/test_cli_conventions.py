@@ -108,16 +108,17 @@ def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
         {"type": "command", "name": "slow", "command": "echo started >&2; sleep 60; echo done"}]}}))
     proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "-c", str(config), "create", "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import psutil
+
     deadline = time.monotonic() + 60
-    backups = tmp_path / "backups"
-    while time.monotonic() < deadline and not any(p.name.endswith(".lock") for p in
-                                                   (backups.iterdir() if backups.exists() else [])):
+    while time.monotonic() < deadline and not any(
+            c.name() == "sleep" for c in psutil.Process(proc.pid).children(recursive=True)):
         time.sleep(0.1)
-    time.sleep(1.0)  # the dump command is running now
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # the dump command is running now
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err)
     assert "interrupted; nothing was committed" in err and "Traceback" not in err
+    backups = tmp_path / "backups"
     assert not [p for p in backups.iterdir() if not p.name.startswith(".")], list(backups.iterdir())
 
 

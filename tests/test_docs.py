@@ -105,8 +105,9 @@ def test_schema_and_models_accept_the_example_and_reject_an_unknown_key():
 
 
 def test_schema_validates_like_the_loader():
-    """Full validation where the jsonschema library is installed (it is not a dependency)."""
-    jsonschema = pytest.importorskip("jsonschema")
+    """Full validation with the jsonschema library (the test extra installs it), as an editor would."""
+    import jsonschema
+
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -121,3 +122,13 @@ def test_schema_validates_like_the_loader():
         broken = copy.deepcopy(document)
         broken["backup"].update(bad)
         assert list(validator.iter_errors(broken)), bad
+
+
+def test_config_schema_command_prints_the_schema_editors_use(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    proc = run_cli("config", "schema", cwd=tmp_path)  # needs no config file
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json_schema()
