@@ -392,7 +392,7 @@ def test_restore_one_source_only(cli, app, cfg):
     ok(cli("restore", "latest", "--source", "files", "--to", str(app / "r"), "--yes", config=cfg))
     assert sorted(p.name for p in (app / "r").iterdir()) == ["files"]
 
-    line = assert_error(cli("restore", "latest", "--source", "nope", "--yes", config=cfg), 1)
+    line = assert_error(cli("restore", "latest", "--source", "nope", "--yes", config=cfg), 2)  # a usage mistake
     assert "'nope'" in line and "files" in line and "db" in line
 
 
@@ -528,7 +528,7 @@ def test_plugins_lists_every_builtin_provider(cli):
     assert any(r[:2] == ["source", "sqlite"] and r[-1] == "eternia_backup.builtin.sqlite" for r in rows_)
 
     data = json.loads(ok(cli("plugins", "--json")))
-    names = {(p["kind"], p["name"]) for p in data}
+    names = {(p["kind"], p["name"]) for p in data["plugins"]}
     assert ("compression", "xz") in names and ("source", "command") in names
 
 
