@@ -469,8 +469,10 @@ def test_cleanup_removes_a_dead_writers_temp_file_at_once_and_an_orphan_archive_
 
 
 def test_cleanup_never_touches_a_backup_in_progress(world):
-    """RELIABILITY row 15: a create paused (SIGSTOP) half way through its archive; cleanup runs
-    meanwhile and leaves its temporary file alone; resumed, the backup completes and verifies."""
+    """Retention during a backup: a create paused (SIGSTOP) half way through its archive; cleanup
+    on the same host finds the lock held and skips (exit 11); a dry run (no lock, as a cleanup
+    from another host sharing the storage) leaves the live writer's temporary file alone;
+    resumed, the backup completes and verifies."""
     w = world
     w.config.write_text(w.config.read_text().replace("incomplete_grace_hours: 0", "incomplete_grace_hours: 24"))
     earlier = w.listed_ids()
@@ -484,7 +486,10 @@ def test_cleanup_never_touches_a_backup_in_progress(world):
         wait_stopped(proc.pid)
         (temp,) = [n for n in w.stored() if n.endswith(".tmp")]
         size = os.path.getsize(w.storage / temp)
-        w.ok("cleanup")
+        skipped = w.cli("cleanup")
+        assert skipped.returncode == 11 and "skipped" in skipped.stderr, skipped.stderr
+        dry = w.ok("cleanup", "--dry-run", "--json")
+        assert temp not in dry.stdout, dry.stdout
         assert temp in w.stored() and os.path.getsize(w.storage / temp) == size
         assert w.listed_ids() == earlier
     finally:
