@@ -1,6 +1,7 @@
 """The command line: parse, call the manager, print. Nothing else lives here.
 
-Exit status: 0 success, 1 an operation failed, 2 usage or configuration error.
+Exit status: 0 success, 1 an operation failed, 2 usage or configuration error,
+3 a backup was made with warnings (files skipped or changed while read).
 Errors print one line (``-v`` adds the chain of causes), never a traceback.
 """
 
@@ -13,7 +14,7 @@ import sys
 from typing import Any
 
 from . import __version__, redact
-from .errors import BackupFailedError, EterniaBackupError
+from .errors import EXIT_WARNINGS, BackupFailedError, EterniaBackupError
 
 log = logging.getLogger("eternia_backup")
 
@@ -79,7 +80,18 @@ def cmd_create(mgr, args) -> int:
         _print_json(result.to_dict())
     else:
         print(result.location)
+    if result.warning_count:
+        _print_backup_warnings(result)
+        return EXIT_WARNINGS
     return EXIT_OK
+
+
+def _print_backup_warnings(result, shown: int = 5) -> None:
+    """One line on stderr: how many warnings, and the first few names with their problem."""
+    first = "; ".join(f"{w['source']}/{w['path']}: {w['problem']}" for w in result.warnings[:shown])
+    more = f"; and {result.warning_count - shown} more" if result.warning_count > shown else ""
+    print(f"warning: backup {result.backup_id} was made with {result.warning_count} warning(s): {first}{more} "
+          "(the manifest lists them)", file=sys.stderr)
 
 
 def cmd_list(mgr, args) -> int:
@@ -171,7 +183,7 @@ def _confirm_factory(args):
 
 def cmd_restore(mgr, args) -> int:
     result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
-                                confirm=_confirm_factory(args))
+                                confirm=_confirm_factory(args), keep_setid=args.keep_setid)
     if args.json:
         _print_json(result.to_dict())
     elif args.dry_run:
@@ -348,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
+    s.add_argument("--keep-setid", action="store_true",
+                   help="keep setuid/setgid bits (as root, restoring in place only; otherwise they are stripped)")
 
     s = sub.add_parser("download", parents=[common], help="copy a backup from a URL into local storage, verified")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")

@@ -40,6 +40,10 @@ class SourceError(EterniaBackupError):
     """A source could not produce or put back its state."""
 
 
+class UnreadableFileError(SourceError):
+    """A file of a source could not be opened (permission denied); the source decides whether that is fatal."""
+
+
 class ArchiveError(EterniaBackupError):
     """An archive could not be written or read."""
 

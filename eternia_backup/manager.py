@@ -238,23 +238,28 @@ class BackupManager:
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
-                       confirm: Callable[[list[str]], bool] | None = None) -> restore.RestoreResult:
-        """Verify, stage and swap a backup into place (or into ``to``)."""
+                       confirm: Callable[[list[str]], bool] | None = None,
+                       keep_setid: bool = False) -> restore.RestoreResult:
+        """Verify, stage and swap a backup into place (or into ``to``).
+
+        Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
+        the restore runs as root into the configured places.
+        """
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm)
+            return self._restore(backup, to, sources, True, confirm, keep_setid)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(backup, to, sources, False, confirm, keep_setid)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(backup, to, sources, False, confirm, keep_setid)
 
-    def _restore(self, backup, to, sources, dry_run, confirm) -> restore.RestoreResult:
+    def _restore(self, backup, to, sources, dry_run, confirm, keep_setid=False) -> restore.RestoreResult:
         copy = self.find_backup(backup)
         return restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption, journal_path=self.journal_path,
+            encryption=self.config.encryption, journal_path=self.journal_path, keep_setid=keep_setid,
         )
 
     @property
@@ -435,6 +440,7 @@ class BackupManager:
             "newest_backup": None if newest is None else {
                 "backup_id": newest.backup_id, "created_at": newest.created_at.isoformat(),
                 "age_seconds": int(age.total_seconds()), "size": newest.manifest.archive.size,
+                "warning_count": newest.manifest.warning_count,
                 "copies": [c.target.name for c in newest.copies if c.ok],
             },
             "overdue": newest is None or age > limit,
