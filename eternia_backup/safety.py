@@ -306,7 +306,3 @@ def _write_blocks(out, view: memoryview) -> None:
             start = off + _BLOCK
     if start < len(view):
         out.write(view[start:])
-
-
-def _nofollow_opener(path, flags):
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eternia_backup import SourceError
 from eternia_backup.errors import EXIT_WARNINGS
 from eternia_backup.manager import BackupManager
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import stat
 import subprocess
 import tarfile
 import time
