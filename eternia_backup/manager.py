@@ -383,6 +383,8 @@ class BackupManager:
             cleaned = self.cleanup(guard=guard)
             self.state.record_slot(slot, succeeded=True)
             message = f"{_size(result.size)} at {result.location}; retention deleted {cleaned.deleted_count}"
+            if result.warning_count:
+                message += f"; made with {result.warning_count} warning(s), listed in its manifest"
             if not cleaned.ok:
                 return RunOutcome(slot, "failed", message + "; retention failed: " + "; ".join(cleaned.errors.values()))
             return RunOutcome(slot, "ok", message)
