@@ -175,9 +175,12 @@ def _unreadable_world(base: Path, **options) -> Path:
     (data / "private").mkdir()
     (data / "private" / "inside.txt").write_text("x")
     os.chmod(data / "private", 0o000)
+    (data / "listed").mkdir()  # may be listed (r) but not entered (x)
+    (data / "listed" / "unseen.txt").write_text("x")
+    os.chmod(data / "listed", 0o644)
     if os.geteuid() == 0:
         for p in [base, *base.rglob("*")]:
-            if p.name not in ("secret.key", "private", "inside.txt"):
+            if p.name not in ("secret.key", "private", "inside.txt", "listed", "unseen.txt"):
                 os.chown(p, 65534, 65534)
     return config
 
@@ -196,19 +199,20 @@ def test_unreadable_file_and_directory_are_skipped_and_create_exits_3_naming_the
     assert r.returncode == EXIT_WARNINGS == 3, r.stderr
     summary = [line for line in r.stderr.splitlines() if line.startswith("warning: backup")]
     assert len(summary) == 1
-    assert "2 warning(s)" in summary[0] and "data/secret.key" in summary[0] and "data/private" in summary[0]
-    assert "permission denied" in summary[0]
+    assert "3 warning(s)" in summary[0] and "data/secret.key" in summary[0] and "data/private" in summary[0]
+    assert "data/listed/unseen.txt" in summary[0] and "permission denied" in summary[0]
 
     listed = json.loads(_cli(prefix, "list", "--json", config=config).stdout)
-    assert listed["backups"][0]["warning_count"] == 2
+    assert listed["backups"][0]["warning_count"] == 3
     status = json.loads(_cli(prefix, "status", "--json", config=config).stdout)
-    assert status["newest_backup"]["warning_count"] == 2
+    assert status["newest_backup"]["warning_count"] == 3
 
     r = _cli(prefix, "create", "--json", config=config)
     assert r.returncode == 3
     body = json.loads(r.stdout)
-    assert body["warning_count"] == 2
-    assert {(w["source"], w["path"]) for w in body["warnings"]} == {("data", "secret.key"), ("data", "private")}
+    assert body["warning_count"] == 3
+    assert {(w["source"], w["path"]) for w in body["warnings"]} == {
+        ("data", "secret.key"), ("data", "private"), ("data", "listed/unseen.txt")}
 
 
 def test_on_unreadable_fail_fails_the_backup_naming_the_file(shared_tmp):
@@ -216,7 +220,7 @@ def test_on_unreadable_fail_fails_the_backup_naming_the_file(shared_tmp):
     config = _unreadable_world(shared_tmp, on_unreadable="fail")
     r = _cli(prefix, "create", config=config)
     assert r.returncode == 1
-    assert "permission denied" in r.stderr and ("secret.key" in r.stderr or "private" in r.stderr)
+    assert "permission denied" in r.stderr and "data/listed/unseen.txt" in r.stderr  # the first one, sorted
     assert "on_unreadable" in r.stderr
     assert not [p for p in (shared_tmp / "backups").iterdir() if p.name.endswith(".manifest.json")]
 

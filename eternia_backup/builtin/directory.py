@@ -104,17 +104,18 @@ class DirectorySource(Source):
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except FileNotFoundError:
-            writer.warn(rel, "directory vanished before it was read; skipped")
-            return
-        except NotADirectoryError:
-            writer.warn(rel, "was replaced by a file before it was read; skipped")
-            return
-        except PermissionError as exc:
-            if not rel:
-                raise SourceError(f"source {self.name!r}: cannot read directory {path}: permission denied") from exc
-            self._unreadable(writer, rel, SourceError(f"source {self.name!r}: cannot read directory {path}: "
-                                                      "permission denied"))
+        except OSError as exc:
+            if not rel:  # the root itself: an empty section would restore as an empty tree
+                raise SourceError(f"source {self.name!r}: cannot read directory {path}: {exc.strerror}") from exc
+            if isinstance(exc, FileNotFoundError):
+                writer.warn(rel, "directory vanished before it was read; skipped")
+            elif isinstance(exc, NotADirectoryError):
+                writer.warn(rel, "was replaced by a file before it was read; skipped")
+            elif isinstance(exc, PermissionError):
+                self._unreadable(writer, rel, SourceError(f"source {self.name!r}: cannot read directory {path}: "
+                                                          "permission denied"))
+            else:
+                raise
             return
         writer.add_directory(rel, mode=st.st_mode, mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid,
                              **self._extras(writer, path, rel, st))
@@ -144,6 +145,10 @@ class DirectorySource(Source):
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             writer.warn(relpath, "vanished before it was read; skipped")
+            return
+        except PermissionError:  # a directory we may list (r) but not enter (x)
+            self._unreadable(writer, relpath, SourceError(f"source {self.name!r}: cannot stat {entry.path}: "
+                                                          "permission denied"))
             return
         if statmod.S_ISDIR(st.st_mode):
             self._directory(writer, entry.path, relpath, st)
