@@ -136,7 +136,12 @@ class _SectionWriter(EntryWriter):
                           size=before.st_size, uid=before.st_uid, gid=before.st_gid,
                           xattrs=self._xattrs(fd, relpath))
         stream = _FileStream(fd, before)
+        regions = _data_map(fd, before.st_size) if stream.sparse else None
+        if regions is not None:
+            stream = _SparseStream(fd, regions)
+            _make_sparse(info, regions, stream.map_block)
         self._add_stream(info, stream, relpath)
+        info.name = _real_name(info)
         after = os.fstat(fd)
         if stream.padded:
             self.warn(relpath, f"shrank while it was read: its last {stream.padded} bytes were archived as zeros")
@@ -253,6 +258,91 @@ class _FileStream:
         self.in_hole, self.region_end = False, min(hole, self.size)
         if self.region_end <= self.pos:  # changed under us: read on to the end
             self.region_end = self.size
+
+
+def _data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of each data region, as GNU tar's sparse map; None when the file has
+    no hole or the filesystem cannot say. A trailing hole ends the map with (size, 0), as GNU tar does."""
+    regions, pos = [], 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                break  # only a hole from pos on
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append((start, end - start))
+            pos = end
+    except OSError:
+        return None
+    if sum(length for _, length in regions) >= size:
+        return None
+    if not regions or regions[-1][0] + regions[-1][1] < size:
+        regions.append((size, 0))
+    return regions
+
+
+def _make_sparse(info: tarfile.TarInfo, regions: list[tuple[int, int]], map_block: bytes) -> None:
+    """Turn ``info`` into a GNU sparse 1.0 member (what ``tar --format=posix -S`` writes).
+
+    GNU tar, bsdtar and Python's tarfile read the real name and size from the
+    pax records; the ustar name is a fixed ASCII placeholder, so a tar without
+    sparse support extracts a harmless ``GNUSparseFile.0/...`` instead of a wrong file.
+    """
+    info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                             "GNU.sparse.name": info.name, "GNU.sparse.realsize": str(info.size)})
+    info.name = "GNUSparseFile.0/" + _SPARSE_PLACEHOLDER
+    info.size = len(map_block) + sum(length for _, length in regions)
+
+
+_SPARSE_PLACEHOLDER = "sparse-file-see-GNU.sparse.name"
+
+
+def _real_name(info: tarfile.TarInfo) -> str:
+    return info.pax_headers.get("GNU.sparse.name", info.name)
+
+
+class _SparseStream:
+    """The data of a GNU sparse 1.0 member: the map (in 512-byte blocks), then each data region.
+
+    Holes are neither read nor stored. A region that ends early (the file
+    shrank while read) is padded with zeros and counted in ``padded``.
+    """
+
+    def __init__(self, fd: int, regions: list[tuple[int, int]]):
+        text = f"{len(regions)}\n" + "".join(f"{off}\n{length}\n" for off, length in regions)
+        raw = text.encode("ascii")
+        self.map_block = raw + bytes(-len(raw) % tarfile.BLOCKSIZE)
+        self.fd = fd
+        self.padded = 0
+        self.pieces = [(None, self.map_block)] + [(off, length) for off, length in regions if length]
+        self.index = 0
+        self.done = 0  # bytes of the current piece already produced
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while (n < 0 or n > 0) and self.index < len(self.pieces):
+            offset, what = self.pieces[self.index]
+            total = len(what) if offset is None else what
+            k = total - self.done if n < 0 else min(n, total - self.done)
+            if offset is None:
+                chunk = what[self.done:self.done + k]
+            else:
+                chunk = os.pread(self.fd, k, offset + self.done)
+                if not chunk:  # the file ends before this region does
+                    self.padded += k
+                    chunk = bytes(k)
+            parts.append(chunk)
+            self.done += len(chunk)
+            if n > 0:
+                n -= len(chunk)
+            if self.done == total:
+                self.index, self.done = self.index + 1, 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def pax_time(ns: int) -> str:
