@@ -5,7 +5,8 @@ Each source's entries go under ``<source name>/``. Headers are built from
 PERFORMANCE-NOTES.md). A pax header is written only when needed: a non-ASCII or
 long name, an mtime with a fractional second (kept to the nanosecond), extended
 attributes (``SCHILY.xattr.*``, as GNU tar writes them). Hardlinks are written
-once and then as link members (LNKTYPE); holes of sparse files are not read. The archive is written with ``tarfile`` in plain ``"w"``
+once and then as link members (LNKTYPE); sparse files are GNU sparse 1.0
+members, as ``tar --format=posix -S`` writes them: holes are neither read nor stored. The archive is written with ``tarfile`` in plain ``"w"``
 mode onto a stream that reports ``tell()``; stream mode ("w|") re-slices its
 buffer and was 2.7x slower.
 """
