@@ -199,11 +199,11 @@ def _changed(before: os.stat_result, after: os.stat_result) -> bool:
 class _FileStream:
     """Exactly ``size`` bytes of an open file, as tarfile's copy loop needs them.
 
-    Holes (found with SEEK_DATA/SEEK_HOLE when the file has fewer blocks than
-    bytes) are produced as zeros without reading the disk: a 2 GiB file with
-    8 KiB of data costs two lseeks, not a 2 GiB read. A file that ends early
-    (it shrank while read) is padded with zeros, as GNU tar does, and
-    ``padded`` says by how much.
+    A file with holes is normally written as a sparse member (_SparseStream);
+    this stream still skips reading holes (SEEK_DATA/SEEK_HOLE) whenever the
+    file has fewer blocks than bytes, e.g. when it gained holes after it was
+    mapped. A file that ends early (it shrank while read) is padded with
+    zeros, as GNU tar does, and ``padded`` says by how much.
     """
 
     def __init__(self, fd: int, st: os.stat_result):
