@@ -128,6 +128,8 @@ def read_xattrs(target, namespaces: tuple[str, ...]) -> dict[str, bytes]:
 
     A filesystem without xattrs gives ``{}``; other failures raise OSError.
     """
+    if not hasattr(os, "listxattr"):  # macOS and BSDs: Python has no xattr calls there
+        return {}
     follow = isinstance(target, int)
     try:
         names = os.listxattr(target, follow_symlinks=follow) if not follow else os.listxattr(target)

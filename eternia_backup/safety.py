@@ -235,6 +235,9 @@ class Extractor:
             if name in _PRIVILEGE_XATTRS and not self.keep_setid:
                 self.stripped.append(m.name)
                 continue
+            if not hasattr(os, "setxattr"):
+                self.xattr_failures.append(f"{m.name}: {name} (this platform has no extended attributes)")
+                continue
             try:
                 if isinstance(target, int):
                     os.setxattr(target, name, value)
