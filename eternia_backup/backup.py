@@ -75,12 +75,24 @@ class BackupResult:
     def __str__(self) -> str:
         return self.location
 
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """What could not be archived faithfully ({source, path, problem}; the first ones per source)."""
+        if self.manifest is None:
+            return []
+        return [{"source": s.name, **w} for s in self.manifest.sources for w in s.warnings]
+
+    @property
+    def warning_count(self) -> int:
+        return self.manifest.warning_count if self.manifest else 0
+
     def to_dict(self) -> dict:
         return {
             "backup_id": self.backup_id, "ok": self.ok, "location": self.location,
             "size": self.size, "duration_seconds": round(self.duration, 3),
             "copies": [{"target": c.target, "url": c.url} for c in self.copies],
             "failures": self.failures,
+            "warning_count": self.warning_count, "warnings": self.warnings,
         }
 
 
@@ -247,8 +259,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 section = aw.section(source.name)
                 log.debug("backup %s: source %r (%s) starting", backup_id, source.name, source.type_name)
                 _backup_source(source, section, progress)
+                warned = section.warnings
                 records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
-                                            details=source.describe()))
+                                            details=source.describe(), warnings=list(warned.items),
+                                            warning_count=warned.count))
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
         compressor.close()
@@ -292,6 +306,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=error, result=result)
         raise error
     log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
+    if result.warning_count:
+        log.warning("backup %s: made with %d warning(s); the manifest lists them", backup_id, result.warning_count)
     call_lifecycle(hook.eternia_backup_succeeded, result=result)
     return result
 

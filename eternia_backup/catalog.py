@@ -108,6 +108,7 @@ class BackupEntry:
             "size": m.archive.size if m else None,
             "sources": [s.name for s in m.sources] if m else [],
             "environment": m.environment if m else None,
+            "warning_count": m.warning_count if m else None,
             "copies": [{"target": c.target.name, "url": c.url, "state": c.state, "problem": c.problem}
                        for c in self.copies],
         }

@@ -23,6 +23,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    EXIT_WARNINGS,
     BackupFailedError,
     EterniaBackupError,
 )
@@ -86,7 +87,18 @@ def cmd_create(mgr, args) -> int:
             print(f"backup {result.backup_id}: {files} files, {_human_size(m.archive.content_size)} in, "
                   f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s",
                   file=sys.stderr)
+    if result.warning_count:
+        _print_backup_warnings(result)
+        return EXIT_WARNINGS
     return EXIT_OK
+
+
+def _print_backup_warnings(result, shown: int = 5) -> None:
+    """One line on stderr: how many warnings, and the first few names with their problem."""
+    first = "; ".join(f"{w['source']}/{w['path']}: {w['problem']}" for w in result.warnings[:shown])
+    more = f"; and {result.warning_count - shown} more" if result.warning_count > shown else ""
+    print(f"warning: backup {result.backup_id} was made with {result.warning_count} warning(s): {first}{more} "
+          "(the manifest lists them)", file=sys.stderr)
 
 
 def cmd_list(mgr, args) -> int:
@@ -190,7 +202,8 @@ def cmd_restore(mgr, args) -> int:
     progress = _progress(args) or NO_PROGRESS
     try:
         result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
-                                    confirm=_confirm_factory(args), progress=progress)
+                                    confirm=_confirm_factory(args), keep_setid=args.keep_setid,
+                                    progress=progress)
     finally:
         progress.close()
     if args.json:
@@ -485,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
+    s.add_argument("--keep-setid", action="store_true",
+                   help="keep setuid/setgid bits (as root, restoring in place only; otherwise they are stripped)")
 
     s = _add_command(sub, "download")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")

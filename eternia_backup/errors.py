@@ -46,6 +46,10 @@ class SourceError(EterniaBackupError):
     code = "source"
 
 
+class UnreadableFileError(SourceError):
+    """A file of a source could not be opened (permission denied); the source decides whether that is fatal."""
+
+
 class ArchiveError(EterniaBackupError):
     """An archive could not be written or read."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -113,3 +114,35 @@ def remove_stale_siblings(path: Path, keep: Path) -> list[Path]:
                 remove_tree(p)
                 removed.append(p)
     return removed
+
+
+def xattr_namespaces_kept() -> tuple[str, ...]:
+    """Namespaces of extended attributes a backup keeps: ``user.`` always; as root also
+    ``trusted.`` and ``security.`` (only root can read trusted.*). ``system.`` holds ACLs,
+    which are not kept (see docs/format.md)."""
+    return ("user.", "trusted.", "security.") if os.geteuid() == 0 else ("user.",)
+
+
+def read_xattrs(target, namespaces: tuple[str, ...]) -> dict[str, bytes]:
+    """The extended attributes of an open fd (or a path, not followed) in ``namespaces``.
+
+    A filesystem without xattrs gives ``{}``; other failures raise OSError.
+    """
+    if not hasattr(os, "listxattr"):  # macOS and BSDs: Python has no xattr calls there
+        return {}
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow) if not follow else os.listxattr(target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}
+        raise
+    out = {}
+    for name in names:
+        if name.startswith(namespaces):
+            try:
+                out[name] = os.getxattr(target, name) if follow else os.getxattr(target, name, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:  # removed between list and get: nothing to keep
+                    raise
+    return out

@@ -90,7 +90,8 @@ def eternia_backup_succeeded(result) -> None:
     """A backup was committed on every target.
 
     :param result: the :class:`~eternia_backup.backup.BackupResult`: backup id,
-        manifest, the copies written (target name and URL), duration, size.
+        manifest, the copies written (target name and URL), duration, size,
+        and ``warnings`` (files skipped or changed while read; ``warning_count``).
     """
 
 

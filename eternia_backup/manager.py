@@ -245,23 +245,30 @@ class BackupManager:
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None,
+                       keep_setid: bool = False,
                        progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
-        """Verify, stage and swap a backup into place (or into ``to``)."""
+        """Verify, stage and swap a backup into place (or into ``to``).
+
+        Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
+        the restore runs as root into the configured places.
+        """
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm, progress)
+            return self._restore(backup, to, sources, True, confirm, keep_setid, progress)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm, progress)
+            return self._restore(backup, to, sources, False, confirm, keep_setid, progress)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm, progress)
+            return self._restore(backup, to, sources, False, confirm, keep_setid, progress)
 
-    def _restore(self, backup, to, sources, dry_run, confirm, progress=NO_PROGRESS) -> restore.RestoreResult:
+    def _restore(self, backup, to, sources, dry_run, confirm, keep_setid=False,
+                 progress=NO_PROGRESS) -> restore.RestoreResult:
         copy = self.find_backup(backup)
         return restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption, journal_path=self.journal_path, progress=progress,
+            encryption=self.config.encryption, journal_path=self.journal_path, keep_setid=keep_setid,
+            progress=progress,
         )
 
     @property
@@ -397,6 +404,8 @@ class BackupManager:
             cleaned = self.cleanup(guard=guard)
             self.state.record_slot(slot, succeeded=True)
             message = f"{_size(result.size)} at {result.location}; retention deleted {cleaned.deleted_count}"
+            if result.warning_count:
+                message += f"; made with {result.warning_count} warning(s), listed in its manifest"
             if not cleaned.ok:
                 return RunOutcome(slot, "failed", message + "; retention failed: " + "; ".join(cleaned.errors.values()))
             return RunOutcome(slot, "ok", message)
@@ -454,6 +463,7 @@ class BackupManager:
             "newest_backup": None if newest is None else {
                 "backup_id": newest.backup_id, "created_at": iso_utc(newest.created_at),
                 "age_seconds": int(age.total_seconds()), "size": newest.manifest.archive.size,
+                "warning_count": newest.manifest.warning_count,
                 "copies": [c.target.name for c in newest.copies if c.ok],
             },
             "overdue": newest is None or age > limit,

@@ -49,6 +49,9 @@ class SourceRecord:
     size: int
     entries: int
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: what could not be archived faithfully: the first ones as {path, problem}, and how many in all
+    warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    warning_count: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Manifest:
     @property
     def total_source_size(self) -> int:
         return sum(s.size for s in self.sources)
+
+    @property
+    def warning_count(self) -> int:
+        return sum(s.warning_count for s in self.sources)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,7 +136,9 @@ class Manifest:
                 raise ValueError(f"backup_id {backup_id!r} is malformed")
             sources = tuple(
                 SourceRecord(name=_str(s["name"]), type=_str(s["type"]), size=_int(s["size"]),
-                             entries=_int(s["entries"]), details=dict(s.get("details") or {}))
+                             entries=_int(s["entries"]), details=dict(s.get("details") or {}),
+                             warnings=_warnings(s.get("warnings") or []),
+                             warning_count=_int(s.get("warning_count", 0)))
                 for s in raw["sources"]
             )
             return cls(
@@ -154,6 +163,12 @@ def _int(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise TypeError(f"expected a whole number >= 0, got {v!r}")
     return v
+
+
+def _warnings(v: Any) -> list[dict[str, str]]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of warnings, got {v!r}")
+    return [{"path": _str(w["path"]), "problem": _str(w["problem"])} for w in v]
 
 
 def _sha(v: Any) -> str:

@@ -8,6 +8,7 @@ A plugin subclasses one of these and registers the class through a registry hook
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import IO, Any, BinaryIO, ClassVar, Iterator
 
@@ -31,6 +32,31 @@ class SourceOptions(BaseModel):
 
 # -- what sources write into and archivers read back -------------------------
 
+_log = logging.getLogger("eternia_backup.source")
+
+
+class SourceWarnings:
+    """What one source could not archive faithfully: kept for the manifest, logged as it happens.
+
+    Only the first ``cap`` are kept (and logged) so that a tree of a million
+    unreadable files does not make a million-line manifest; ``count`` is the total.
+    """
+
+    cap = 100
+
+    def __init__(self, source: str):
+        self.source = source
+        self.items: list[dict[str, str]] = []
+        self.count = 0
+
+    def add(self, relpath: str, problem: str) -> None:
+        self.count += 1
+        if self.count <= self.cap:
+            self.items.append({"path": relpath, "problem": problem})
+            _log.warning("source %r: %s: %s", self.source, relpath or ".", problem)
+        elif self.count == self.cap + 1:
+            _log.warning("source %r: more than %d warnings; only their number is kept", self.source, self.cap)
+
 
 class EntryWriter:
     """What a source writes its entries into during a backup.
@@ -40,11 +66,20 @@ class EntryWriter:
     for the manifest.
     """
 
+    #: True when ``add_directory`` and ``add_symlink`` also take ``mtime_ns=``
+    #: (exact mtime) and ``add_directory`` takes ``xattrs=`` ({name: bytes}).
+    exact_metadata = False
+
     def add_directory(self, relpath: str, *, mode: int, mtime: float, uid: int = 0, gid: int = 0) -> None:
         raise NotImplementedError
 
     def add_file(self, relpath: str, path: Path, *, stat=None) -> None:
-        """Add a regular file from disk (read as it is streamed)."""
+        """Add a regular file from disk (read as it is streamed).
+
+        A file that vanished is skipped and one that changed while read is
+        archived as read, each with a :meth:`warn`; a permission error raises
+        :class:`~eternia_backup.errors.UnreadableFileError`.
+        """
         raise NotImplementedError
 
     def add_stream(self, relpath: str, stream: BinaryIO, size: int, *, mode: int = 0o600, mtime: float) -> None:
@@ -53,6 +88,21 @@ class EntryWriter:
 
     def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:
         raise NotImplementedError
+
+    @property
+    def warnings(self) -> SourceWarnings:
+        """This source's warnings; archivers may set ``self.warnings`` to name the source."""
+        if "_warnings" not in self.__dict__:
+            self.__dict__["_warnings"] = SourceWarnings(getattr(self, "source_name", "?"))
+        return self.__dict__["_warnings"]
+
+    @warnings.setter
+    def warnings(self, value: SourceWarnings) -> None:
+        self.__dict__["_warnings"] = value
+
+    def warn(self, relpath: str, problem: str) -> None:
+        """Record that ``relpath`` was skipped or archived imperfectly; the backup goes on."""
+        self.warnings.add(relpath, problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +117,8 @@ class Member:
     uid: int = 0
     gid: int = 0
     linkname: str = ""
+    mtime_ns: int | None = None  # exact, when the archive has it (pax mtime)
+    xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> value
 
 
 class ArchiveReader:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,7 +52,8 @@ class RestoreResult:
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
                  to: Path | None, dry_run: bool, registry, hook,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
-                 journal_path: Path | None = None, progress: Progress = NO_PROGRESS) -> RestoreResult:
+                 journal_path: Path | None = None, keep_setid: bool = False,
+                 progress: Progress = NO_PROGRESS) -> RestoreResult:
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
@@ -100,7 +102,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
                            destination=to, dry_run=False)
             try:
-                _stage(copy, path, plans, archiver, compression, identities, progress)
+                _stage(copy, path, plans, archiver, compression, identities,
+                       keep_setid=_setid_allowed(keep_setid, to), progress=progress)
                 if journal_path is not None:  # the next run finishes the swaps if this process dies
                     journal.write(journal_path, copy.backup_id, [_journal_entry(p) for p in plans.values()])
                 _commit_all(plans)
@@ -162,15 +165,28 @@ class _local_archive:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+def _setid_allowed(asked: bool, to: Path | None) -> bool:
+    """Set-id bits come back only when asked, as root, in place: anywhere else they hand a
+    stranger's program the restorer's privileges (a --to tree is often inspected by hand)."""
+    if not asked:
+        return False
+    if to is not None or os.geteuid() != 0:
+        log.warning("--keep-setid applies only to a restore as root into the configured places; "
+                    "set-id bits are stripped (%s)", "restoring with --to" if to is not None else "not root")
+        return False
+    return True
+
+
 def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression,
-           identities: list | None = None, progress: Progress = NO_PROGRESS) -> None:
+           identities: list | None = None, *, keep_setid: bool = False,
+           progress: Progress = NO_PROGRESS) -> None:
     manifest = copy.manifest
     progress.phase("restore", manifest.archive.size)
     for p in plans.values():
         p.prepare()
     where = copy.describe()
     checker = MemberChecker([s.name for s in manifest.sources], where=where)
-    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where)
+    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
     with open(path, "rb") as raw:
         hashing = HashingReader(ProgressReader(raw, progress))
         content = Content(hashing, manifest, compression, identities, where)

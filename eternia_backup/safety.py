@@ -3,14 +3,20 @@
 Nothing here relies on ``tarfile``'s extraction filters (they have had several
 bypasses). Every member name is checked by hand: relative, no ``..``, inside a
 known source, a type we write ourselves (file, directory, symlink, hardlink to
-an earlier file), no setuid/setgid file. Extraction goes into a fresh staging
+an earlier file of the same source). Extraction goes into a fresh staging
 directory with ``O_EXCL | O_NOFOLLOW``; symlinks are created last, and a member
 whose parent path is a symlink of the archive is refused, so nothing is ever
 written through a link.
+
+Setuid/setgid bits are archived as they are (an application's ``bin/`` may
+need them) and are not a reason to refuse an archive; the extractor strips them,
+and the ``security.capability`` attribute that grants privileges the same way,
+unless the caller asked to keep them (``--keep-setid``: as root, in place).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import stat as statmod
@@ -18,6 +24,8 @@ from pathlib import Path
 
 from .errors import UnsafeArchiveError
 from .providers import Member
+
+log = logging.getLogger("eternia_backup.restore")
 
 _COPY = 1024 * 1024
 _MAX_HOPS = 64  # symlinks followed while resolving one link (Linux stops at 40, macOS at 32)
@@ -79,8 +87,6 @@ class MemberChecker:
             raise self.refuse(f"member {m.name!r} is a FIFO")
         if m.kind.startswith("other"):
             raise self.refuse(f"member {m.name!r} has an unsupported type ({m.kind[6:]})")
-        if m.kind != "dir" and m.mode & (statmod.S_ISUID | statmod.S_ISGID):
-            raise self.refuse(f"member {m.name!r} is setuid/setgid")
         if m.kind == "symlink":
             if not rel or not link_stays_inside(rel, m.linkname):
                 raise self.refuse(f"symlink {m.name!r} -> {m.linkname!r} leads outside its source")
@@ -140,15 +146,30 @@ class MemberChecker:
         return False
 
 
-class Extractor:
-    """Writes checked members into per-source staging directories."""
+_BLOCK = 4096  # the unit holes are made of: a filesystem block on ext4/xfs/btrfs
+_ZERO_CHUNK = bytes(_COPY)
+_SETID = statmod.S_ISUID | statmod.S_ISGID
+_PRIVILEGE_XATTRS = ("security.capability",)  # grants privileges like setuid does
 
-    def __init__(self, staging: dict[str, Path], where: str):
+
+class Extractor:
+    """Writes checked members into per-source staging directories.
+
+    ``keep_setid`` keeps setuid/setgid bits (and file capabilities); the caller
+    allows it only as root restoring in place. Otherwise they are stripped and
+    :meth:`finish` logs one warning line saying how many and where.
+    """
+
+    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False):
         self.staging = staging
         self.where = where
+        self.keep_setid = keep_setid
         self.dirs: list[tuple[Path, Member]] = []
         self.links: list[tuple[Path, Member]] = []
         self.root_is_owner = os.geteuid() == 0
+        self.xattr_namespaces = ("user.", "trusted.", "security.") if self.root_is_owner else ("user.",)
+        self.stripped: list[str] = []  # members whose setid bits were stripped
+        self.xattr_failures: list[str] = []  # "member: name (reason)"
 
     def _path(self, source: str, rel: str) -> Path:
         return self.staging[source] / rel if rel else self.staging[source]
@@ -166,12 +187,29 @@ class Extractor:
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._write(dest, reader.open_member(m), m)
         elif m.kind == "hardlink":
-            lsource, lrel = split_member(m.linkname)
-            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(self._path(lsource, lrel), "rb", opener=_nofollow_opener) as f:
-                self._write(dest, f, m)
+            self._link(source, dest, m)
         elif m.kind == "symlink":
             self.links.append((dest, m))
+
+    def _link(self, source: str, dest: Path, m: Member) -> None:
+        """A hard link to an earlier file of the same source (MemberChecker made sure of both)."""
+        lsource, lrel = split_member(m.linkname)
+        if lsource != source:
+            raise UnsafeArchiveError(f"{self.where}: refused: hardlink {m.name!r} leaves its source")
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # Staging holds no symlink yet (they are made in finish()), so no
+            # component of either path can lead elsewhere.
+            os.link(self._path(lsource, lrel), dest, follow_symlinks=False)
+        except FileExistsError:
+            raise UnsafeArchiveError(f"{self.where}: refused: member {m.name!r} appears twice") from None
+
+    def _mode(self, m: Member) -> int:
+        mode = statmod.S_IMODE(m.mode)
+        if mode & _SETID and m.kind != "dir" and not self.keep_setid:
+            self.stripped.append(m.name)
+            mode &= ~_SETID
+        return mode
 
     def _write(self, dest: Path, src, m: Member) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -180,15 +218,33 @@ class Extractor:
         except FileExistsError:
             raise UnsafeArchiveError(f"{self.where}: refused: member {m.name!r} appears twice") from None
         with os.fdopen(fd, "wb") as out:
-            while True:
-                chunk = src.read(_COPY)
-                if not chunk:
-                    break
-                out.write(chunk)
+            size = _write_sparse(out, src)
+            out.truncate(size)  # a file ending in a hole gets its length
             if self.root_is_owner:
-                os.fchown(out.fileno(), m.uid, m.gid)
-            os.fchmod(out.fileno(), statmod.S_IMODE(m.mode) & 0o1777)
-        os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+                os.fchown(out.fileno(), m.uid, m.gid)  # first: chown clears setid bits and capabilities
+            self._set_xattrs(out.fileno(), m)
+            os.fchmod(out.fileno(), self._mode(m))
+        _set_mtime(dest, m)
+
+    def _set_xattrs(self, target, m: Member) -> None:
+        """Restore what the filesystem and our rights allow; a refusal is a warning, not a failure."""
+        for name, value in m.xattrs.items():
+            if not name.startswith(self.xattr_namespaces):
+                self.xattr_failures.append(f"{m.name}: {name} (needs root)")
+                continue
+            if name in _PRIVILEGE_XATTRS and not self.keep_setid:
+                self.stripped.append(m.name)
+                continue
+            if not hasattr(os, "setxattr"):
+                self.xattr_failures.append(f"{m.name}: {name} (this platform has no extended attributes)")
+                continue
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as exc:
+                self.xattr_failures.append(f"{m.name}: {name} ({exc.strerror})")
 
     def finish(self) -> None:
         for dest, m in self.links:
@@ -197,15 +253,59 @@ class Extractor:
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.symlink(m.linkname, dest)
             try:
-                os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+                _set_mtime(dest, m)
             except (NotImplementedError, OSError):
                 pass
         for dest, m in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
+            self._set_xattrs(str(dest), m)
             if self.root_is_owner:
                 os.chown(dest, m.uid, m.gid, follow_symlinks=False)
             os.chmod(dest, statmod.S_IMODE(m.mode))
-            os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+            _set_mtime(dest, m)
+        self._report()
+
+    def _report(self) -> None:
+        """One warning line per kind of thing not restored as archived."""
+        if self.stripped:
+            log.warning("%s: setuid/setgid bits (or file capabilities) of %d file(s) were not restored, e.g. %s; "
+                        "to keep them restore in place as root with --keep-setid (keep_setid=True)",
+                        self.where, len(self.stripped), ", ".join(self.stripped[:3]))
+        if self.xattr_failures:
+            log.warning("%s: %d extended attribute(s) could not be restored, e.g. %s",
+                        self.where, len(self.xattr_failures), "; ".join(self.xattr_failures[:3]))
 
 
-def _nofollow_opener(path, flags):
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+def _set_mtime(path: Path, m: Member) -> None:
+    ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def _write_sparse(out, src) -> int:
+    """Copy ``src`` into ``out``, seeking over all-zero blocks so they stay holes; returns the size.
+
+    A 2 GiB file with 8 KiB of data is restored with ~8 KiB on disk. Whole
+    zero chunks are skipped with one comparison (memcmp); others are split
+    into 4 KiB blocks, and runs of data blocks are written at once.
+    """
+    size = 0
+    while chunk := src.read(_COPY):
+        n = len(chunk)
+        if _ZERO_CHUNK.startswith(chunk):  # all zeros (a memcmp, no copy)
+            out.seek(n, os.SEEK_CUR)
+        else:
+            _write_blocks(out, memoryview(chunk))
+        size += n
+    return size
+
+
+def _write_blocks(out, view: memoryview) -> None:
+    start = 0  # first byte of the pending run of data
+    for off in range(0, len(view), _BLOCK):
+        block = view[off:off + _BLOCK]
+        if len(block) == _BLOCK and _ZERO_CHUNK.startswith(block):
+            if off > start:
+                out.write(view[start:off])
+            out.seek(_BLOCK, os.SEEK_CUR)
+            start = off + _BLOCK
+    if start < len(view):
+        out.write(view[start:])

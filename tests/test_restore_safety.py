@@ -252,8 +252,6 @@ def hostile_cases(w: World) -> dict[str, list]:
         "character device": [special_member("files/null", tarfile.CHRTYPE, 1, 3)],
         "block device": [special_member("files/sda", tarfile.BLKTYPE, 8, 0)],
         "FIFO": [special_member("files/fifo", tarfile.FIFOTYPE)],
-        "setuid file": [file_member("files/suid", b"#!/bin/sh\n", mode=0o4755)],
-        "setgid file": [file_member("files/sgid", b"#!/bin/sh\n", mode=0o2755)],
         "duplicate member names": [file_member("files/keep-1.txt", b"second copy, different bytes\n")],
         "member outside any source": [file_member("other-source/x.txt", b"x")],
         "bare source member as a file": [file_member("files", b"replaces the source root")],
@@ -268,7 +266,7 @@ CASE_NAMES = [
     "symlink chain escaping, no file through it", "symlink chain escaping, link listed first",
     "symlink replacing a directory that holds earlier members",
     "hardlink to an absolute outside path", "hardlink with ../ to an outside file", "hardlink to /etc/passwd",
-    "hardlink to a later member", "character device", "block device", "FIFO", "setuid file", "setgid file",
+    "hardlink to a later member", "character device", "block device", "FIFO",
     "duplicate member names", "member outside any source", "bare source member as a file",
 ]
 
@@ -294,6 +292,56 @@ def test_hostile_archive_is_refused_and_nothing_changes(world, case):
     with pytest.raises(IntegrityError) as info:
         mgr.verify_backup(backup_id)
     assert backup_id in str(info.value) and "refused" in str(info.value)
+
+
+# -- set-id bits: archived, verified ok, stripped on restore unless kept on purpose -----------
+
+SETID = [file_member("files/suid", b"#!/bin/sh\n", mode=0o4755), file_member("files/sgid", b"#!/bin/sh\n", mode=0o2755)]
+
+
+def test_setid_archive_verifies_and_restores_with_the_bits_stripped_and_one_warning(world, caplog):
+    archive, backup_id = plant_backup(world.storage, GOOD + SETID)
+    mgr = world.manager()
+    assert mgr.verify_backup(backup_id).ok
+
+    caplog.clear()
+    mgr.restore_backup(backup_id, to=world.dest, keep_setid=True)  # --to: never kept
+    out = world.dest / "files"
+    assert stat.S_IMODE((out / "suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "sgid").stat().st_mode) == 0o755
+    assert (out / "keep-1.txt").read_bytes() == b"ordinary member one\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "setuid/setgid" in r.getMessage()]
+    assert len(warnings) == 1 and "2 file(s)" in warnings[0] and "--keep-setid" in warnings[0]
+
+    mgr.restore_backup(backup_id)  # in place, not asked: stripped too
+    assert stat.S_IMODE((world.state / "suid").stat().st_mode) == 0o755
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="keeping set-id bits needs root")
+def test_setid_bits_are_kept_in_place_as_root_with_keep_setid(world):
+    archive, backup_id = plant_backup(world.storage, GOOD + SETID)
+    world.manager().restore_backup(backup_id, keep_setid=True)
+    assert stat.S_IMODE((world.state / "suid").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((world.state / "sgid").stat().st_mode) == 0o2755
+
+
+def test_setid_file_made_by_create_restores_through_the_cli(world):
+    """The issue's reproduction: create, list, verify, restore (in place and --to) all succeed."""
+    (world.state / "bin").mkdir()
+    tool = world.state / "bin" / "tool"
+    tool.write_bytes(b"#!/bin/sh\necho tool\n")
+    os.chmod(tool, 0o4755)
+    assert run_cli("create", config=world.config).returncode == 0
+    verify = run_cli("verify", config=world.config)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    r = run_cli("restore", "latest", "--to", str(world.dest / "cli"), config=world.config)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("setuid/setgid") == 1
+    assert stat.S_IMODE((world.dest / "cli" / "files" / "bin" / "tool").stat().st_mode) == 0o755
+    r = run_cli("restore", "latest", "--yes", "--keep-setid", config=world.config)
+    assert r.returncode == 0, r.stderr
+    expected = 0o4755 if os.geteuid() == 0 else 0o755
+    assert stat.S_IMODE(tool.stat().st_mode) == expected
 
 
 def _dummy_world() -> World:

@@ -63,5 +63,5 @@ class WebhookNotifier:
         if not self.webhook.on_success:
             return
         self.post(self._event("backup.succeeded", backup_id=result.backup_id, size=result.size,
-                              duration_seconds=round(result.duration, 3),
+                              duration_seconds=round(result.duration, 3), warning_count=result.warning_count,
                               copies=[{"target": c.target, "url": redact_text(c.url)} for c in result.copies]))
