@@ -263,14 +263,7 @@ def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:
 
 
 def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
-    """The backup named ``latest``, by id, or by a unique id prefix."""
-    if wanted == "latest":
-        for e in entries:
-            if e.ok:
-                return e
-        if entries:
-            raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
-        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+    """The backup named by its id or by a unique id prefix (``latest``: BackupManager.resolve_latest)."""
     exact = [e for e in entries if e.backup_id == wanted]
     if exact:
         return exact[0]

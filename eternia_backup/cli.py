@@ -112,29 +112,11 @@ def cmd_list(mgr, args) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
-def _copy_to_verify(mgr, reference: str):
-    """For ``verify``, ``latest`` is the newest backup even when it is damaged.
-
-    (``restore latest`` takes the newest *intact* one; a verify that skipped a
-    broken newest backup would report ok on an older one.)
-    """
-    if reference != "latest":
-        return mgr.find_backup(reference)
-    entries = mgr.list_backups()
-    if not entries:
-        from .errors import BackupNotFoundError
-
-        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
-    return entries[0].best
-
-
 def cmd_verify(mgr, args) -> int:
     if args.all:
         reports = mgr.verify_all()
     else:
-        from .verify import verify_copy
-
-        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry, mgr.config.encryption)]
+        reports = [mgr.verify_report(args.backup or "latest", allow_older=args.allow_older)]
     if args.json:
         _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
     else:
@@ -171,7 +153,7 @@ def _confirm_factory(args):
 
 def cmd_restore(mgr, args) -> int:
     result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
-                                confirm=_confirm_factory(args))
+                                confirm=_confirm_factory(args), allow_older=args.allow_older, force=args.force)
     if args.json:
         _print_json(result.to_dict())
     elif args.dry_run:
@@ -327,6 +309,9 @@ def cmd_config(args) -> int:
 # -- parsing -----------------------------------------------------------------------
 
 
+_ALLOW_OLDER = "for 'latest': if the newest backup is damaged, use the newest good one instead of failing"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -348,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
+    s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
+    s.add_argument("--force", action="store_true",
+                   help="restore in place although processes hold files open under the destination")
 
     s = sub.add_parser("download", parents=[common], help="copy a backup from a URL into local storage, verified")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")
@@ -360,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
     g.add_argument("--all", action="store_true", help="verify every copy of every backup")
+    s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
 
     sub.add_parser("status", parents=[common],
                    help="last success/failure, next run, newest backup; exit 1 when overdue")

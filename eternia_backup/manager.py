@@ -22,6 +22,7 @@ from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config, unknown_key_hint
 from .errors import (
     BackupFailedError,
+    BackupNotFoundError,
     ConfigError,
     EterniaBackupError,
     IntegrityError,
@@ -68,6 +69,9 @@ class BackupManager:
                 parse_recipient(r, f"backup.encryption.recipients[{i}]")
         self.state = StateStore.for_config(config)
         self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
+        storage = self.storage_paths()
+        for source in self.sources.values():
+            source.storage_paths = storage  # never back up (or restore over) our own storage
         self.lease_target: Target | None = None
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
@@ -129,6 +133,19 @@ class BackupManager:
             if split_protocol(url) == split_protocol(t.url) and split_protocol(url) != "file":
                 return self._make_target("url", url, t.options)
         return self._make_target("url", url, {})
+
+    def storage_paths(self) -> tuple[Path, ...]:
+        """Where this configuration keeps things on this machine: local targets and the state directory.
+
+        Sources leave these out of backups (self-inclusion) and restores carry them over.
+        """
+        paths = [Path(t.local_path("")).absolute() for t in self.targets if t.is_local]
+        paths.append(self.state.path.parent.absolute())
+        return tuple(dict.fromkeys(paths))
+
+    def config_notes(self) -> list[str]:
+        """One line per thing a careful user should know about this configuration (``config check``)."""
+        return [line for source in self.sources.values() for line in source.notes()]
 
     # -- operations ------------------------------------------------------------------
 
@@ -208,23 +225,63 @@ class BackupManager:
             raise StorageError("; ".join(errors.values()))
         return catalog.merge(listings)
 
-    def find_backup(self, backup: str) -> catalog.BackupCopy:
+    def find_backup(self, backup: str, *, allow_older: bool = False) -> catalog.BackupCopy:
         """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``."""
         backup = os.fspath(backup)
         copy = catalog.copy_from_reference(backup, self._target_for_url)
         if copy is not None:
             return copy
-        entries = self.list_backups()
-        entry = catalog.find(entries, backup)
-        if backup == "latest" and entries and entry is not entries[0]:
-            log.warning("the newest backup %s is damaged (%s); using %s, the newest intact one",
-                        entries[0].backup_id, "; ".join(c.problem for c in entries[0].copies if c.problem),
-                        entry.backup_id)
-        return entry.best
+        if backup == "latest":
+            return self.resolve_latest(allow_older=allow_older)
+        return catalog.find(self.list_backups(), backup).best
 
-    def verify_backup(self, backup: str) -> verify.VerifyReport:
+    def resolve_latest(self, *, allow_older: bool = False) -> catalog.BackupCopy:
+        """What ``latest`` means, for the CLI and the API alike: the newest backup.
+
+        If the newest backup is damaged, an error names it (never a silent older
+        one). With ``allow_older``, the newest backup that fully verifies (its
+        archive read and checked, so a flipped byte counts too) is used instead,
+        with a warning naming what was skipped.
+        """
+        entries = self.list_backups()
+        if not entries:
+            raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+        newest = entries[0]
+        if not allow_older:
+            if not newest.ok:
+                raise IntegrityError(_latest_damaged(newest.backup_id, _problems(newest)))
+            return newest.best
+        skipped = []
+        for entry in entries:
+            problem = _problems(entry) if not entry.ok else None
+            if problem is None:
+                report = verify.verify_copy(entry.best, self.registry, self.config.encryption)
+                if report.ok:
+                    if skipped:
+                        log.warning("latest: using %s, the newest good backup (--allow-older); skipped: %s",
+                                    entry.backup_id, "; ".join(skipped))
+                    return entry.best
+                problem = report.problem
+            skipped.append(f"{entry.backup_id} ({problem})")
+        raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
+
+    def verify_report(self, backup: str, *, allow_older: bool = False) -> verify.VerifyReport:
+        """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report."""
+        try:
+            copy = self.find_backup(backup, allow_older=allow_older)
+        except IntegrityError as exc:
+            newest = _newest_id(str(exc))
+            if backup != "latest" or newest is None:
+                raise
+            return verify.VerifyReport(newest, "", False, str(exc))
+        report = verify.verify_copy(copy, self.registry, self.config.encryption)
+        if not report.ok and backup == "latest":
+            report.problem = _latest_damaged(report.backup_id, report.problem)
+        return report
+
+    def verify_backup(self, backup: str, *, allow_older: bool = False) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption)
+        report = self.verify_report(backup, allow_older=allow_older)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
@@ -238,24 +295,36 @@ class BackupManager:
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
-                       confirm: Callable[[list[str]], bool] | None = None) -> restore.RestoreResult:
-        """Verify, stage and swap a backup into place (or into ``to``)."""
+                       confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
+                       force: bool = False) -> restore.RestoreResult:
+        """Verify, stage and swap a backup into place (or into ``to``).
+
+        ``latest`` is the newest backup; if it is damaged the restore fails unless
+        ``allow_older`` (then the newest good one is used). ``force`` goes ahead
+        although processes hold files open under an in-place destination.
+        """
+        args = (backup, to, sources, dry_run, confirm, allow_older, force)
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm)
+            return self._restore(*args)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(*args)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(*args)
 
-    def _restore(self, backup, to, sources, dry_run, confirm) -> restore.RestoreResult:
-        copy = self.find_backup(backup)
-        return restore.restore_copy(
-            copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
-            dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption, journal_path=self.journal_path,
-        )
+    def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force) -> restore.RestoreResult:
+        copy = self.find_backup(backup, allow_older=allow_older)
+        try:
+            return restore.restore_copy(
+                copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
+                dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
+                encryption=self.config.encryption, journal_path=self.journal_path, force=force,
+            )
+        except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
+            if backup == "latest" and not allow_older:
+                raise type(exc)(_latest_damaged(copy.backup_id, str(exc))) from exc
+            raise
 
     @property
     def journal_path(self) -> Path:
@@ -443,6 +512,26 @@ class BackupManager:
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
                                  "listing_error": errors.get(t.name)} for t in self.targets},
         }
+
+
+_LATEST_DAMAGED = "the newest backup {id} is damaged"
+
+
+def _latest_damaged(backup_id: str, problem: str) -> str:
+    """The one error for a damaged newest backup asked for as ``latest``."""
+    return (f"{_LATEST_DAMAGED.format(id=backup_id)} ({problem}); nothing was changed. Pass an explicit "
+            "backup id, or --allow-older (allow_older=True) to use the newest good backup")
+
+
+def _newest_id(message: str) -> str | None:
+    prefix, _, rest = _LATEST_DAMAGED.partition("{id}")
+    if not message.startswith(prefix):
+        return None
+    return message[len(prefix):].split(" ", 1)[0]
+
+
+def _problems(entry: catalog.BackupEntry) -> str:
+    return "; ".join(c.problem for c in entry.copies if c.problem) or "damaged"
 
 
 def _journal_description(path: Path) -> str | None:
