@@ -289,12 +289,15 @@ def cmd_config(args) -> int:
     from .manager import BackupManager
 
     config = load_config(args.config)
-    BackupManager(config)  # plugin-level validation (source options, levels, URLs)
+    mgr = BackupManager(config)  # plugin-level validation (source options, levels, URLs)
     if args.config_command == "check":
+        notes = mgr.config_notes()
         if args.json:
-            _print_json({"ok": True, "path": str(config.path)})
+            _print_json({"ok": True, "path": str(config.path), "notes": notes})
         else:
             print(f"{config.path}: ok ({len(config.sources)} source(s), {len(config.targets)} target(s))")
+            for line in notes:
+                print(line)
         return EXIT_OK
     data = config.as_dict(masked=True)
     if args.json:

@@ -15,8 +15,12 @@ import fnmatch
 import logging
 import os
 import posixpath
+import sqlite3
+import shutil
 import stat as statmod
+import tempfile
 from pathlib import Path
+from typing import Literal
 
 from eternia_backup import hookimpl
 from eternia_backup.errors import SourceError
@@ -30,6 +34,10 @@ class DirectoryOptions(SourceOptions):
     path: str
     include: list[str] = []
     exclude: list[str] = []
+    #: SQLite databases found in the tree: ``warn`` (copy their bytes, warn at
+    #: create and config check), ``snapshot`` (copy each through SQLite's backup
+    #: API, leaving out its -wal/-journal/-shm files) or ``ignore`` (copy, no warning).
+    sqlite: Literal["warn", "snapshot", "ignore"] = "warn"
 
 
 def _matches(relpath: str, patterns: list[str]) -> bool:
@@ -71,7 +79,13 @@ class DirectorySource(Source):
         st = root.stat()
         writer.add_directory("", mode=st.st_mode, mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid)
         self._real_root = os.path.realpath(root)
-        self._walk(writer, root, "")
+        self._storage_ids = self._storage_inodes()
+        self._sqlite_workdir = None
+        try:
+            self._walk(writer, root, "")
+        finally:
+            if self._sqlite_workdir is not None:
+                shutil.rmtree(self._sqlite_workdir, ignore_errors=True)
 
     def _leads_outside(self, path: str, relpath: str, target: str) -> bool:
         """True for a link restore would refuse: outside by its text, or on disk through other links."""
@@ -92,12 +106,16 @@ class DirectorySource(Source):
             if opts.exclude and _matches(relpath, opts.exclude):
                 continue
             st = entry.stat(follow_symlinks=False)
+            if self._is_storage(entry.name, st):
+                continue
             if statmod.S_ISDIR(st.st_mode):
                 writer.add_directory(relpath, mode=st.st_mode, mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid)
                 self._walk(writer, Path(entry.path), relpath)
             elif opts.include and not _matches(relpath, opts.include):
                 continue
             elif statmod.S_ISREG(st.st_mode):
+                if self._sqlite_handled(writer, relpath, Path(entry.path), st):
+                    continue
                 writer.add_file(relpath, Path(entry.path), stat=None)
             elif statmod.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
@@ -108,11 +126,131 @@ class DirectorySource(Source):
             else:
                 log.warning("source %r: skipping %s: not a regular file, directory or symlink", self.name, relpath)
 
+    # -- our own storage inside the tree (self-inclusion) --------------------------
+
+    def storage_inside(self) -> list[Path]:
+        """The framework's storage paths (``storage_paths``) that lie inside this tree."""
+        root = os.path.realpath(self.root)
+        return [p for p in self.storage_paths if _inside(os.path.realpath(p), root)]
+
+    def _storage_inodes(self) -> set[tuple[int, int]]:
+        ids = set()
+        for p in self.storage_inside():
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            ids.add((st.st_dev, st.st_ino))
+        return ids
+
+    def _is_storage(self, name: str, st) -> bool:
+        """Our storage, or what an interrupted restore left: never part of the backup."""
+        if (st.st_dev, st.st_ino) in self._storage_ids:
+            return True
+        return name.startswith(".") and (".eternia-restore-" in name or ".eternia-replaced-" in name)
+
+    # -- SQLite databases in the tree ------------------------------------------------
+
+    def _sqlite_handled(self, writer: EntryWriter, relpath: str, path: Path, st) -> bool:
+        """Take a database through the backup API (``sqlite: snapshot``), or warn; True when done here."""
+        mode = self.options.sqlite
+        if mode == "ignore":
+            return False
+        if mode == "snapshot" and _database_of_sibling(path) is not None:
+            return True  # its database's snapshot holds it
+        if not is_sqlite_file(path, st):
+            return False
+        if mode == "warn":
+            log.warning("%s", self._sqlite_advice(relpath))
+            return False
+        from eternia_backup.builtin.sqlite import snapshot
+
+        if self._sqlite_workdir is None:
+            self._sqlite_workdir = Path(tempfile.mkdtemp(prefix="eternia-dir-sqlite-"))
+        copy = self._sqlite_workdir / "copy.db"
+        try:
+            snapshot(path, copy, label=f"source {self.name!r}")
+            os.utime(copy, (st.st_atime, st.st_mtime))
+            os.chmod(copy, st.st_mode & 0o7777)
+            writer.add_file(relpath, copy, stat=None)
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"source {self.name!r}: cannot snapshot SQLite database {path}: {exc}") from exc
+        finally:
+            for p in self._sqlite_workdir.iterdir():
+                p.unlink()
+        return True
+
+    def _sqlite_advice(self, relpath: str) -> str:
+        name = posixpath.splitext(posixpath.basename(relpath))[0] or "db"
+        return (f"source {self.name!r}: {relpath} is a SQLite database; copying a live database's bytes can give "
+                f"a corrupt copy. Back it up as its own source (exclude it here: exclude: [{relpath}]):  "
+                f"{{type: sqlite, name: {name}, path: {self.root / relpath}}}  "
+                f"or set sqlite: snapshot on source {self.name!r}")
+
+    def sqlite_databases(self, limit: int = 20) -> list[str]:
+        """Relative paths of SQLite databases in the tree (for config check), at most ``limit``."""
+        found: list[str] = []
+        self._storage_ids = self._storage_inodes()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/")
+            dirnames[:] = [d for d in dirnames
+                           if not (self.options.exclude and _matches(f"{rel}/{d}".lstrip("/"), self.options.exclude))
+                           and not self._is_storage(d, os.lstat(os.path.join(dirpath, d)))]
+            for f in sorted(filenames):
+                relpath = f"{rel}/{f}".lstrip("/")
+                if self.options.exclude and _matches(relpath, self.options.exclude):
+                    continue
+                if is_sqlite_file(Path(dirpath) / f):
+                    found.append(relpath)
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    def notes(self) -> list[str]:
+        lines = []
+        inside = self.storage_inside()
+        if inside:
+            names = ", ".join(os.path.relpath(p, self.root) + "/" for p in inside)
+            lines.append(f"note: source {self.name!r} contains local storage {names}; it is excluded from that source")
+        if self.options.sqlite == "warn" and self.root.is_dir():
+            lines += ["warning: " + self._sqlite_advice(rel) for rel in self.sqlite_databases()]
+        return lines
+
     def default_destination(self) -> Path:
         return self.root
 
     def restore_plan(self, destination: Path | None):
-        return DirectorySwapPlan(destination or self.root, f"source {self.name!r}")
+        return DirectorySwapPlan(destination or self.root, f"source {self.name!r}", carry=self.storage_paths)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_SIDECARS = ("-wal", "-journal", "-shm")
+
+
+def is_sqlite_file(path: Path, st=None) -> bool:
+    """Whether ``path`` is a SQLite database, by its 16-byte header."""
+    if st is not None and st.st_size < len(SQLITE_HEADER):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def _database_of_sibling(path: Path) -> Path | None:
+    """The database a -wal/-journal/-shm file belongs to, if it is one."""
+    for suffix in _SIDECARS:
+        if path.name.endswith(suffix):
+            db = path.with_name(path.name[: -len(suffix)])
+            if db.is_file() and is_sqlite_file(db):
+                return db
+    return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 @hookimpl
