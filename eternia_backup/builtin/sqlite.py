@@ -97,6 +97,8 @@ def snapshot(path: Path, dst: Path, *, timeout: float = 30.0, label: str = "") -
 
 def _stepped(source: sqlite3.Connection, dst: Path, *, max_restarts: int | None) -> None:
     state = {"remaining": None, "restarts": 0}
+    target = sqlite3.connect(dst, isolation_level=None)
+    flush = os.open(dst, os.O_RDONLY)
 
     def pause(status, remaining, total):
         if state["remaining"] is not None and remaining > state["remaining"]:
@@ -104,15 +106,18 @@ def _stepped(source: sqlite3.Connection, dst: Path, *, max_restarts: int | None)
             if max_restarts is not None and state["restarts"] > max_restarts:
                 raise _Restarted()
         state["remaining"] = remaining
+        # Write each step out now: a large backlog of our dirty pages would make
+        # the application's own fsyncs wait (ext4 commits them together).
+        os.fdatasync(flush)
         if remaining:
             time.sleep(STEP_PAUSE)
 
-    target = sqlite3.connect(dst, isolation_level=None)
     try:
         source.backup(target, pages=STEP_PAGES, progress=pause, sleep=STEP_PAUSE)
         target.execute("PRAGMA journal_mode=DELETE")  # a standalone file: no WAL beside it
     finally:
         target.close()
+        os.close(flush)
 
 
 def _copy_under_read_lock(source: sqlite3.Connection, path: Path, dst: Path) -> float:
