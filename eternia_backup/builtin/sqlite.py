@@ -60,7 +60,7 @@ def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> N
 # the database is copied in one go under one read lock instead (its file bytes,
 # the fastest consistent copy while no one can commit), with a warning saying
 # how long writers were held. benchmarks/sqlite_stall.py measures both.
-STEP_PAGES = 2048
+STEP_PAGES = 1024
 STEP_PAUSE = 0.02  # seconds between steps: the writers' window
 MAX_RESTARTS = 3
 
