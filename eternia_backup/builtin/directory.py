@@ -105,9 +105,9 @@ class DirectorySource(Source):
             relpath = f"{rel}/{entry.name}" if rel else entry.name
             if opts.exclude and _matches(relpath, opts.exclude):
                 continue
-            st = entry.stat(follow_symlinks=False)
-            if self._is_storage(entry.name, st):
+            if self._left_out(entry):
                 continue
+            st = entry.stat(follow_symlinks=False)
             if statmod.S_ISDIR(st.st_mode):
                 writer.add_directory(relpath, mode=st.st_mode, mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid)
                 self._walk(writer, Path(entry.path), relpath)
@@ -143,22 +143,30 @@ class DirectorySource(Source):
             ids.add((st.st_dev, st.st_ino))
         return ids
 
-    def _is_storage(self, name: str, st) -> bool:
-        """Our storage, or what an interrupted restore left: never part of the backup."""
-        if (st.st_dev, st.st_ino) in self._storage_ids:
+    def _left_out(self, entry: os.DirEntry) -> bool:
+        """Our storage, or the -wal/-journal/-shm file of a database taken by snapshot."""
+        if self._is_storage(entry.name, entry.inode(), entry.path):
             return True
-        return name.startswith(".") and (".eternia-restore-" in name or ".eternia-replaced-" in name)
+        return self.options.sqlite == "snapshot" and _database_of_sibling(Path(entry.path)) is not None
+
+    def _is_storage(self, name: str, inode: int, path: str) -> bool:
+        """Our storage, or what an interrupted restore left: never part of the backup."""
+        if name.startswith(".") and (".eternia-restore-" in name or ".eternia-replaced-" in name):
+            return True
+        if not any(inode == ino for _dev, ino in self._storage_ids):
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self._storage_ids
 
     # -- SQLite databases in the tree ------------------------------------------------
 
     def _sqlite_handled(self, writer: EntryWriter, relpath: str, path: Path, st) -> bool:
         """Take a database through the backup API (``sqlite: snapshot``), or warn; True when done here."""
         mode = self.options.sqlite
-        if mode == "ignore":
-            return False
-        if mode == "snapshot" and _database_of_sibling(path) is not None:
-            return True  # its database's snapshot holds it
-        if not is_sqlite_file(path, st):
+        if mode == "ignore" or not is_sqlite_file(path, st):
             return False
         if mode == "warn":
             log.warning("%s", self._sqlite_advice(relpath))
@@ -196,7 +204,8 @@ class DirectorySource(Source):
             rel = "" if rel == "." else rel.replace(os.sep, "/")
             dirnames[:] = [d for d in dirnames
                            if not (self.options.exclude and _matches(f"{rel}/{d}".lstrip("/"), self.options.exclude))
-                           and not self._is_storage(d, os.lstat(os.path.join(dirpath, d)))]
+                           and not self._is_storage(d, os.lstat(os.path.join(dirpath, d)).st_ino,
+                                                    os.path.join(dirpath, d))]
             for f in sorted(filenames):
                 relpath = f"{rel}/{f}".lstrip("/")
                 if self.options.exclude and _matches(relpath, self.options.exclude):
