@@ -10,6 +10,7 @@ each commit timed), lets it warm up, runs the ``sqlite`` source's backup as
 * how long the copy took,
 * the longest single commit of the writer while the copy ran (its stall),
 * how many commits the writer made meanwhile,
+* the writer's longest commit in 5 s before the copy (what the disk costs anyway),
 * whether the copy passes ``integrity_check`` and ``count(items) == counter.n``.
 
     python benchmarks/sqlite_stall.py                 # 1 GiB, both modes
@@ -60,6 +61,9 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
     try:
         writer.stdout.readline()  # "ready"
         time.sleep(1.0)
+        quiet_start = time.monotonic()  # the writer alone: what the disk costs without a copy
+        time.sleep(5.0)
+        quiet_end = time.monotonic()
         source = SqliteSource("bench", SqliteOptions(path=str(db)), directory)
         checker = _Checker()
         start = time.monotonic()
@@ -71,9 +75,11 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
         writer.wait(30)
     data = json.loads(out.read_text())
     during = [d for s, d in data["stalls"] if s <= end and s + d >= start]
+    alone = [d for s, d in data["stalls"] if quiet_start <= s <= quiet_end]
     return {"mode": mode, "size_mib": round(db.stat().st_size / 2**20), "build_s": round(built, 1),
             "copy_s": round(end - start, 3), "longest_stall_ms": round(1000 * max(during, default=0.0), 1),
-            "slow_commits": len(during), "writer_commits": data["commits"],
+            "slow_commits": len(during),
+            "longest_without_copy_ms": round(1000 * max(alone, default=0.0), 1), "writer_commits": data["commits"],
             "copy_ok": checker.problem is None, "problem": checker.problem}
 
 
@@ -97,9 +103,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'slow commits':>13} {'commits':>8}  copy")
+    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'slow commits':>13} "
+          f"{'commits':>8}  copy")
     for r in results:
         print(f"{r['mode']:<8} {r['size_mib']:>5} MiB {r['copy_s']:>7.2f}s {r['longest_stall_ms']:>11.1f} ms "
+              f"{r['longest_without_copy_ms']:>10.1f} ms "
               f"{r['slow_commits']:>13} {r['writer_commits']:>8}  {'ok' if r['copy_ok'] else r['problem']}")
     return 0
 
