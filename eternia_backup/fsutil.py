@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -184,3 +185,22 @@ def link_tree(src: Path, dst: Path) -> None:
         os.chmod(dst, st.st_mode & 0o7777)
     for entry in os.scandir(src):
         link_tree(Path(entry.path), Path(dst) / entry.name)
+
+
+def mount_points_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo; empty where there is none)."""
+    root = os.path.realpath(path)
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return [root] if os.path.ismount(root) else []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if _under(point, root):
+            found.append(point)
+    return sorted(set(found))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import RestoreError
-from .fsutil import exchange, fsync_dir, link_tree, remove_stale_siblings, remove_tree, sibling
+from .fsutil import exchange, fsync_dir, link_tree, mount_points_under, remove_stale_siblings, remove_tree, sibling
 from .providers import RestorePlan
 
 log = logging.getLogger("eternia_backup.restore")
@@ -40,11 +40,7 @@ class DirectorySwapPlan(RestorePlan):
             )
         if self.destination.exists() and not self.destination.is_dir():
             raise RestoreError(f"{self.label}: destination {self.destination} exists and is not a directory")
-        if self.destination.is_dir() and os.path.ismount(self.destination):
-            raise RestoreError(
-                f"{self.label}: destination {self.destination} is a mount point; a restore swaps the directory "
-                "itself for the staged one, which cannot be done to a mount point. Restore with --to DIR and copy "
-                "the files in, or unmount it first (the restore then fills the directory beneath)")
+        self._refuse_mount_points()
         try:
             parent.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_siblings(self.destination, keep=self.staging_dir):
@@ -52,6 +48,22 @@ class DirectorySwapPlan(RestorePlan):
             self.staging_dir.mkdir(mode=0o700)
         except OSError as exc:
             raise RestoreError(f"{self.label}: cannot create a staging directory in {parent}: {exc.strerror}") from exc
+
+    def _refuse_mount_points(self) -> None:
+        """A swap cannot move a mount point, and must not remove a filesystem mounted inside the old tree."""
+        if not self.destination.is_dir():
+            return
+        mounts = mount_points_under(self.destination)
+        if os.path.realpath(self.destination) in mounts:
+            raise RestoreError(
+                f"{self.label}: destination {self.destination} is a mount point; a restore swaps the directory "
+                "itself for the staged one, which cannot be done to a mount point. Restore with --to DIR and copy "
+                "the files in, or unmount it first (the restore then fills the directory beneath)")
+        if mounts:
+            raise RestoreError(
+                f"{self.label}: {mounts[0]} inside destination {self.destination} is a mount point; the swap would "
+                "move it away with the old tree and replace it with a plain directory. Restore with --to DIR, "
+                "or unmount it first")
 
     def replaces_existing(self) -> bool:
         return self.destination.exists() and any(self.destination.iterdir())

@@ -51,6 +51,24 @@ def test_a_source_that_is_a_mount_point_is_refused_with_what_to_do(app, files_co
         subprocess.run(["umount", str(files)], check=True)
 
 
+def test_a_mount_point_inside_the_source_is_refused_too(app, files_config):
+    files = app / "state" / "files"
+    BackupManager.from_config(files_config).create_backup()
+    inner = files / "mounted-here"
+    inner.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(inner)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (inner / "on-the-mount.txt").write_text("live")
+        before = _digest(files)
+        proc = run_cli("restore", "latest", "--yes", config=files_config)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert str(inner) in proc.stderr and "mount point" in proc.stderr and "--to" in proc.stderr
+        assert _digest(files) == before and (inner / "on-the-mount.txt").read_text() == "live"
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+
+
 def test_a_process_holding_a_file_open_is_named_and_force_goes_ahead(app, files_config):
     files = app / "state" / "files"
     mgr = BackupManager.from_config(files_config)
