@@ -72,6 +72,9 @@ class DirectorySource(Source):
             raise SourceError(f"source {self.name!r}: {root} is not a directory")
         if not os.access(root, os.R_OK | os.X_OK):
             raise SourceError(f"source {self.name!r}: directory {root} is not readable (permission denied)")
+        if self._is_the_storage():
+            raise SourceError(f"source {self.name!r}: directory {root} is where backups are stored; "
+                              "back up the application's directory and keep backups elsewhere (or in a subdirectory)")
 
     def backup(self, writer: EntryWriter) -> None:
         self.check()
@@ -132,6 +135,10 @@ class DirectorySource(Source):
         """The framework's storage paths (``storage_paths``) that lie inside this tree."""
         root = os.path.realpath(self.root)
         return [p for p in self.storage_paths if _inside(os.path.realpath(p), root)]
+
+    def _is_the_storage(self) -> bool:
+        root = os.path.realpath(self.root)
+        return any(os.path.realpath(p) == root for p in self.storage_paths)
 
     def _storage_inodes(self) -> set[tuple[int, int]]:
         ids = set()
@@ -218,7 +225,10 @@ class DirectorySource(Source):
 
     def notes(self) -> list[str]:
         lines = []
-        inside = self.storage_inside()
+        inside = [p for p in self.storage_inside() if os.path.realpath(p) != os.path.realpath(self.root)]
+        if self._is_the_storage():
+            lines.append(f"warning: source {self.name!r} is the storage directory {self.root} itself; "
+                         "create will refuse it")
         if inside:
             names = ", ".join(os.path.relpath(p, self.root) + "/" for p in inside)
             lines.append(f"note: source {self.name!r} contains local storage {names}; it is excluded from that source")
