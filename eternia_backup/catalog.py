@@ -215,8 +215,15 @@ def merge(listings: list[TargetListing]) -> list[BackupEntry]:
         for copy in listing.copies:
             by_id.setdefault(copy.backup_id, BackupEntry(copy.backup_id, [])).copies.append(copy)
     # Newest first by creation time: ids only have whole seconds, and two backups
-    # made in one second would otherwise be ordered by their random part.
-    return sorted(by_id.values(), key=lambda e: (e.created_at or _EPOCH, e.backup_id), reverse=True)
+    # made in one second would otherwise be ordered by their random part. A backup
+    # with no readable manifest has only its id's second: within that second it
+    # counts as the newer one, so that "latest" never passes over it unseen.
+    return sorted(by_id.values(), key=_newest_first_key, reverse=True)
+
+
+def _newest_first_key(e: BackupEntry) -> tuple:
+    created = e.created_at or _EPOCH
+    return (created.replace(microsecond=0), e.manifest is None, created, e.backup_id)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -26,6 +26,7 @@ from .errors import (
     ConfigError,
     EterniaBackupError,
     IntegrityError,
+    LatestDamagedError,
     SourceError,
     StorageError,
 )
@@ -249,7 +250,7 @@ class BackupManager:
         newest = entries[0]
         if not allow_older:
             if not newest.ok:
-                raise IntegrityError(_latest_damaged(newest.backup_id, _problems(newest)))
+                raise LatestDamagedError(newest.backup_id, _problems(newest))
             return newest.best
         skipped = []
         for entry in entries:
@@ -269,14 +270,11 @@ class BackupManager:
         """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report."""
         try:
             copy = self.find_backup(backup, allow_older=allow_older)
-        except IntegrityError as exc:
-            newest = _newest_id(str(exc))
-            if backup != "latest" or newest is None:
-                raise
-            return verify.VerifyReport(newest, "", False, str(exc))
+        except LatestDamagedError as exc:
+            return verify.VerifyReport(exc.backup_id, "", False, str(exc))
         report = verify.verify_copy(copy, self.registry, self.config.encryption)
-        if not report.ok and backup == "latest":
-            report.problem = _latest_damaged(report.backup_id, report.problem)
+        if not report.ok and backup == "latest" and not allow_older:
+            report.problem = str(LatestDamagedError(report.backup_id, report.problem))
         return report
 
     def verify_backup(self, backup: str, *, allow_older: bool = False) -> verify.VerifyReport:
@@ -323,7 +321,7 @@ class BackupManager:
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
             if backup == "latest" and not allow_older:
-                raise type(exc)(_latest_damaged(copy.backup_id, str(exc))) from exc
+                raise LatestDamagedError(copy.backup_id, str(exc)) from exc
             raise
 
     @property
@@ -512,22 +510,6 @@ class BackupManager:
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
                                  "listing_error": errors.get(t.name)} for t in self.targets},
         }
-
-
-_LATEST_DAMAGED = "the newest backup {id} is damaged"
-
-
-def _latest_damaged(backup_id: str, problem: str) -> str:
-    """The one error for a damaged newest backup asked for as ``latest``."""
-    return (f"{_LATEST_DAMAGED.format(id=backup_id)} ({problem}); nothing was changed. Pass an explicit "
-            "backup id, or --allow-older (allow_older=True) to use the newest good backup")
-
-
-def _newest_id(message: str) -> str | None:
-    prefix, _, rest = _LATEST_DAMAGED.partition("{id}")
-    if not message.startswith(prefix):
-        return None
-    return message[len(prefix):].split(" ", 1)[0]
 
 
 def _problems(entry: catalog.BackupEntry) -> str:
