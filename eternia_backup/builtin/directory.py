@@ -7,6 +7,12 @@ pattern without ``/`` also matches a bare file or directory name anywhere
 the tree's shape survives). Symlinks are stored as links; one that leads
 outside the tree is skipped with a warning, since restore would refuse it.
 Sockets, FIFOs and devices are skipped.
+
+The framework's own storage inside the tree (``storage_paths``, set by the
+manager: local targets, the state directory) and what interrupted restores left
+(``.<name>.eternia-restore-*``) are never read, and an in-place restore carries
+that storage into the new tree. SQLite databases (found by their 16-byte header)
+are warned about, or with ``sqlite: snapshot`` copied through the backup API.
 """
 
 from __future__ import annotations
