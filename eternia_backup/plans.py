@@ -40,7 +40,7 @@ class DirectorySwapPlan(RestorePlan):
             )
         if self.destination.exists() and not self.destination.is_dir():
             raise RestoreError(f"{self.label}: destination {self.destination} exists and is not a directory")
-        self._refuse_mount_points()
+        self.refuse_mount_points()
         try:
             parent.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_siblings(self.destination, keep=self.staging_dir):
@@ -49,7 +49,7 @@ class DirectorySwapPlan(RestorePlan):
         except OSError as exc:
             raise RestoreError(f"{self.label}: cannot create a staging directory in {parent}: {exc.strerror}") from exc
 
-    def _refuse_mount_points(self) -> None:
+    def refuse_mount_points(self) -> None:
         """A swap cannot move a mount point, and must not remove a filesystem mounted inside the old tree."""
         if not self.destination.is_dir():
             return
@@ -154,4 +154,3 @@ def carry_storage(destination: Path, staging: Path, relpaths: list[str], label: 
                 f"{label}: cannot carry the backup storage {destination / rel} into the restored tree "
                 f"({exc.strerror or exc}); it lies inside the destination (on another filesystem?). "
                 "Restore with --to DIR, or move the storage out of the source") from exc
-

@@ -80,6 +80,9 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             plans[n] = src.restore_plan(to / n if to is not None else None)
     changes = [line for p in plans.values() for line in p.changes()]
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
+    for p in plans.values():  # up front: say why a swap cannot be done before verifying, asking or staging
+        if isinstance(p, DirectorySwapPlan):
+            p.refuse_mount_points()
     created_to = to is not None and not to.exists()
     committed = False
     try:

@@ -43,6 +43,8 @@ def test_a_source_that_is_a_mount_point_is_refused_with_what_to_do(app, files_co
         assert "mount point" in line and "--to" in line and "unmount" in line, line
         assert len(line.splitlines()) == 1 and "Busy" not in line
         assert _digest(files) == {"on-the-mount.txt": hashlib.sha256(b"live").hexdigest()}
+        proc = run_cli("restore", "latest", "--dry-run", config=files_config)
+        assert proc.returncode == 1 and "mount point" in proc.stderr, proc.stdout + proc.stderr
         assert [p.name for p in (app / "state").iterdir() if ".eternia-" in p.name] == []
         proc = run_cli("restore", "latest", "--to", str(app / "elsewhere"), "--yes", config=files_config)
         assert proc.returncode == 0, proc.stderr

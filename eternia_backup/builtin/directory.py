@@ -21,8 +21,8 @@ import fnmatch
 import logging
 import os
 import posixpath
-import sqlite3
 import shutil
+import sqlite3
 import stat as statmod
 import tempfile
 from pathlib import Path
