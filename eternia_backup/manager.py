@@ -274,7 +274,7 @@ class BackupManager:
             return verify.VerifyReport(exc.backup_id, "", False, str(exc))
         report = verify.verify_copy(copy, self.registry, self.config.encryption)
         if not report.ok and backup == "latest" and not allow_older:
-            report.problem = str(LatestDamagedError(report.backup_id, report.problem))
+            report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
         return report
 
     def verify_backup(self, backup: str, *, allow_older: bool = False) -> verify.VerifyReport:
@@ -320,7 +320,9 @@ class BackupManager:
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
-            if backup == "latest" and not allow_older:
+            from .encryption import DecryptionError
+
+            if backup == "latest" and not allow_older and not isinstance(exc, DecryptionError):  # a key is no damage
                 raise LatestDamagedError(copy.backup_id, str(exc)) from exc
             raise
 
