@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from sqlite_writer import invariant_problem, make_database  # noqa: E402
 
+from eternia_backup.builtin import sqlite as sqlite_source  # noqa: E402
 from eternia_backup.builtin.sqlite import SqliteOptions, SqliteSource  # noqa: E402
 from eternia_backup.providers import EntryWriter  # noqa: E402
 
@@ -88,8 +89,14 @@ def main() -> int:
     p.add_argument("--size-mib", type=float, default=1024)
     p.add_argument("--modes", nargs="+", default=["wal", "delete"], help="journal modes (wal, delete, truncate ...)")
     p.add_argument("--dir", default=None, help="where to build the databases (default: a temp dir)")
+    p.add_argument("--step-pages", type=int, default=None, help="override STEP_PAGES of the sqlite source")
+    p.add_argument("--pause", type=float, default=None, help="override STEP_PAUSE (seconds) of the sqlite source")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.step_pages is not None and hasattr(sqlite_source, "STEP_PAGES"):
+        sqlite_source.STEP_PAGES = args.step_pages
+    if args.pause is not None and hasattr(sqlite_source, "STEP_PAUSE"):
+        sqlite_source.STEP_PAUSE = args.pause
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     directory = Path(tempfile.mkdtemp(prefix="eternia-sqlite-stall-", dir=args.dir))
     results = []
