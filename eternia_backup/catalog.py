@@ -217,8 +217,15 @@ def merge(listings: list[TargetListing]) -> list[BackupEntry]:
         for copy in listing.copies:
             by_id.setdefault(copy.backup_id, BackupEntry(copy.backup_id, [])).copies.append(copy)
     # Newest first by creation time: ids only have whole seconds, and two backups
-    # made in one second would otherwise be ordered by their random part.
-    return sorted(by_id.values(), key=lambda e: (e.created_at or _EPOCH, e.backup_id), reverse=True)
+    # made in one second would otherwise be ordered by their random part. A backup
+    # with no readable manifest has only its id's second: within that second it
+    # counts as the newer one, so that "latest" never passes over it unseen.
+    return sorted(by_id.values(), key=_newest_first_key, reverse=True)
+
+
+def _newest_first_key(e: BackupEntry) -> tuple:
+    created = e.created_at or _EPOCH
+    return (created.replace(microsecond=0), e.manifest is None, created, e.backup_id)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -265,14 +272,7 @@ def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:
 
 
 def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
-    """The backup named ``latest``, by id, or by a unique id prefix."""
-    if wanted == "latest":
-        for e in entries:
-            if e.ok:
-                return e
-        if entries:
-            raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
-        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+    """The backup named by its id or by a unique id prefix (``latest``: BackupManager.resolve_latest)."""
     exact = [e for e in entries if e.backup_id == wanted]
     if exact:
         return exact[0]

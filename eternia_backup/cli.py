@@ -132,22 +132,6 @@ def cmd_list(mgr, args) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
-def _copy_to_verify(mgr, reference: str):
-    """For ``verify``, ``latest`` is the newest backup even when it is damaged.
-
-    (``restore latest`` takes the newest *intact* one; a verify that skipped a
-    broken newest backup would report ok on an older one.)
-    """
-    if reference != "latest":
-        return mgr.find_backup(reference)
-    entries = mgr.list_backups()
-    if not entries:
-        from .errors import BackupNotFoundError
-
-        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
-    return entries[0].best
-
-
 def cmd_verify(mgr, args) -> int:
     from .progress import NO_PROGRESS
 
@@ -156,10 +140,7 @@ def cmd_verify(mgr, args) -> int:
         if args.all:
             reports = mgr.verify_all(progress=progress)
         else:
-            from .verify import verify_copy
-
-            reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry,
-                                   mgr.config.encryption, progress)]
+            reports = [mgr.verify_report(args.backup or "latest", allow_older=args.allow_older, progress=progress)]
     finally:
         progress.close()
     if args.json:
@@ -203,7 +184,7 @@ def cmd_restore(mgr, args) -> int:
     try:
         result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
                                     confirm=_confirm_factory(args), keep_setid=args.keep_setid,
-                                    progress=progress)
+                                    allow_older=args.allow_older, force=args.force, progress=progress)
     finally:
         progress.close()
     if args.json:
@@ -360,12 +341,15 @@ def cmd_config(args) -> int:
     from .manager import BackupManager
 
     config = load_config(args.config)
-    BackupManager(config)  # plugin-level validation (source options, levels, URLs)
+    mgr = BackupManager(config)  # plugin-level validation (source options, levels, URLs)
     if args.config_command == "check":
+        notes = mgr.config_notes()
         if args.json:
-            _print_json({"ok": True, "path": str(config.path)})
+            _print_json({"ok": True, "path": str(config.path), "notes": notes})
         else:
             print(f"{config.path}: ok ({len(config.sources)} source(s), {len(config.targets)} target(s))")
+            for line in notes:
+                print(line)
         return EXIT_OK
     data = config.as_dict(masked=True)
     if args.json:
@@ -399,6 +383,9 @@ def cmd_completion(args) -> int:
 
 
 # -- parsing -----------------------------------------------------------------------
+
+
+_ALLOW_OLDER = "for 'latest': if the newest backup is damaged, use the newest good one instead of failing"
 
 
 class _ArgumentError(Exception):
@@ -500,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
     s.add_argument("--keep-setid", action="store_true",
                    help="keep setuid/setgid bits (as root, restoring in place only; otherwise they are stripped)")
+    s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
+    s.add_argument("--force", action="store_true",
+                   help="restore in place although processes hold files open under the destination")
 
     s = _add_command(sub, "download")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")
@@ -512,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
     g.add_argument("--all", action="store_true", help="verify every copy of every backup")
+    s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
 
     _add_command(sub, "status")
     s = _add_command(sub, "run")

@@ -74,6 +74,15 @@ class IntegrityError(EterniaBackupError):
     code = "integrity"
 
 
+class LatestDamagedError(IntegrityError):
+    """``latest`` was asked for and the newest backup is damaged (``backup_id`` names it)."""
+
+    def __init__(self, backup_id: str, problem: str):
+        super().__init__(f"the newest backup {backup_id} is damaged ({problem}); nothing was changed. Pass an "
+                         "explicit backup id, or --allow-older (allow_older=True) to use the newest good backup")
+        self.backup_id = backup_id
+
+
 class UnsafeArchiveError(IntegrityError):
     """An archive member would write outside the destination, or is not allowed."""
 

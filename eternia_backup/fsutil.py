@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -146,3 +147,93 @@ def read_xattrs(target, namespaces: tuple[str, ...]) -> dict[str, bytes]:
                 if exc.errno != errno.ENODATA:  # removed between list and get: nothing to keep
                     raise
     return out
+
+
+def processes_using(path: Path, ignore: list[Path] = ()) -> list[tuple[int, str, str]]:
+    """(pid, command, file) of other processes with a file or working directory under ``path``.
+
+    Read from ``/proc/<pid>/fd`` and ``cwd`` (Linux); where there is no /proc, or a
+    process's entries cannot be read, nothing is reported for it. Paths under
+    ``ignore`` do not count.
+    """
+    root = os.path.realpath(path)
+    skip = [os.path.realpath(p) for p in ignore]
+    found = []
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        hit = _first_use_under(pid, root, skip)
+        if hit is not None:
+            found.append((pid, _command(pid), hit))
+    return found
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _first_use_under(pid: int, root: str, skip: list[str]) -> str | None:
+    links = [f"/proc/{pid}/cwd"]
+    try:
+        links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        pass
+    for link in links:
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        if _under(target, root) and not any(_under(target, s) for s in skip):
+            return target
+    return None
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Recreate the tree ``src`` at ``dst`` with hard links to the same files (same filesystem).
+
+    Entries already at ``dst`` are kept, so it can be run again after a crash.
+    """
+    st = os.lstat(src)
+    if not os.path.isdir(src) or os.path.islink(src):
+        if not os.path.lexists(dst):
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+            else:
+                os.link(src, dst, follow_symlinks=False)
+        return
+    if not os.path.lexists(dst):
+        os.mkdir(dst, st.st_mode & 0o7777)
+        os.chmod(dst, st.st_mode & 0o7777)
+    for entry in os.scandir(src):
+        link_tree(Path(entry.path), Path(dst) / entry.name)
+
+
+def mount_points_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo; empty where there is none)."""
+    root = os.path.realpath(path)
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return [root] if os.path.ismount(root) else []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if _under(point, root):
+            found.append(point)
+    return sorted(set(found))

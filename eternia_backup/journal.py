@@ -102,6 +102,9 @@ def _finish_swap(entry: dict) -> str:
         os.rename(staging, destination)
         result = "the staged state was moved into place"
     elif _same(staging, entry["staged_inode"]):
+        from .plans import carry_storage
+
+        carry_storage(destination, staging, entry.get("carry", []))  # it may have died while linking
         if not exchange(staging, destination):
             aside = destination.with_name(f".{destination.name}.eternia-replaced-journal")
             os.rename(destination, aside)

@@ -23,9 +23,11 @@ from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config, unknown_key_hint
 from .errors import (
     BackupFailedError,
+    BackupNotFoundError,
     ConfigError,
     EterniaBackupError,
     IntegrityError,
+    LatestDamagedError,
     SourceError,
     StorageError,
 )
@@ -71,6 +73,9 @@ class BackupManager:
                 parse_recipient(r, f"backup.encryption.recipients[{i}]")
         self.state = StateStore.for_config(config)
         self.lock = LocalLock(self.state.path.parent / f".{config.name}-{config.environment}.lock")
+        storage = self.storage_paths()
+        for source in self.sources.values():
+            source.storage_paths = storage  # never back up (or restore over) our own storage
         self.lease_target: Target | None = None
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
@@ -132,6 +137,19 @@ class BackupManager:
             if split_protocol(url) == split_protocol(t.url) and split_protocol(url) != "file":
                 return self._make_target("url", url, t.options)
         return self._make_target("url", url, {})
+
+    def storage_paths(self) -> tuple[Path, ...]:
+        """Where this configuration keeps things on this machine: local targets and the state directory.
+
+        Sources leave these out of backups (self-inclusion) and restores carry them over.
+        """
+        paths = [Path(t.local_path("")).absolute() for t in self.targets if t.is_local]
+        paths.append(self.state.path.parent.absolute())
+        return tuple(dict.fromkeys(paths))
+
+    def config_notes(self) -> list[str]:
+        """One line per thing a careful user should know about this configuration (``config check``)."""
+        return [line for source in self.sources.values() for line in source.notes()]
 
     # -- operations ------------------------------------------------------------------
 
@@ -213,23 +231,62 @@ class BackupManager:
             raise StorageError("; ".join(errors.values()))
         return catalog.merge(listings)
 
-    def find_backup(self, backup: str) -> catalog.BackupCopy:
+    def find_backup(self, backup: str, *, allow_older: bool = False) -> catalog.BackupCopy:
         """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``."""
         backup = os.fspath(backup)
         copy = catalog.copy_from_reference(backup, self._target_for_url)
         if copy is not None:
             return copy
-        entries = self.list_backups()
-        entry = catalog.find(entries, backup)
-        if backup == "latest" and entries and entry is not entries[0]:
-            log.warning("the newest backup %s is damaged (%s); using %s, the newest intact one",
-                        entries[0].backup_id, "; ".join(c.problem for c in entries[0].copies if c.problem),
-                        entry.backup_id)
-        return entry.best
+        if backup == "latest":
+            return self.resolve_latest(allow_older=allow_older)
+        return catalog.find(self.list_backups(), backup).best
 
-    def verify_backup(self, backup: str, *, progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
+    def resolve_latest(self, *, allow_older: bool = False) -> catalog.BackupCopy:
+        """What ``latest`` means, for the CLI and the API alike: the newest backup.
+
+        If the newest backup is damaged, an error names it (never a silent older
+        one). With ``allow_older``, the newest backup that fully verifies (its
+        archive read and checked, so a flipped byte counts too) is used instead,
+        with a warning naming what was skipped.
+        """
+        entries = self.list_backups()
+        if not entries:
+            raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+        newest = entries[0]
+        if not allow_older:
+            if not newest.ok:
+                raise LatestDamagedError(newest.backup_id, _problems(newest))
+            return newest.best
+        skipped = []
+        for entry in entries:
+            problem = _problems(entry) if not entry.ok else None
+            if problem is None:
+                report = verify.verify_copy(entry.best, self.registry, self.config.encryption)
+                if report.ok:
+                    if skipped:
+                        log.warning("latest: using %s, the newest good backup (--allow-older); skipped: %s",
+                                    entry.backup_id, "; ".join(skipped))
+                    return entry.best
+                problem = report.problem
+            skipped.append(f"{entry.backup_id} ({problem})")
+        raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
+
+    def verify_report(self, backup: str, *, allow_older: bool = False,
+                      progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
+        """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report."""
+        try:
+            copy = self.find_backup(backup, allow_older=allow_older)
+        except LatestDamagedError as exc:
+            return verify.VerifyReport(exc.backup_id, "", False, str(exc))
+        report = verify.verify_copy(copy, self.registry, self.config.encryption, progress)
+        if not report.ok and backup == "latest" and not allow_older:
+            report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
+        return report
+
+    def verify_backup(self, backup: str, *, allow_older: bool = False,
+                      progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption, progress)
+        report = self.verify_report(backup, allow_older=allow_older, progress=progress)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
@@ -244,32 +301,43 @@ class BackupManager:
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
-                       confirm: Callable[[list[str]], bool] | None = None,
-                       keep_setid: bool = False,
+                       confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
+                       force: bool = False, keep_setid: bool = False,
                        progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
+        ``latest`` is the newest backup; if it is damaged the restore fails unless
+        ``allow_older`` (then the newest good one is used). ``force`` goes ahead
+        although processes hold files open under an in-place destination.
         Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
         the restore runs as root into the configured places.
         """
+        args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, progress)
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm, keep_setid, progress)
+            return self._restore(*args)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm, keep_setid, progress)
+            return self._restore(*args)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm, keep_setid, progress)
+            return self._restore(*args)
 
-    def _restore(self, backup, to, sources, dry_run, confirm, keep_setid=False,
-                 progress=NO_PROGRESS) -> restore.RestoreResult:
-        copy = self.find_backup(backup)
-        return restore.restore_copy(
-            copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
-            dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
-            encryption=self.config.encryption, journal_path=self.journal_path, keep_setid=keep_setid,
-            progress=progress,
-        )
+    def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
+                 progress) -> restore.RestoreResult:
+        copy = self.find_backup(backup, allow_older=allow_older)
+        try:
+            return restore.restore_copy(
+                copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
+                dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
+                encryption=self.config.encryption, journal_path=self.journal_path, force=force,
+                keep_setid=keep_setid, progress=progress,
+            )
+        except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
+            from .encryption import DecryptionError
+
+            if backup == "latest" and not allow_older and not isinstance(exc, DecryptionError):  # a key is no damage
+                raise LatestDamagedError(copy.backup_id, str(exc)) from exc
+            raise
 
     @property
     def journal_path(self) -> Path:
@@ -472,6 +540,10 @@ class BackupManager:
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
                                  "listing_error": errors.get(t.name)} for t in self.targets},
         }
+
+
+def _problems(entry: catalog.BackupEntry) -> str:
+    return "; ".join(c.problem for c in entry.copies if c.problem) or "damaged"
 
 
 def _journal_description(path: Path) -> str | None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import RestoreError
-from .fsutil import exchange, fsync_dir, remove_stale_siblings, remove_tree, sibling
+from .fsutil import exchange, fsync_dir, link_tree, mount_points_under, remove_stale_siblings, remove_tree, sibling
 from .providers import RestorePlan
 
 log = logging.getLogger("eternia_backup.restore")
@@ -22,9 +22,10 @@ log = logging.getLogger("eternia_backup.restore")
 class DirectorySwapPlan(RestorePlan):
     """Replace the directory ``destination`` with the staged tree."""
 
-    def __init__(self, destination: Path, label: str):
+    def __init__(self, destination: Path, label: str, carry: tuple[Path, ...] = ()):
         self.destination = Path(destination).absolute()
         self.label = label
+        self.carry = tuple(Path(p).absolute() for p in carry)
         self.staging_dir = sibling(self.destination, "restore")
         self.replaced: Path | None = None
         self.committed = False
@@ -39,6 +40,7 @@ class DirectorySwapPlan(RestorePlan):
             )
         if self.destination.exists() and not self.destination.is_dir():
             raise RestoreError(f"{self.label}: destination {self.destination} exists and is not a directory")
+        self.refuse_mount_points()
         try:
             parent.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_siblings(self.destination, keep=self.staging_dir):
@@ -46,6 +48,22 @@ class DirectorySwapPlan(RestorePlan):
             self.staging_dir.mkdir(mode=0o700)
         except OSError as exc:
             raise RestoreError(f"{self.label}: cannot create a staging directory in {parent}: {exc.strerror}") from exc
+
+    def refuse_mount_points(self) -> None:
+        """A swap cannot move a mount point, and must not remove a filesystem mounted inside the old tree."""
+        if not self.destination.is_dir():
+            return
+        mounts = mount_points_under(self.destination)
+        if os.path.realpath(self.destination) in mounts:
+            raise RestoreError(
+                f"{self.label}: destination {self.destination} is a mount point; a restore swaps the directory "
+                "itself for the staged one, which cannot be done to a mount point. Restore with --to DIR and copy "
+                "the files in, or unmount it first (the restore then fills the directory beneath)")
+        if mounts:
+            raise RestoreError(
+                f"{self.label}: {mounts[0]} inside destination {self.destination} is a mount point; the swap would "
+                "move it away with the old tree and replace it with a plain directory. Restore with --to DIR, "
+                "or unmount it first")
 
     def replaces_existing(self) -> bool:
         return self.destination.exists() and any(self.destination.iterdir())
@@ -55,8 +73,19 @@ class DirectorySwapPlan(RestorePlan):
             return [f"{self.label}: would replace the contents of {self.destination}"]
         return [f"{self.label}: would create {self.destination}"]
 
+    def carried_paths(self) -> list[Path]:
+        """Our own storage inside the destination: carried into the new tree, never replaced."""
+        root = os.path.realpath(self.destination)
+        return [p for p in self.carry if p.exists() and _inside(os.path.realpath(p), root)
+                and os.path.realpath(p) != root]
+
+    def _carried_relpaths(self) -> list[str]:
+        root = os.path.realpath(self.destination)
+        return [os.path.relpath(os.path.realpath(p), root) for p in self.carried_paths()]
+
     def commit(self) -> None:
         if self.destination.exists():
+            carry_storage(self.destination, self.staging_dir, self._carried_relpaths(), self.label)
             # One atomic exchange where the system has it: the destination is
             # never missing, and the old state lands under the staging name.
             if exchange(self.staging_dir, self.destination):
@@ -92,10 +121,36 @@ class DirectorySwapPlan(RestorePlan):
         """What the restore journal needs to finish this swap after a crash."""
         st = self.staging_dir.stat()
         return {"kind": "directory-swap", "destination": str(self.destination),
-                "staging": str(self.staging_dir), "staged_inode": [st.st_dev, st.st_ino]}
+                "staging": str(self.staging_dir), "staged_inode": [st.st_dev, st.st_ino],
+                "carry": self._carried_relpaths()}
 
     def discard(self) -> None:
         remove_tree(self.staging_dir)
         if self.replaced is not None:
             remove_tree(self.replaced)
             self.replaced = None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def carry_storage(destination: Path, staging: Path, relpaths: list[str], label: str = "restore") -> None:
+    """Put hard links to our storage (backups, state, lock, journal) into the staged tree.
+
+    The swap then brings the very same files into the new tree: at every moment
+    they exist under their own path, whichever tree is live, and nothing of them is
+    copied. What an older backup holds at that place is dropped: the live storage wins.
+    Safe to repeat (the restore journal does, after a crash).
+    """
+    for rel in relpaths:
+        staged = staging / rel
+        try:
+            remove_tree(staged)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            link_tree(destination / rel, staged)
+        except OSError as exc:
+            raise RestoreError(
+                f"{label}: cannot carry the backup storage {destination / rel} into the restored tree "
+                f"({exc.strerror or exc}); it lies inside the destination (on another filesystem?). "
+                "Restore with --to DIR, or move the storage out of the source") from exc

@@ -143,10 +143,20 @@ class Source:
     type_name: ClassVar[str]
     options_model: ClassVar[type[SourceOptions]] = SourceOptions
 
+    #: The framework's own storage on this machine (local targets' directories, the
+    #: state directory with its lock, journal and status files), as absolute paths.
+    #: The manager sets it from the configuration; a source that reads a tree must
+    #: leave these out, and a restore must not replace them.
+    storage_paths: tuple[Path, ...] = ()
+
     def __init__(self, name: str, options: SourceOptions, base_dir: Path):
         self.name = name
         self.options = options
         self.base_dir = base_dir
+
+    def notes(self) -> list[str]:
+        """Advice about this source for ``config check`` (one line each); may read the disk."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this source; never a secret."""

@@ -25,7 +25,7 @@ from typing import Callable
 from . import journal
 from .catalog import BackupCopy
 from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError, UsageError
-from .fsutil import remove_empty_dirs
+from .fsutil import processes_using, remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
@@ -52,7 +52,7 @@ class RestoreResult:
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
                  to: Path | None, dry_run: bool, registry, hook,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
-                 journal_path: Path | None = None, keep_setid: bool = False,
+                 journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
                  progress: Progress = NO_PROGRESS) -> RestoreResult:
     manifest = copy.manifest
     if manifest is None or copy.problem:
@@ -83,6 +83,9 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             plans[n] = src.restore_plan(to / n if to is not None else None)
     changes = [line for p in plans.values() for line in p.changes()]
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
+    for p in plans.values():  # up front: say why a swap cannot be done before verifying, asking or staging
+        if isinstance(p, DirectorySwapPlan):
+            p.refuse_mount_points()
     created_to = to is not None and not to.exists()
     committed = False
     try:
@@ -96,6 +99,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                                destination=to, dry_run=True)
                 call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
                 return result
+            _check_open_files(plans, force)
             if confirm is not None and any(p.replaces_existing() for p in plans.values()):
                 if not confirm(changes):
                     raise RestoreError("restore cancelled; nothing was changed")
@@ -124,6 +128,28 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
+
+
+def _check_open_files(plans: dict[str, RestorePlan], force: bool) -> None:
+    """Refuse to swap a directory that processes hold files open under (``force`` only warns).
+
+    After the swap they would go on reading and writing the old, deleted tree.
+    """
+    for plan in plans.values():
+        if not isinstance(plan, DirectorySwapPlan) or not plan.destination.is_dir():
+            continue
+        users = processes_using(plan.destination, ignore=plan.carried_paths())
+        if not users:
+            continue
+        named = ", ".join(f"pid {pid} ({cmd}: {path})" for pid, cmd, path in users[:5])
+        more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+        message = (f"{plan.label}: {len(users)} process(es) hold files open under {plan.destination}: {named}{more}; "
+                   "after the swap they would keep using the old, deleted tree")
+        if force:
+            log.warning("%s (going ahead: --force)", message)
+            continue
+        raise RestoreError(f"{message}. Stop them first, restore with --to DIR, or pass --force to restore anyway; "
+                           "nothing was changed")
 
 
 def _journal_entry(plan: RestorePlan) -> dict:

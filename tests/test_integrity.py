@@ -160,7 +160,10 @@ def test_damaged_backup_is_found_and_never_restored(setup, case):
     if listing_sees_it:
         assert entries[victim_id].state != "ok"
         assert states[victim_id] != "ok"
-        assert mgr.find_backup("latest").backup_id == s.good.backup_id
+        # "latest" is the newest backup: damaged, so an error names it (tests/test_latest.py)
+        with pytest.raises(IntegrityError, match=victim_id):
+            mgr.find_backup("latest")
+        assert mgr.find_backup("latest", allow_older=True).backup_id == s.good.backup_id
 
     # verify --all names the damaged one and fails; the good one still verifies.
     proc = run_cli("verify", "--all", config=s.config)

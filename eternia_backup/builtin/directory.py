@@ -13,6 +13,12 @@ vanishes after it was listed is skipped, a file that changes while read is
 archived as read, and an unreadable one is skipped (``on_unreadable: fail``
 makes that fatal); each is a warning recorded in the manifest, and the backup
 is still made.
+
+The framework's own storage inside the tree (``storage_paths``, set by the
+manager: local targets, the state directory) and what interrupted restores left
+(``.<name>.eternia-restore-*``) are never read, and an in-place restore carries
+that storage into the new tree. SQLite databases (found by their 16-byte header)
+are warned about, or with ``sqlite: snapshot`` copied through the backup API.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import fnmatch
 import logging
 import os
 import posixpath
+import shutil
+import sqlite3
 import stat as statmod
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +57,10 @@ class DirectoryOptions(SourceOptions):
     on_unreadable: Literal["warn", "fail"] = Field(
         "warn", description="A file or directory that cannot be read: warn skips it with a warning (exit 3), "
         "fail fails the backup.", examples=["fail"])
+    sqlite: Literal["warn", "snapshot", "ignore"] = Field(
+        "warn", description="SQLite databases found in the tree: warn (copy their bytes, warn at create and "
+        "config check), snapshot (copy each through SQLite's backup API, leaving out its -wal/-journal/-shm "
+        "files) or ignore (copy, no warning).", examples=["snapshot"])
 
 
 def _matches(relpath: str, patterns: list[str]) -> bool:
@@ -82,13 +95,22 @@ class DirectorySource(Source):
             raise SourceError(f"source {self.name!r}: {root} is not a directory")
         if not os.access(root, os.R_OK | os.X_OK):
             raise SourceError(f"source {self.name!r}: directory {root} is not readable (permission denied)")
+        if self._is_the_storage():
+            raise SourceError(f"source {self.name!r}: directory {root} is where backups are stored; "
+                              "back up the application's directory and keep backups elsewhere (or in a subdirectory)")
 
     def backup(self, writer: EntryWriter) -> None:
         self.check()
         root = self.root
         self._real_root = os.path.realpath(root)
         self._xattr_namespaces = xattr_namespaces_kept()
-        self._directory(writer, str(root), "", root.stat())
+        self._storage_ids = self._storage_inodes()
+        self._sqlite_workdir = None
+        try:
+            self._directory(writer, str(root), "", root.stat())
+        finally:
+            if self._sqlite_workdir is not None:
+                shutil.rmtree(self._sqlite_workdir, ignore_errors=True)
 
     def _leads_outside(self, path: str, relpath: str, target: str) -> bool:
         """True for a link restore would refuse: outside by its text, or on disk through other links."""
@@ -142,6 +164,8 @@ class DirectorySource(Source):
         opts = self.options
         if opts.exclude and _matches(relpath, opts.exclude):
             return
+        if self._left_out(entry):
+            return
         if len(os.fsencode(entry.path)) >= PATH_MAX:
             writer.warn(relpath, f"its path is {PATH_MAX} bytes or longer (PATH_MAX), which restore cannot "
                                  "create; skipped")
@@ -160,6 +184,8 @@ class DirectorySource(Source):
         elif opts.include and not _matches(relpath, opts.include):
             return
         elif statmod.S_ISREG(st.st_mode):
+            if self._sqlite_handled(writer, relpath, Path(entry.path), st):
+                return
             try:
                 writer.add_file(relpath, Path(entry.path), stat=st)
             except UnreadableFileError as exc:
@@ -207,11 +233,147 @@ class DirectorySource(Source):
                 continue  # the backup itself says what cannot be read
         return total
 
+    # -- our own storage inside the tree (self-inclusion) --------------------------
+
+    def storage_inside(self) -> list[Path]:
+        """The framework's storage paths (``storage_paths``) that lie inside this tree."""
+        root = os.path.realpath(self.root)
+        return [p for p in self.storage_paths if _inside(os.path.realpath(p), root)]
+
+    def _is_the_storage(self) -> bool:
+        root = os.path.realpath(self.root)
+        return any(os.path.realpath(p) == root for p in self.storage_paths)
+
+    def _storage_inodes(self) -> set[tuple[int, int]]:
+        ids = set()
+        for p in self.storage_inside():
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            ids.add((st.st_dev, st.st_ino))
+        return ids
+
+    def _left_out(self, entry: os.DirEntry) -> bool:
+        """Our storage, or the -wal/-journal/-shm file of a database taken by snapshot."""
+        if self._is_storage(entry.name, entry.inode(), entry.path):
+            return True
+        return self.options.sqlite == "snapshot" and _database_of_sibling(Path(entry.path)) is not None
+
+    def _is_storage(self, name: str, inode: int, path: str) -> bool:
+        """Our storage, or what an interrupted restore left: never part of the backup."""
+        if name.startswith(".") and (".eternia-restore-" in name or ".eternia-replaced-" in name):
+            return True
+        if not any(inode == ino for _dev, ino in self._storage_ids):
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self._storage_ids
+
+    # -- SQLite databases in the tree ------------------------------------------------
+
+    def _sqlite_handled(self, writer: EntryWriter, relpath: str, path: Path, st) -> bool:
+        """Take a database through the backup API (``sqlite: snapshot``), or warn; True when done here."""
+        mode = self.options.sqlite
+        if mode == "ignore" or not is_sqlite_file(path, st):
+            return False
+        if mode == "warn":
+            log.warning("%s", self._sqlite_advice(relpath))
+            return False
+        from eternia_backup.builtin.sqlite import snapshot
+
+        if self._sqlite_workdir is None:
+            self._sqlite_workdir = Path(tempfile.mkdtemp(prefix="eternia-dir-sqlite-"))
+        copy = self._sqlite_workdir / "copy.db"
+        try:
+            snapshot(path, copy, label=f"source {self.name!r}")
+            os.utime(copy, (st.st_atime, st.st_mtime))
+            os.chmod(copy, st.st_mode & 0o7777)
+            writer.add_file(relpath, copy, stat=None)
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"source {self.name!r}: cannot snapshot SQLite database {path}: {exc}") from exc
+        finally:
+            for p in self._sqlite_workdir.iterdir():
+                p.unlink()
+        return True
+
+    def _sqlite_advice(self, relpath: str) -> str:
+        name = posixpath.splitext(posixpath.basename(relpath))[0] or "db"
+        return (f"source {self.name!r}: {relpath} is a SQLite database; copying a live database's bytes can give "
+                f"a corrupt copy. Back it up as its own source (exclude it here: exclude: [{relpath}]):  "
+                f"{{type: sqlite, name: {name}, path: {self.root / relpath}}}  "
+                f"or set sqlite: snapshot on source {self.name!r}")
+
+    def sqlite_databases(self, limit: int = 20) -> list[str]:
+        """Relative paths of SQLite databases in the tree (for config check), at most ``limit``."""
+        found: list[str] = []
+        self._storage_ids = self._storage_inodes()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/")
+            dirnames[:] = [d for d in dirnames
+                           if not (self.options.exclude and _matches(f"{rel}/{d}".lstrip("/"), self.options.exclude))
+                           and not self._is_storage(d, os.lstat(os.path.join(dirpath, d)).st_ino,
+                                                    os.path.join(dirpath, d))]
+            for f in sorted(filenames):
+                relpath = f"{rel}/{f}".lstrip("/")
+                if self.options.exclude and _matches(relpath, self.options.exclude):
+                    continue
+                if is_sqlite_file(Path(dirpath) / f):
+                    found.append(relpath)
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    def notes(self) -> list[str]:
+        lines = []
+        inside = [p for p in self.storage_inside() if os.path.realpath(p) != os.path.realpath(self.root)]
+        if self._is_the_storage():
+            lines.append(f"warning: source {self.name!r} is the storage directory {self.root} itself; "
+                         "create will refuse it")
+        if inside:
+            names = ", ".join(os.path.relpath(p, self.root) + "/" for p in inside)
+            lines.append(f"note: source {self.name!r} contains local storage {names}; it is excluded from that source")
+        if self.options.sqlite == "warn" and self.root.is_dir():
+            lines += ["warning: " + self._sqlite_advice(rel) for rel in self.sqlite_databases()]
+        return lines
+
     def default_destination(self) -> Path:
         return self.root
 
     def restore_plan(self, destination: Path | None):
-        return DirectorySwapPlan(destination or self.root, f"source {self.name!r}")
+        return DirectorySwapPlan(destination or self.root, f"source {self.name!r}", carry=self.storage_paths)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_SIDECARS = ("-wal", "-journal", "-shm")
+
+
+def is_sqlite_file(path: Path, st=None) -> bool:
+    """Whether ``path`` is a SQLite database, by its 16-byte header."""
+    if st is not None and st.st_size < len(SQLITE_HEADER):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def _database_of_sibling(path: Path) -> Path | None:
+    """The database a -wal/-journal/-shm file belongs to, if it is one."""
+    for suffix in _SIDECARS:
+        if path.name.endswith(suffix):
+            db = path.with_name(path.name[: -len(suffix)])
+            if db.is_file() and is_sqlite_file(db):
+                return db
+    return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 @hookimpl

@@ -10,6 +10,7 @@ kept (as a consistent copy) until the whole restore succeeded.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -24,6 +25,8 @@ from eternia_backup.errors import RestoreError, SourceError
 from eternia_backup.fsutil import remove_stale_siblings, remove_tree, sibling
 from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
 
+log = logging.getLogger("eternia_backup.source.sqlite")
+
 
 class SqliteOptions(SourceOptions):
     path: str = Field(description="The database file, relative to the config file.", examples=["state/app.db"])
@@ -37,7 +40,7 @@ def _connect(path: Path, *, mode: str, timeout: float = 30.0) -> sqlite3.Connect
 
 
 def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> None:
-    """A consistent copy of ``src`` into the new file ``dst`` (backup API)."""
+    """A consistent copy of ``src`` into the new file ``dst`` (backup API, one step: for restores)."""
     source = src if isinstance(src, sqlite3.Connection) else _connect(src, mode="rw", timeout=timeout)
     target = sqlite3.connect(dst, isolation_level=None)
     try:
@@ -48,6 +51,96 @@ def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> N
         target.close()
         if source is not src:
             source.close()
+
+
+# Copying a live database without stalling its writers. Each step holds the
+# source's read lock only while it copies STEP_PAGES pages, then pauses.
+# WAL mode: one read transaction is held across all steps, so the copy is one
+# snapshot and writers are never blocked (WAL readers do not block writers).
+# Rollback-journal mode: a read lock blocks writers' commits, so it is released
+# between steps; a commit by the application meanwhile restarts the copy (SQLite
+# does that, so the result is still one snapshot). After MAX_RESTARTS restarts
+# the database is copied in one go under one read lock instead (its file bytes,
+# the fastest consistent copy while no one can commit), with a warning saying
+# how long writers were held. benchmarks/sqlite_stall.py measures both.
+STEP_PAGES = 1024
+STEP_PAUSE = 0.02  # seconds between steps: the writers' window
+MAX_RESTARTS = 3
+
+
+class _Restarted(Exception):
+    pass
+
+
+def snapshot(path: Path, dst: Path, *, timeout: float = 30.0, label: str = "") -> None:
+    """A consistent copy of the live database ``path`` into the new file ``dst``, in steps."""
+    source = _connect(path, mode="rw", timeout=timeout)
+    try:
+        wal = source.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        if wal:
+            source.execute("BEGIN")
+            source.execute("SELECT count(*) FROM sqlite_master")  # pin one snapshot for every step
+            try:
+                _stepped(source, dst, max_restarts=None)
+            finally:
+                source.execute("COMMIT")
+            return
+        try:
+            _stepped(source, dst, max_restarts=MAX_RESTARTS)
+        except _Restarted:
+            _remove_quietly(dst)
+            held = _copy_under_read_lock(source, path, dst)
+            log.warning("%sSQLite database %s changed %d times while it was copied in steps (rollback-journal "
+                        "mode); copied it in one go under a read lock instead, which held the application's "
+                        "writers for up to %.2f s. PRAGMA journal_mode=WAL avoids this", label and f"{label}: ",
+                        path, MAX_RESTARTS, held)
+    finally:
+        source.close()
+
+
+def _stepped(source: sqlite3.Connection, dst: Path, *, max_restarts: int | None) -> None:
+    state = {"remaining": None, "restarts": 0}
+    target = sqlite3.connect(dst, isolation_level=None)
+    flush = os.open(dst, os.O_RDONLY)
+
+    def pause(status, remaining, total):
+        if state["remaining"] is not None and remaining > state["remaining"]:
+            state["restarts"] += 1  # another connection wrote: SQLite started over
+            if max_restarts is not None and state["restarts"] > max_restarts:
+                raise _Restarted()
+        state["remaining"] = remaining
+        # Write each step out now: a large backlog of our dirty pages would make
+        # the application's own fsyncs wait (ext4 commits them together).
+        os.fdatasync(flush)
+        if remaining:
+            time.sleep(STEP_PAUSE)
+
+    try:
+        source.backup(target, pages=STEP_PAGES, progress=pause, sleep=STEP_PAUSE)
+        target.execute("PRAGMA journal_mode=DELETE")  # a standalone file: no WAL beside it
+    finally:
+        target.close()
+        os.close(flush)
+
+
+def _copy_under_read_lock(source: sqlite3.Connection, path: Path, dst: Path) -> float:
+    """Copy the file's bytes while holding a read lock (no commit can happen); returns seconds held."""
+    source.execute("BEGIN")
+    start = time.monotonic()
+    try:
+        source.execute("SELECT count(*) FROM sqlite_master")  # SHARED lock; a hot journal is rolled back first
+        shutil.copyfile(path, dst)
+    finally:
+        source.execute("COMMIT")
+    return time.monotonic() - start
+
+
+def _remove_quietly(path: Path) -> None:
+    for p in (path, Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 def integrity_problem(path: Path) -> str | None:
@@ -101,7 +194,7 @@ class SqliteSource(Source):
         try:
             copy = workdir / self.path.name
             try:
-                _copy(self.path, copy, self.options.timeout)
+                snapshot(self.path, copy, timeout=self.options.timeout, label=f"source {self.name!r}")
             except sqlite3.DatabaseError as exc:
                 raise SourceError(f"source {self.name!r}: cannot back up SQLite database {self.path}: {exc}") from exc
             os.utime(copy, (time.time(), self.path.stat().st_mtime))
