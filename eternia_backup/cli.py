@@ -201,12 +201,29 @@ def cmd_cleanup(mgr, args) -> int:
         for t in result.targets:
             for backup_id in t.deleted:
                 print(f"{verb} {backup_id} on {t.target}")
-            if t.leftovers_removed:
-                print(f"{'would remove' if args.dry_run else 'removed'} {len(t.leftovers_removed)} leftover file(s) on {t.target}")
+            for o in t.orphans:
+                print(f"{t.target}: {_orphan_line(o)}; {_orphan_action(o, args.dry_run)}")
         print(f"{verb} {result.deleted_count} backup(s)")
         for name, err in result.errors.items():
             print(f"error: target {name!r}: {err}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _orphan_line(o) -> str:
+    """One orphan (dict or object) for people: what, where, how old, how big, whose."""
+    d = o if isinstance(o, dict) else o.to_dict()
+    age = "age unknown" if d["age_seconds"] is None else f"{d['age_seconds'] / 3600:.1f} h old"
+    writer = f", written by {d['writer']}" if d.get("writer") else ""
+    return f"{d['kind']} {d['name']}: {_human_size(d['size'])}, {age}{writer}"
+
+
+def _orphan_action(o, dry_run: bool) -> str:
+    verb = "aborted" if o.kind == "unfinished upload" else "removed"
+    if not o.due:
+        return f"kept (its writer may still run; {verb} after the grace period)"
+    if dry_run:
+        return f"would be {verb}"
+    return verb if o.removed else f"could not be {verb} (see the error below)"
 
 
 def cmd_status(mgr, args) -> int:

@@ -278,7 +278,9 @@ class FsspecTarget(Target):
             if self.is_local:
                 os.unlink(Path(self.root) / filename)
             else:
-                self.fs.rm(self.join(filename))
+                # One file, one request whose answer says whether it was deleted:
+                # a bulk delete (s3fs's rm) ignores the per-key errors of a 200 reply.
+                self.fs.rm_file(self.join(filename))
         except FileNotFoundError:
             pass
         except Exception as exc:
