@@ -147,7 +147,9 @@ class _FanOut:
 
 def _run_hook_command(source: Source, when: str, command: str) -> None:
     log.info("source %r: running %s command", source.name, when)
-    status, stderr = process.run(command, shell=True, cwd=source.base_dir)
+    # no secrets in a hook's environment, except what the source's env: lists
+    env = process.child_env(getattr(source.options, "env", None))
+    status, stderr = process.run(command, shell=True, cwd=source.base_dir, env=env)
     if status != 0:
         tail = redact_text(stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
         raise SourceError(f"source {source.name!r}: {when} command exited with status {status}: {tail}")

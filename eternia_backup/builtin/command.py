@@ -7,6 +7,11 @@ the backup, with the end of the command's stderr in the error. Restore pipes the
 entry into ``restore_command``; with ``--to DIR`` the dump file is written there
 instead. A restore command cannot be rolled back, so it runs after every other
 source of the restore has been put in place.
+
+The commands (and the source's ``before``/``after`` hooks) run without the AWS
+credentials and the variables of the config's secrets (see
+:mod:`eternia_backup.process`); ``env:`` maps the variables a dump tool does
+need (values may be ``${VAR}``), passed in its environment, never in argv.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class CommandOptions(SourceOptions):
     restore_command: str | list[str] | None = None
     filename: str = "dump"
     timeout: float | None = None  # seconds; None waits as long as it takes
+    env: dict[str, str] = {}  # extra environment of the commands and hooks (e.g. PGPASSWORD: ${PGPASSWORD})
 
 
 def run_args(command: str | list[str]) -> tuple[list[str] | str, bool]:
@@ -68,7 +74,7 @@ class CommandSource(Source):
             with open(out_path, "wb") as out:
                 try:
                     status, stderr = process.run(args, shell=shell, stdout=out, cwd=self.base_dir,
-                                                 timeout=opts.timeout)
+                                                 timeout=opts.timeout, env=process.child_env(opts.env))
                 except FileNotFoundError as exc:
                     raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
                 except subprocess.TimeoutExpired as exc:
@@ -125,7 +131,8 @@ class CommandRestorePlan(RestorePlan):
         with open(staged, "rb") as f:
             try:
                 proc = subprocess.run(args, shell=shell, stdin=f, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout)
+                                      stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout,
+                                      env=process.child_env(opts.env))
             except FileNotFoundError as exc:
                 raise RestoreError(f"source {self.source.name!r}: restore command not found: {exc.filename}") from exc
         if proc.returncode != 0:
