@@ -45,6 +45,8 @@ class BackupCopy:
     manifest: Manifest | None
     problem: str | None = None  # why the copy is damaged
     unreadable: bool = False  # the manifest could not be read (storage error): state unknown
+    #: targets that could not be listed when this copy was found ({name: error})
+    unlisted_targets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -262,14 +264,40 @@ def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:
     return copy
 
 
-def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
-    """The backup named ``latest``, by id, or by a unique id prefix."""
+def unlisted_dicts(unlisted: dict[str, str]) -> list[dict[str, str]]:
+    """The ``"unlisted_targets"`` of JSON outputs: ``[{"target": name, "error": why}]``."""
+    return [{"target": name, "error": error} for name, error in unlisted.items()]
+
+
+def _unlisted_words(unlisted: dict[str, str]) -> str:
+    names = ", ".join(repr(n) for n in unlisted)
+    return f"target{'s' if len(unlisted) > 1 else ''} {names} could not be listed ({'; '.join(unlisted.values())})"
+
+
+def find(entries: list[BackupEntry], wanted: str, *, unlisted: dict[str, str] | None = None,
+         allow_partial_listing: bool = False, intact: bool = True) -> BackupEntry:
+    """The backup named ``latest``, by id, or by a unique id prefix.
+
+    ``unlisted`` names the targets whose listing failed: then ``latest`` is not
+    known (the newest backup may be there) and is refused unless
+    ``allow_partial_listing``; an id not found may be there too, and the error
+    says so. ``intact=False`` lets ``latest`` be the newest backup even if damaged
+    (what ``verify`` checks).
+    """
+    unlisted = unlisted or {}
     if wanted == "latest":
+        if unlisted and not allow_partial_listing:
+            raise StorageError(f"cannot tell which backup is the latest: {_unlisted_words(unlisted)}, and the "
+                               "newest backup may be there; fix that target, name a backup id, or pass "
+                               "--allow-partial-listing to use the newest of what was listed")
         for e in entries:
-            if e.ok:
+            if e.ok or not intact:
                 return e
         if entries:
             raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
+        if unlisted:
+            raise BackupNotFoundError(f"no backup on the targets that could be listed, and {_unlisted_words(unlisted)}; "
+                                      "the backups may be there: fix that target and try again")
         raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
     exact = [e for e in entries if e.backup_id == wanted]
     if exact:
@@ -280,6 +308,11 @@ def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
     if len(matches) > 1:
         raise BackupNotFoundError(
             f"{wanted!r} matches {len(matches)} backups ({', '.join(e.backup_id for e in matches[:5])}); give more of the id"
+        )
+    if unlisted:
+        raise BackupNotFoundError(
+            f"backup {wanted!r} is not on the targets that could be listed, and {_unlisted_words(unlisted)}; "
+            "it may be there: fix that target and try again"
         )
     raise BackupNotFoundError(
         f"no backup {wanted!r}: not a file, URL or known backup id; see `eternia-backup list`"

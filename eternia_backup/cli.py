@@ -86,13 +86,16 @@ def cmd_list(mgr, args) -> int:
     listings, errors = mgr.listings()
     from .catalog import merge
 
+    from .catalog import unlisted_dicts
+
     entries = merge(listings)
     if args.json:
-        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors})
+        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors,
+                     "unlisted_targets": unlisted_dicts(errors)})
     else:
-        if not entries:
-            print("no backups yet" + ("" if errors else "; make one with `eternia-backup create`"))
-        else:
+        if not entries and not errors:
+            print("no backups yet; make one with `eternia-backup create`")
+        elif entries:
             rows = [("ID", "CREATED (UTC)", "SIZE", "SOURCES", "STATE", "LOCATION")]
             for e in entries:
                 m = e.manifest
@@ -108,7 +111,8 @@ def cmd_list(mgr, args) -> int:
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
         for name, err in errors.items():
-            print(f"error: target {name!r} could not be listed: {err}", file=sys.stderr)
+            print(f"warning: target {name!r} could not be listed, its backups are not shown: {err}",
+                  file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -118,25 +122,23 @@ def _copy_to_verify(mgr, reference: str):
     (``restore latest`` takes the newest *intact* one; a verify that skipped a
     broken newest backup would report ok on an older one.)
     """
-    if reference != "latest":
-        return mgr.find_backup(reference)
-    entries = mgr.list_backups()
-    if not entries:
-        from .errors import BackupNotFoundError
-
-        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
-    return entries[0].best
+    return mgr.find_backup(reference, intact=False)
 
 
 def cmd_verify(mgr, args) -> int:
+    unlisted = []
     if args.all:
         reports = mgr.verify_all()
     else:
+        from .catalog import unlisted_dicts
         from .verify import verify_copy
 
-        reports = [verify_copy(_copy_to_verify(mgr, args.backup or "latest"), mgr.registry, mgr.config.encryption)]
+        copy = _copy_to_verify(mgr, args.backup or "latest")
+        unlisted = unlisted_dicts(copy.unlisted_targets)
+        reports = [verify_copy(copy, mgr.registry, mgr.config.encryption)]
     if args.json:
-        _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
+        _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports],
+                     "unlisted_targets": unlisted})
     else:
         if not reports:
             print("no backups to verify")
@@ -171,7 +173,7 @@ def _confirm_factory(args):
 
 def cmd_restore(mgr, args) -> int:
     result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
-                                confirm=_confirm_factory(args))
+                                confirm=_confirm_factory(args), allow_partial_listing=args.allow_partial_listing)
     if args.json:
         _print_json(result.to_dict())
     elif args.dry_run:
@@ -239,6 +241,8 @@ def cmd_status(mgr, args) -> int:
             hours = newest["age_seconds"] / 3600
             print(f"newest:     {newest['backup_id']}  {_human_size(newest['size'])}  {hours:.1f} h old  "
                   f"on {', '.join(newest['copies'])}")
+        elif status.get("unlisted_targets"):
+            print("newest:     unknown (a target could not be listed)")
         else:
             print("newest:     none")
         for name, t in status["targets"].items():
@@ -248,6 +252,10 @@ def cmd_status(mgr, args) -> int:
             if t.get("listing_error"):
                 line += f"; cannot list: {t['listing_error']}"
             print(line)
+            if t.get("orphans_error"):
+                print(f"  {t['orphans_error']}")
+            for o in t.get("orphans") or []:
+                print(f"  orphan: {_orphan_line(o)}" + ("; cleanup removes it" if o["due"] else ""))
         if status.get("interrupted_restore"):
             print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
         if status["overdue"]:
@@ -365,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
+    s.add_argument("--allow-partial-listing", action="store_true",
+                   help="when a target cannot be listed, let 'latest' be the newest backup of the others")
 
     s = sub.add_parser("download", parents=[common], help="copy a backup from a URL into local storage, verified")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")

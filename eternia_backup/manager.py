@@ -7,6 +7,8 @@ snippets of SEED.md run unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -198,7 +200,7 @@ class BackupManager:
                 listings.append(catalog.list_target(t, self.config.name))
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
-                log.info("cannot list target %r: %s", t.name, exc)
+                log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
         return listings, errors
 
     def list_backups(self) -> list[catalog.BackupEntry]:
@@ -208,23 +210,38 @@ class BackupManager:
             raise StorageError("; ".join(errors.values()))
         return catalog.merge(listings)
 
-    def find_backup(self, backup: str) -> catalog.BackupCopy:
-        """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``."""
+    def find_backup(self, backup: str, *, allow_partial_listing: bool = False,
+                    intact: bool = True) -> catalog.BackupCopy:
+        """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``.
+
+        When a target cannot be listed, ``latest`` is refused (the newest backup
+        may be there) unless ``allow_partial_listing``; the copy found carries
+        the unlisted targets in ``unlisted_targets``. ``intact=False``: ``latest``
+        is the newest backup even when damaged (for verify).
+        """
         backup = os.fspath(backup)
         copy = catalog.copy_from_reference(backup, self._target_for_url)
         if copy is not None:
             return copy
-        entries = self.list_backups()
-        entry = catalog.find(entries, backup)
+        listings, errors = self.listings()
+        if errors and not listings:
+            raise StorageError("no target could be listed: " + "; ".join(errors.values()))
+        entries = catalog.merge(listings)
+        entry = catalog.find(entries, backup, unlisted=errors, allow_partial_listing=allow_partial_listing,
+                             intact=intact)
+        if backup == "latest" and errors:
+            log.warning("using %s, the newest backup on the targets that could be listed (not on %s)",
+                        entry.backup_id, ", ".join(repr(n) for n in errors))
         if backup == "latest" and entries and entry is not entries[0]:
             log.warning("the newest backup %s is damaged (%s); using %s, the newest intact one",
                         entries[0].backup_id, "; ".join(c.problem for c in entries[0].copies if c.problem),
                         entry.backup_id)
-        return entry.best
+        return dataclasses.replace(entry.best, unlisted_targets=dict(errors))
 
-    def verify_backup(self, backup: str) -> verify.VerifyReport:
+    def verify_backup(self, backup: str, *, allow_partial_listing: bool = False) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = verify.verify_copy(self.find_backup(backup), self.registry, self.config.encryption)
+        copy = self.find_backup(backup, allow_partial_listing=allow_partial_listing)
+        report = verify.verify_copy(copy, self.registry, self.config.encryption)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
@@ -233,29 +250,36 @@ class BackupManager:
         """Check every copy of every backup; never raises for a damaged one."""
         listings, errors = self.listings()
         if errors:
-            raise StorageError("; ".join(errors.values()))
+            raise StorageError("cannot verify every backup: " + "; ".join(errors.values()))
         return [verify.verify_copy(c, self.registry, self.config.encryption) for e in catalog.merge(listings) for c in e.copies]
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
-                       confirm: Callable[[list[str]], bool] | None = None) -> restore.RestoreResult:
-        """Verify, stage and swap a backup into place (or into ``to``)."""
+                       confirm: Callable[[list[str]], bool] | None = None,
+                       allow_partial_listing: bool = False) -> restore.RestoreResult:
+        """Verify, stage and swap a backup into place (or into ``to``).
+
+        ``latest`` is refused while a target cannot be listed (the newest backup
+        may be there) unless ``allow_partial_listing``.
+        """
+        find = functools.partial(self.find_backup, allow_partial_listing=allow_partial_listing)
         if dry_run:
-            return self._restore(backup, to, sources, True, confirm)
+            return self._restore(find(backup), to, sources, True, confirm)
         if self.lock.held:
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(find(backup), to, sources, False, confirm)
         with self.lock.acquire("restore"):
             self.finish_interrupted_restore()
-            return self._restore(backup, to, sources, False, confirm)
+            return self._restore(find(backup), to, sources, False, confirm)
 
-    def _restore(self, backup, to, sources, dry_run, confirm) -> restore.RestoreResult:
-        copy = self.find_backup(backup)
-        return restore.restore_copy(
+    def _restore(self, copy, to, sources, dry_run, confirm) -> restore.RestoreResult:
+        result = restore.restore_copy(
             copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
             dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
             encryption=self.config.encryption, journal_path=self.journal_path,
         )
+        result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
+        return result
 
     @property
     def journal_path(self) -> Path:
@@ -416,13 +440,21 @@ class BackupManager:
         self.stop_scheduler()
 
     def status(self) -> dict:
-        """Last success/failure per target, next run, newest backup; ``overdue`` for alerting."""
+        """Last success/failure per target, next run, newest backup; ``overdue`` for alerting.
+
+        ``unlisted_targets``: ``[{"target", "error"}]`` for targets that could not
+        be listed (the newest backup may be there, so ``newest_backup`` is only
+        the newest of the others); per target, ``orphans`` lists temporary files
+        and unfinished uploads (``{"name", "kind", "age_seconds", "size",
+        "writer", "due"}``, see :class:`cleanup.Orphan`).
+        """
         from .schedule import next_slot, period, zone
 
         now = datetime.now(timezone.utc)
         tz, tz_name = zone(self.config.schedule.timezone)
         state = self.state.read()
         listings, errors = self.listings()
+        orphans, orphan_errors = self._orphans(listings)
         newest = next((e for e in catalog.merge(listings) if e.ok), None)
         limit = 2 * period(self.config.schedule.cron, tz, now)
         age = (now - newest.created_at) if newest else None
@@ -441,8 +473,26 @@ class BackupManager:
             "interrupted_restore": _journal_description(self.journal_path),
             "overdue_after_seconds": int(limit.total_seconds()),
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
-                                 "listing_error": errors.get(t.name)} for t in self.targets},
+                                 "listing_error": errors.get(t.name),
+                                 "orphans": [o.to_dict() for o in orphans.get(t.name, [])],
+                                 "orphans_error": orphan_errors.get(t.name)}
+                        for t in self.targets},
+            "unlisted_targets": catalog.unlisted_dicts(errors),
         }
+
+    def _orphans(self, listings) -> tuple[dict[str, list[cleanup.Orphan]], dict[str, str]]:
+        """Orphans per listed target (an unlisted one is not asked again), and why uploads could not be listed."""
+        grace = self.config.retention.incomplete_grace_hours * 3600
+        found, errors = {}, {}
+        for listing in listings:
+            try:
+                uploads = listing.target.incomplete_uploads()
+            except EterniaBackupError as exc:
+                errors[listing.target.name] = f"unfinished uploads could not be listed: {exc}"
+                uploads = []
+            found[listing.target.name] = cleanup.find_orphans(listing, uploads, name=self.config.name,
+                                                              grace_seconds=grace)
+        return found, errors
 
 
 def _journal_description(path: Path) -> str | None:
