@@ -205,6 +205,8 @@ def cmd_cleanup(mgr, args) -> int:
                 print(f"{verb} {backup_id} on {t.target}")
             for o in t.orphans:
                 print(f"{t.target}: {_orphan_line(o)}; {_orphan_action(o, args.dry_run)}")
+            if t.leftovers_removed:
+                print(f"{'would remove' if args.dry_run else 'removed'} {len(t.leftovers_removed)} leftover file(s) on {t.target}")
         print(f"{verb} {result.deleted_count} backup(s)")
         for name, err in result.errors.items():
             print(f"error: target {name!r}: {err}", file=sys.stderr)
