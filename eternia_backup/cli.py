@@ -263,7 +263,8 @@ def cmd_status(mgr, args) -> int:
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
                   "(twice the schedule's period)")
-    return EXIT_FAILED if status["overdue"] else EXIT_OK
+    # a target that cannot be listed is a failure too: its newest backup is unknown
+    return EXIT_FAILED if status["overdue"] or status["unlisted_targets"] else EXIT_OK
 
 
 def cmd_run(mgr, args) -> int:
