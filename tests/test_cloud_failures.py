@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eternia_backup.errors import StorageError
+from eternia_backup.errors import BackupFailedError, StorageError
 from eternia_backup.manager import BackupManager
 from eternia_backup.redact import redact_text
 from eternia_backup.testing import ADMIN, READER
@@ -164,6 +164,24 @@ def test_black_hole_fails_every_command_quickly_and_visibly(app, black_hole, cli
           + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     assert all(t < 120 for t in times.values()), times
     assert all(t < 40 for t in times.values()), times  # 1 s timeouts: seconds, not minutes
+
+
+@pytest.mark.slow
+def test_black_hole_through_the_api_is_a_partial_success(app, black_hole, monkeypatch):
+    config = write(app, cloud_section("black-hole", black_hole, **FAST))
+    for k, v in creds().items():
+        monkeypatch.setenv(k, v)
+    manager = BackupManager.from_config(config)
+    started = time.monotonic()
+    with pytest.raises(BackupFailedError, match="target 'cloud'.*cannot reach") as raised:
+        manager.create_backup()
+    assert time.monotonic() - started < 30
+    result = raised.value.result
+    assert [c.target for c in result.copies] == ["local"] and list(result.failures) == ["cloud"]
+    assert os.path.exists(os.fspath(result))  # the local archive
+    with pytest.raises(StorageError, match="'cloud'.*newest backup may be there"):
+        manager.find_backup("latest")
+    assert manager.find_backup("latest", allow_partial_listing=True).backup_id == result.backup_id
 
 
 @pytest.mark.slow
