@@ -232,6 +232,8 @@ class FsspecTarget(Target):
         for e in entries:
             if e.get("type") not in ("file", None):
                 continue
+            if e["name"].rstrip("/") == self.root.rstrip("/"):
+                continue  # the directory itself (SeaweedFS lists an emptied "prefix/" as a key)
             name = e["name"].rstrip("/").rsplit("/", 1)[-1]
             mtime = e.get("mtime") or e.get("LastModified") or e.get("created")
             if hasattr(mtime, "timestamp"):

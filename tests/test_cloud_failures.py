@@ -47,6 +47,7 @@ def cloud_section(bucket: str, endpoint: str, *, local: bool = True, **cloud) ->
         section["targets"] = [{"name": "cloud", "url": f"s3://{bucket}/default",
                                "options": {"client_kwargs": {"endpoint_url": endpoint}}}]
         del section["cloud_backup"]
+        section["state_dir"] = "state-dir"  # not the user's: other runs on this machine hold that lock
     return section
 
 
