@@ -5,6 +5,12 @@ fans out to one atomic writer per target. A target that fails is aborted (its
 temporary file removed) and the others go on. Each target's archive is committed,
 its size checked on the target, and only then is the manifest written beside it:
 a backup exists on a target only when its manifest does.
+
+Targets are opened concurrently, each in a thread. A target still opening when
+the sources are read (a slow or dead cloud endpoint) does not hold up the
+others: its share of the stream is kept in a private temporary file and handed
+over when it opens; the targets that are open commit first, and a target that
+fails to open within its own timeouts is a failed target (partial success).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import hashlib
 import logging
 import secrets
 import socket
+import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,27 +132,123 @@ class _CountingWriter:
         pass
 
 
-class _FanOut:
-    """Hashes the compressed stream and writes it to every live target writer."""
+#: how long every target gets to open before the sources are read (the others go on without it)
+OPEN_WAIT = 1.0
 
-    def __init__(self, writers: dict[str, AtomicWrite], failures: dict[str, str], targets: dict[str, Target]):
+
+class _Opening:
+    """A target's writer being opened in a thread; until it is open, its data waits in a spool file."""
+
+    def __init__(self, target: Target, archive_file: str):
+        self.target = target
+        self.writer: AtomicWrite | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        self.spool = None
+        self._abandoned = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._open, args=(archive_file,), name=f"eternia-open-{target.name}",
+                         daemon=True).start()
+
+    def _open(self, archive_file: str) -> None:
+        try:
+            writer = self.target.open_write(archive_file)
+        except Exception as exc:
+            self.error = exc if isinstance(exc, EterniaBackupError) else self.target.error_for("write", exc,
+                                                                                              archive_file)
+            self.done.set()
+            return
+        with self._lock:
+            abandoned, self.writer = self._abandoned, writer
+        if abandoned:  # the backup ended while this target was opening
+            writer.abort()
+        self.done.set()
+
+    def keep(self, data) -> None:
+        """Keep data meant for the target until it is open (a private, unlinked temporary file)."""
+        if self.spool is None:
+            self.spool = tempfile.TemporaryFile(prefix="eternia-spool-")
+        self.spool.write(data)
+
+    def hand_over(self) -> AtomicWrite:
+        """The open writer, with everything kept for it written first."""
+        if self.spool is not None:
+            self.spool.seek(0)
+            while chunk := self.spool.read(1024 * 1024):
+                self.writer.write(chunk)
+            self.spool.close()
+            self.spool = None
+        return self.writer
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            writer = self.writer if self.done.is_set() else None
+        if writer is not None:
+            writer.abort()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+class _FanOut:
+    """Hashes the compressed stream and writes it to every live target writer (or its spool, while opening)."""
+
+    def __init__(self, writers: dict[str, AtomicWrite], failures: dict[str, str], targets: dict[str, Target],
+                 pending: dict[str, _Opening] | None = None):
         self.writers = writers
         self.failures = failures
         self.targets = targets
+        self.pending = pending or {}
         self.sha = hashlib.sha256()
         self.size = 0
 
     def write(self, data) -> int:
         self.sha.update(data)
         self.size += len(data)
+        self.resolve()
         for name, w in list(self.writers.items()):
             try:
                 w.write(data)
             except Exception as exc:
                 self.fail(name, self.targets[name].error_for("write to", exc))
-        if not self.writers:
+        for name, opening in list(self.pending.items()):
+            try:
+                opening.keep(data)
+            except OSError as exc:
+                self.pending.pop(name).abandon()
+                self.fail(name, StorageError(f"target {name!r}: cannot keep the archive while the target "
+                                             f"opens: {describe_os_error(exc)}"))
+        if not self.writers and not self.pending:
             raise StorageError("every target failed: " + "; ".join(f"{n}: {m}" for n, m in self.failures.items()))
         return len(data)
+
+    def resolve(self, block: bool = False) -> list[str]:
+        """Move targets that finished opening to the writers (or failures); return the names added."""
+        added = []
+        for name, opening in list(self.pending.items()):
+            if block:
+                opening.done.wait()
+            if not opening.done.is_set():
+                continue
+            del self.pending[name]
+            if opening.error is not None:
+                opening.abandon()
+                self.fail(name, opening.error)
+                continue
+            try:
+                self.writers[name] = opening.hand_over()
+                added.append(name)
+            except Exception as exc:
+                opening.abandon()
+                self.fail(name, self.targets[name].error_for("write to", exc))
+        return added
+
+    def abort_all(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        for opening in self.pending.values():
+            opening.abandon()
 
     def fail(self, name: str, error: Exception) -> None:
         w = self.writers.pop(name, None)
@@ -159,7 +263,9 @@ class _FanOut:
 
 def _run_hook_command(source: Source, when: str, command: str) -> None:
     log.info("source %r: running %s command", source.name, when)
-    status, stderr = process.run(command, shell=True, cwd=source.base_dir)
+    # no secrets in a hook's environment, except what the source's env: lists
+    env = process.child_env(getattr(source.options, "env", None))
+    status, stderr = process.run(command, shell=True, cwd=source.base_dir, env=env)
     if status != 0:
         tail = redact_text(stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
         raise SourceError(f"source {source.name!r}: {when} command exited with status {status}: {tail}")
@@ -229,7 +335,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         archive_file += ".age"
     by_name = {t.name: t for t in targets}
     failures: dict[str, str] = {}
-    writers: dict[str, AtomicWrite] = {}
+    fan = _FanOut({}, failures, by_name)
     encrypting = None
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
     call_lifecycle(hook.eternia_backup_started, backup_id=backup_id, config=config)
@@ -238,16 +344,8 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     try:
         for source in sources:  # a missing source fails here, before any target is touched
             source.check()
-        for t in targets:
-            try:
-                writers[t.name] = t.open_write(archive_file)
-            except EterniaBackupError as exc:
-                failures[t.name] = str(exc)
-                log.info("%s", exc)
-        if not writers:
-            raise StorageError("every target failed: " + "; ".join(failures.values()))
+        _open_targets(fan, targets, archive_file)
         progress.phase("backup", estimated_size(sources) if progress.wants_totals else None)
-        fan = _FanOut(writers, failures, by_name)
         sink = fan
         if encryptor is not None:  # compress, then encrypt, then hash what is stored
             encrypting = sink = encryptor.writer(fan)
@@ -281,8 +379,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     except BaseException as exc:
         if encrypting is not None:
             encrypting.abort()
-        for w in writers.values():
-            w.abort()
+        fan.abort_all()
         call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
         if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
@@ -291,8 +388,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     finally:
         process.CANCEL.reset(cancel_token)
     try:
-        copies = _commit(manifest, fan, by_name, guard)
+        copies = _commit(manifest, fan, by_name, guard, list(fan.writers))  # the open ones first: local copies
+        copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True))  # then the slow ones
     except BaseException as exc:
+        fan.abort_all()
         call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
         raise
     result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
@@ -312,10 +411,26 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     return result
 
 
-def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard=None) -> list[Copy]:
+def _open_targets(fan: _FanOut, targets: list[Target], archive_file: str) -> None:
+    """Open every target concurrently; give them OPEN_WAIT together, then go on with those open."""
+    fan.pending = {t.name: _Opening(t, archive_file) for t in targets}
+    deadline = time.monotonic() + OPEN_WAIT
+    for opening in fan.pending.values():
+        opening.done.wait(max(0.0, deadline - time.monotonic()))
+    fan.resolve()
+    if not fan.writers and not fan.pending:
+        raise StorageError("every target failed: " + "; ".join(fan.failures.values()))
+    for name in fan.pending:
+        log.info("target %r is still opening; the backup goes on and hands it the archive when it opens", name)
+
+
+def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard, names: list[str]) -> list[Copy]:
     archive_file = manifest.archive.file
     copies: list[Copy] = []
-    for name, writer in list(fan.writers.items()):
+    for name in names:
+        writer = fan.writers.get(name)
+        if writer is None:
+            continue
         target = targets[name]
         try:
             if guard is not None:

@@ -45,6 +45,8 @@ class BackupCopy:
     manifest: Manifest | None
     problem: str | None = None  # why the copy is damaged
     unreadable: bool = False  # the manifest could not be read (storage error): state unknown
+    #: targets that could not be listed when this copy was found ({name: error})
+    unlisted_targets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -271,8 +273,41 @@ def copy_from_reference(reference: str, target_factory) -> BackupCopy | None:
     return copy
 
 
-def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
-    """The backup named by its id or by a unique id prefix (``latest``: BackupManager.resolve_latest)."""
+def unlisted_dicts(unlisted: dict[str, str]) -> list[dict[str, str]]:
+    """The ``"unlisted_targets"`` of JSON outputs: ``[{"target": name, "error": why}]``."""
+    return [{"target": name, "error": error} for name, error in unlisted.items()]
+
+
+def _unlisted_words(unlisted: dict[str, str]) -> str:
+    names = ", ".join(repr(n) for n in unlisted)
+    return f"target{'s' if len(unlisted) > 1 else ''} {names} could not be listed ({'; '.join(unlisted.values())})"
+
+
+def check_latest_is_knowable(entries: list[BackupEntry], unlisted: dict[str, str],
+                             allow_partial_listing: bool) -> None:
+    """Refuse to name a ``latest`` that an unlisted target may hold a newer one than.
+
+    Also the two "nothing found" answers: "no backups yet" only when every target
+    was listed and is empty.
+    """
+    if unlisted and not allow_partial_listing:
+        raise StorageError(f"cannot tell which backup is the latest: {_unlisted_words(unlisted)}, and the "
+                           "newest backup may be there; fix that target, name a backup id, or pass "
+                           "--allow-partial-listing to use the newest of what was listed")
+    if not entries:
+        if unlisted:
+            raise BackupNotFoundError(f"no backup on the targets that could be listed, and {_unlisted_words(unlisted)}; "
+                                      "the backups may be there: fix that target and try again")
+        raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
+
+
+def find(entries: list[BackupEntry], wanted: str, *, unlisted: dict[str, str] | None = None) -> BackupEntry:
+    """The backup named by its id or by a unique id prefix (``latest``: BackupManager.resolve_latest).
+
+    ``unlisted`` names the targets whose listing failed: an id not found may be
+    there, and the error says so.
+    """
+    unlisted = unlisted or {}
     exact = [e for e in entries if e.backup_id == wanted]
     if exact:
         return exact[0]
@@ -282,6 +317,11 @@ def find(entries: list[BackupEntry], wanted: str) -> BackupEntry:
     if len(matches) > 1:
         raise BackupNotFoundError(
             f"{wanted!r} matches {len(matches)} backups ({', '.join(e.backup_id for e in matches[:5])}); give more of the id"
+        )
+    if unlisted:
+        raise BackupNotFoundError(
+            f"backup {wanted!r} is not on the targets that could be listed, and {_unlisted_words(unlisted)}; "
+            "it may be there: fix that target and try again"
         )
     raise BackupNotFoundError(
         f"no backup {wanted!r}: not a file, URL or known backup id; see `eternia-backup list`"

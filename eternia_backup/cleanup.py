@@ -4,8 +4,15 @@ A target whose listing fails is skipped (nothing deleted there) and reported.
 Only backups of this config's series (``name``) and environment are judged.
 A backup is deleted manifest first, so it stops existing before its archive
 goes; an archive left by a failed delete is a leftover for the next run.
-Leftovers (temporary files, archives without a manifest) are removed once older
-than the grace period, or at once when their writer, on this host, is dead.
+Leftovers (temporary files, archives without a manifest) and unfinished
+uploads are "orphans": reported by ``status`` and ``cleanup --dry-run`` with
+age and size, removed once older than the grace period, or at once when their
+writer, on this host, is dead (its host and PID are in the temporary name, and
+an S3 upload has a marker with that name beside it). The grace period exists
+because a writer on another host cannot be asked whether it still runs.
+
+A deletion counts only when the target confirmed it; what could not be deleted
+is listed with the reason and makes the cleanup fail.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import socket
 import time
 from datetime import datetime, timezone, tzinfo
+from typing import Any
 
 from .catalog import in_series, list_target
 from .config import Retention
@@ -29,12 +37,55 @@ log = logging.getLogger("eternia_backup.cleanup")
 
 
 @dataclasses.dataclass
+class Orphan:
+    """A temporary file, an archive without manifest, or an unfinished upload."""
+
+    name: str
+    kind: str  # "temporary file", "archive without manifest", "unfinished upload"
+    age_seconds: float | None
+    size: int | None
+    writer: str | None  # "host:pid (dead)" / "host:pid (running)" / "host:pid (other host)", when known
+    due: bool  # cleanup removes it now (writer dead, or older than the grace period)
+    handle: Any = dataclasses.field(default=None, repr=False)
+    removed: bool = False  # cleanup removed (aborted) it, and the target confirmed
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind,
+                "age_seconds": None if self.age_seconds is None else int(self.age_seconds),
+                "size": self.size, "writer": self.writer, "due": self.due, "removed": self.removed}
+
+
+@dataclasses.dataclass
 class TargetCleanup:
+    """What cleanup did on one target: only what the target confirmed counts as done.
+
+    ``deleted``: backup ids deleted (would be, in a dry run); ``not_deleted``:
+    ``{"name", "reason"}`` for each backup or file that could not be deleted;
+    ``leftovers_removed``: names of orphans removed (would be); ``orphans``:
+    every orphan found, removed or not (see :class:`Orphan`); ``error``: why the
+    target failed, or None.
+    """
+
     target: str
     deleted: list[str] = dataclasses.field(default_factory=list)
     kept: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     leftovers_removed: list[str] = dataclasses.field(default_factory=list)
+    not_deleted: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    orphans: list[Orphan] = dataclasses.field(default_factory=list)
     error: str | None = None
+    unlisted: bool = False  # the listing failed: nothing was judged here
+
+    def fail(self, name: str, reason: str) -> None:
+        """Record a deletion the target refused."""
+        self.not_deleted.append({"name": name, "reason": reason})
+        problem = f"could not delete {name}: {reason}"
+        self.error = f"{self.error}; {problem}" if self.error else problem
+        log.info("cleanup on target %r: %s", self.target, problem)  # the CLI prints result.errors
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["orphans"] = [o.to_dict() for o in self.orphans]
+        return data
 
 
 @dataclasses.dataclass
@@ -51,12 +102,29 @@ class CleanupResult:
         return {t.target: t.error for t in self.targets if t.error}
 
     @property
+    def not_deleted(self) -> list[dict[str, str]]:
+        return [{"target": t.target, **n} for t in self.targets for n in t.not_deleted]
+
+    @property
+    def unlisted_targets(self) -> list[dict[str, str]]:
+        return [{"target": t.target, "error": t.error or ""} for t in self.targets if t.unlisted]
+
+    @property
     def ok(self) -> bool:
         return not self.errors
 
     def to_dict(self) -> dict:
+        """``--json`` of cleanup.
+
+        ``deleted_count`` counts only deletions the targets confirmed;
+        ``not_deleted`` lists ``{"target", "name", "reason"}`` for each refused
+        one; ``unlisted_targets`` lists ``{"target", "error"}`` for each target
+        whose listing failed (nothing was judged or deleted there); per target,
+        ``orphans`` lists ``{"name", "kind", "age_seconds", "size", "writer", "due"}``.
+        """
         return {"dry_run": self.dry_run, "deleted_count": self.deleted_count, "ok": self.ok,
-                "targets": [dataclasses.asdict(t) for t in self.targets]}
+                "not_deleted": self.not_deleted, "unlisted_targets": self.unlisted_targets,
+                "targets": [t.to_dict() for t in self.targets]}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -69,13 +137,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _leftover_expired(name: str, mtime: float | None, grace_seconds: float, now: float, here: str) -> bool:
-    parsed = parse_temp_name(name)
-    if parsed is not None:
-        _, host, pid = parsed
-        if host == here and not _pid_alive(pid):
-            return True
-    return mtime is not None and now - mtime > grace_seconds
+def _writer(parsed: tuple[str, str, int] | None, here: str) -> tuple[str | None, bool]:
+    """(who wrote it, for people; whether that writer is known to be dead)."""
+    if parsed is None:
+        return None, False
+    _, host, pid = parsed
+    if host != here:
+        return f"{host}:{pid} (other host)", False
+    dead = not _pid_alive(pid)
+    return f"{host}:{pid} ({'dead' if dead else 'running'})", dead
+
+
+def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: float | None = None) -> list[Orphan]:
+    """Leftover files of a listing and unfinished ``uploads`` of series ``name``, with age, size, writer.
+
+    ``due`` is true when the writer is dead on this host or the orphan is older
+    than the grace period.
+    """
+    now = time.time() if now is None else now
+    here = socket.gethostname().split(".")[0]
+    orphans = []
+    markers: dict[str, tuple[str, str, int]] = {}
+    for f in listing.leftovers:
+        parsed = parse_temp_name(f.name)
+        if parsed is not None:
+            markers[parsed[0]] = parsed
+        writer, dead = _writer(parsed, here)
+        age = None if f.mtime is None else now - f.mtime
+        orphans.append(Orphan(f.name, "temporary file" if parsed else "archive without manifest", age, f.size,
+                              writer, dead or (age is not None and age > grace_seconds)))
+    for upload in uploads:
+        if not in_series(upload.name, name):  # not another series' (it has its own grace period)
+            continue
+        writer, dead = _writer(markers.get(upload.name), here)
+        age = None if upload.started is None else now - upload.started
+        orphans.append(Orphan(upload.name, "unfinished upload", age, upload.size, writer,
+                              dead or (age is not None and age > grace_seconds), handle=upload))
+    return orphans
 
 
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
@@ -87,13 +185,14 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         listing = list_target(target, name)
     except EterniaBackupError as exc:
         report.error = f"listing failed, nothing deleted: {exc}"
-        log.error("cleanup on target %r: %s", target.name, report.error)
+        report.unlisted = True
+        log.info("cleanup on target %r: %s", target.name, report.error)  # the CLI prints result.errors
         return report
     unreadable = [c for c in listing.copies if c.unreadable]
     if unreadable:  # a partial view: what is kept cannot be decided, so nothing goes
         report.error = (f"{len(unreadable)} manifest(s) could not be read, nothing deleted: "
                         + "; ".join(c.problem or c.manifest_file for c in unreadable[:3]))
-        log.error("cleanup on target %r: %s", target.name, report.error)
+        log.info("cleanup on target %r: %s", target.name, report.error)
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
     candidates = [Candidate(c.backup_id, c.created_at, c.ok) for c in ours if c.created_at is not None]
@@ -107,47 +206,45 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
             continue
         if guard is not None:
             guard()
-        try:
-            target.delete(copy.manifest_file)
-            # never through a manifest that names another backup's archive
-            if copy.archive_file and archive_stem(copy.archive_file) == archive_stem(copy.manifest_file):
-                target.delete(copy.archive_file)
-        except EterniaBackupError as exc:
-            report.error = f"could not delete {backup_id}: {exc}"
-            log.error("cleanup on target %r: %s", target.name, report.error)
-            continue
-        report.deleted.append(backup_id)
-        log.info("cleanup on target %r: deleted backup %s", target.name, backup_id)
+        _delete_backup(target, copy, report)
 
-    grace = policy.incomplete_grace_hours * 3600
-    here = socket.gethostname().split(".")[0]
-    for f in listing.leftovers:
-        if not _leftover_expired(f.name, f.mtime, grace, time.time(), here):
-            continue
-        if not dry_run:
-            try:
-                target.delete(f.name)
-            except EterniaBackupError as exc:
-                log.warning("cleanup on target %r: could not remove leftover %s: %s", target.name, f.name, exc)
-                problem = f"could not remove leftover {f.name}: {exc}"  # reported: it holds space until removed
-                report.error = f"{report.error}; {problem}" if report.error else problem
-                continue
-        report.leftovers_removed.append(f.name)
     try:
         uploads = target.incomplete_uploads()
     except EterniaBackupError as exc:
-        log.warning("cleanup on target %r: %s", target.name, exc)
+        problem = f"unfinished uploads could not be listed: {exc}"
+        report.error = f"{report.error}; {problem}" if report.error else problem
         uploads = []
-    for upload in uploads:
-        if not in_series(upload.name, name):  # not another series' (it has its own grace period)
-            continue
-        if upload.started is not None and time.time() - upload.started <= grace:
+    orphans = find_orphans(listing, uploads, name=name, grace_seconds=policy.incomplete_grace_hours * 3600)
+    report.orphans = orphans
+    for orphan in orphans:
+        if not orphan.due:
             continue
         if not dry_run:
             try:
-                target.abort_upload(upload)
-            except EterniaBackupError as exc:
-                log.warning("cleanup on target %r: %s", target.name, exc)
+                if orphan.handle is not None:
+                    target.abort_upload(orphan.handle)
+                else:
+                    target.delete(orphan.name)
+            except EterniaBackupError as exc:  # reported: it holds space until removed
+                report.fail(orphan.name, str(exc))
                 continue
-        report.leftovers_removed.append(upload.name + " (unfinished upload)")
+            orphan.removed = True
+        report.leftovers_removed.append(orphan.name + (" (unfinished upload)" if orphan.handle is not None else ""))
     return report
+
+
+def _delete_backup(target: Target, copy, report: TargetCleanup) -> None:
+    """Manifest first (the backup stops existing), then the archive; count only what the target confirmed."""
+    try:
+        target.delete(copy.manifest_file)
+    except EterniaBackupError as exc:
+        report.fail(copy.backup_id, str(exc))
+        return
+    report.deleted.append(copy.backup_id)
+    log.info("cleanup on target %r: deleted backup %s", target.name, copy.backup_id)
+    # never through a manifest that names another backup's archive
+    if copy.archive_file and archive_stem(copy.archive_file) == archive_stem(copy.manifest_file):
+        try:
+            target.delete(copy.archive_file)
+        except EterniaBackupError as exc:  # a leftover now; the next cleanup retries it
+            report.fail(copy.archive_file, str(exc))

@@ -105,14 +105,17 @@ def cmd_list(mgr, args) -> int:
     listings, errors = mgr.listings()
     from .catalog import merge
 
+    from .catalog import unlisted_dicts
+
     entries = merge(listings)
     if args.json:
-        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors})
+        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors,
+                     "unlisted_targets": unlisted_dicts(errors)})
     else:
         zone = _zone(mgr)
-        if not entries:
-            print("no backups yet" + ("" if errors else "; make one with `eternia-backup create`"))
-        else:
+        if not entries and not errors:
+            print("no backups yet; make one with `eternia-backup create`")
+        elif entries:
             rows = [("ID", "CREATED", "SIZE", "SOURCES", "STATE", "LOCATION")]
             for e in entries:
                 m = e.manifest
@@ -128,7 +131,8 @@ def cmd_list(mgr, args) -> int:
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
         for name, err in errors.items():
-            print(f"error: target {name!r} could not be listed: {err}", file=sys.stderr)
+            print(f"warning: target {name!r} could not be listed, its backups are not shown: {err}",
+                  file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -136,15 +140,20 @@ def cmd_verify(mgr, args) -> int:
     from .progress import NO_PROGRESS
 
     progress = _progress(args) or NO_PROGRESS
+    unlisted = []
     try:
         if args.all:
             reports = mgr.verify_all(progress=progress)
         else:
-            reports = [mgr.verify_report(args.backup or "latest", allow_older=args.allow_older, progress=progress)]
+            report = mgr.verify_report(args.backup or "latest", allow_older=args.allow_older,
+                                       allow_partial_listing=args.allow_partial_listing, progress=progress)
+            unlisted = getattr(report, "unlisted_targets", [])
+            reports = [report]
     finally:
         progress.close()
     if args.json:
-        _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports]})
+        _print_json({"ok": all(r.ok for r in reports), "backups": [r.to_dict() for r in reports],
+                     "unlisted_targets": unlisted})
     else:
         if not reports:
             print("no backups to verify")
@@ -184,7 +193,8 @@ def cmd_restore(mgr, args) -> int:
     try:
         result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
                                     confirm=_confirm_factory(args), keep_setid=args.keep_setid,
-                                    allow_older=args.allow_older, force=args.force, progress=progress)
+                                    allow_older=args.allow_older, force=args.force,
+                                    allow_partial_listing=args.allow_partial_listing, progress=progress)
     finally:
         progress.close()
     if args.json:
@@ -224,12 +234,31 @@ def cmd_cleanup(mgr, args) -> int:
         for t in result.targets:
             for backup_id in t.deleted:
                 print(f"{verb} {backup_id} on {t.target}")
+            for o in t.orphans:
+                print(f"{t.target}: {_orphan_line(o)}; {_orphan_action(o, args.dry_run)}")
             if t.leftovers_removed:
                 print(f"{'would remove' if args.dry_run else 'removed'} {len(t.leftovers_removed)} leftover file(s) on {t.target}")
         print(f"{verb} {result.deleted_count} backup(s)")
         for name, err in result.errors.items():
             print(f"error: target {name!r}: {err}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _orphan_line(o) -> str:
+    """One orphan (dict or object) for people: what, where, how old, how big, whose."""
+    d = o if isinstance(o, dict) else o.to_dict()
+    age = "age unknown" if d["age_seconds"] is None else f"{d['age_seconds'] / 3600:.1f} h old"
+    writer = f", written by {d['writer']}" if d.get("writer") else ""
+    return f"{d['kind']} {d['name']}: {_human_size(d['size'])}, {age}{writer}"
+
+
+def _orphan_action(o, dry_run: bool) -> str:
+    verb = "aborted" if o.kind == "unfinished upload" else "removed"
+    if not o.due:
+        return f"kept (its writer may still run; {verb} after the grace period)"
+    if dry_run:
+        return f"would be {verb}"
+    return verb if o.removed else f"could not be {verb} (see the error below)"
 
 
 def cmd_status(mgr, args) -> int:
@@ -246,6 +275,8 @@ def cmd_status(mgr, args) -> int:
             hours = newest["age_seconds"] / 3600
             print(f"newest:     {newest['backup_id']}  {for_people(newest['created_at'], zone)}  "
                   f"{_human_size(newest['size'])}  {hours:.1f} h old  on {', '.join(newest['copies'])}")
+        elif status.get("unlisted_targets"):
+            print("newest:     unknown (a target could not be listed)")
         else:
             print("newest:     none")
         for name, t in status["targets"].items():
@@ -255,12 +286,17 @@ def cmd_status(mgr, args) -> int:
             if t.get("listing_error"):
                 line += f"; cannot list: {t['listing_error']}"
             print(line)
+            if t.get("orphans_error"):
+                print(f"  {t['orphans_error']}")
+            for o in t.get("orphans") or []:
+                print(f"  orphan: {_orphan_line(o)}" + ("; cleanup removes it" if o["due"] else ""))
         if status.get("interrupted_restore"):
             print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
                   "(twice the schedule's period)")
-    return EXIT_FAILED if status["overdue"] else EXIT_OK
+    # a target that cannot be listed is a failure too: its newest backup is unknown
+    return EXIT_FAILED if status["overdue"] or status["unlisted_targets"] else EXIT_OK
 
 
 def cmd_run(mgr, args) -> int:
@@ -385,6 +421,7 @@ def cmd_completion(args) -> int:
 # -- parsing -----------------------------------------------------------------------
 
 
+_PARTIAL = "when a target cannot be listed, let 'latest' be the newest backup of the others"
 _ALLOW_OLDER = "for 'latest': if the newest backup is damaged, use the newest good one instead of failing"
 
 
@@ -490,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
     s.add_argument("--force", action="store_true",
                    help="restore in place although processes hold files open under the destination")
+    s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
 
     s = _add_command(sub, "download")
     s.add_argument("url", help="URL or path of a backup's archive or manifest")
@@ -503,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("backup", nargs="?", help="a path, URL, backup id or 'latest' (default)")
     g.add_argument("--all", action="store_true", help="verify every copy of every backup")
     s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
+    s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
 
     _add_command(sub, "status")
     s = _add_command(sub, "run")

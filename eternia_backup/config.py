@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from . import redact
+from . import process, redact
 from .encryption import EncryptionSettings
 from .errors import ConfigError
 
@@ -87,6 +87,13 @@ class CloudBackupModel(_Model):
                                 examples=["arn:aws:kms:us-west-2:111122223333:key/1234abcd"])
     create_bucket: bool = _f("true or false", False, description="Create the bucket when it does not exist "
                              "(otherwise a missing bucket is an error).", examples=[True])
+    connect_timeout: float | None = _f("a number of seconds > 0", None, gt=0,
+                                       description="Seconds to wait for a connection to the endpoint (default 5).",
+                                       examples=[5])
+    read_timeout: float | None = _f("a number of seconds > 0", None, gt=0,
+                                    description="Seconds to wait for an answer (default 20).", examples=[20])
+    max_attempts: Whole | None = _f("a whole number >= 1", None, ge=1,
+                                    description="Attempts per request before giving up (default 3).", examples=[3])
 
 
 class SourceModel(BaseModel):
@@ -434,8 +441,12 @@ def _expand_env(value: Any, keypath: str, environ) -> Any:
     if not isinstance(value, str) or "${" not in value:
         return value
 
+    secret = redact.is_secret_key(re.sub(r"\[\d+\]$", "", keypath).rsplit(".", 1)[-1])
+
     def substitute(m: re.Match) -> str:
         var, default = m.group(1), m.group(2)
+        if secret:  # a passphrase's or secret key's variable: dump commands and hooks never see it
+            process.withhold_env(var)
         value = environ.get(var)
         if default is not None and not value:
             return default  # like the shell's ${VAR:-default}: unset or empty
@@ -685,6 +696,11 @@ def _cloud_target(cloud: CloudBackupModel, environment: str) -> TargetSpec:
         )
     if not cloud.bucket:
         raise ConfigError("backup.cloud_backup.bucket: required when cloud_backup.enabled is true; name the S3 bucket")
+    from .builtin.s3_target import bucket_name_problem
+
+    problem = bucket_name_problem(cloud.bucket)
+    if problem:
+        raise ConfigError(f"backup.cloud_backup.bucket: {cloud.bucket!r} is not a valid S3 bucket name: it {problem}")
     if cloud.server_side_encryption == "aws:kms" and not cloud.kms_key_id:
         raise ConfigError("backup.cloud_backup.kms_key_id: required when server_side_encryption is aws:kms")
     parts = [cloud.bucket] + [p for p in (cloud.prefix or "").strip("/").split("/") if p] + [environment]
@@ -704,4 +720,7 @@ def _cloud_target(cloud: CloudBackupModel, environment: str) -> TargetSpec:
         options["s3_additional_kwargs"] = extra
     if cloud.create_bucket:
         options["eternia_create_bucket"] = True
+    for key in ("connect_timeout", "read_timeout", "max_attempts"):
+        if getattr(cloud, key) is not None:
+            options[key] = getattr(cloud, key)
     return TargetSpec("cloud", "s3://" + "/".join(parts), options)

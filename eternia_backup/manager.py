@@ -8,6 +8,7 @@ project's original snippets (``from ... import backup_manager``;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -221,7 +222,7 @@ class BackupManager:
                 listings.append(catalog.list_target(t, self.config.name))
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
-                log.info("cannot list target %r: %s", t.name, exc)
+                log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
         return listings, errors
 
     def list_backups(self) -> list[catalog.BackupEntry]:
@@ -231,17 +232,34 @@ class BackupManager:
             raise StorageError("; ".join(errors.values()))
         return catalog.merge(listings)
 
-    def find_backup(self, backup: str, *, allow_older: bool = False) -> catalog.BackupCopy:
-        """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``."""
+    def find_backup(self, backup: str, *, allow_older: bool = False,
+                    allow_partial_listing: bool = False) -> catalog.BackupCopy:
+        """The best copy of ``backup``: a path, a URL, a backup id (or prefix), or ``latest``.
+
+        When a target cannot be listed, ``latest`` is refused (the newest backup
+        may be there) unless ``allow_partial_listing``; the copy found carries
+        the unlisted targets in ``unlisted_targets``.
+        """
         backup = os.fspath(backup)
         copy = catalog.copy_from_reference(backup, self._target_for_url)
         if copy is not None:
             return copy
+        listings, errors = self.listings()
+        if errors and not listings:
+            raise StorageError("no target could be listed: " + "; ".join(errors.values()))
+        entries = catalog.merge(listings)
         if backup == "latest":
-            return self.resolve_latest(allow_older=allow_older)
-        return catalog.find(self.list_backups(), backup).best
+            catalog.check_latest_is_knowable(entries, errors, allow_partial_listing)
+            if errors:
+                log.warning("using the newest backup on the targets that could be listed (not on %s)",
+                            ", ".join(repr(n) for n in errors))
+            copy = self.resolve_latest(entries, allow_older=allow_older)
+        else:
+            copy = catalog.find(entries, backup, unlisted=errors).best
+        return dataclasses.replace(copy, unlisted_targets=dict(errors))
 
-    def resolve_latest(self, *, allow_older: bool = False) -> catalog.BackupCopy:
+    def resolve_latest(self, entries: list[catalog.BackupEntry] | None = None, *,
+                       allow_older: bool = False) -> catalog.BackupCopy:
         """What ``latest`` means, for the CLI and the API alike: the newest backup.
 
         If the newest backup is damaged, an error names it (never a silent older
@@ -249,7 +267,8 @@ class BackupManager:
         archive read and checked, so a flipped byte counts too) is used instead,
         with a warning naming what was skipped.
         """
-        entries = self.list_backups()
+        if entries is None:
+            entries = self.list_backups()
         if not entries:
             raise BackupNotFoundError("there are no backups yet; make one with `eternia-backup create`")
         newest = entries[0]
@@ -271,22 +290,27 @@ class BackupManager:
             skipped.append(f"{entry.backup_id} ({problem})")
         raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
 
-    def verify_report(self, backup: str, *, allow_older: bool = False,
+    def verify_report(self, backup: str, *, allow_older: bool = False, allow_partial_listing: bool = False,
                       progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
-        """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report."""
+        """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report.
+
+        The report's ``unlisted_targets`` names targets that could not be listed.
+        """
         try:
-            copy = self.find_backup(backup, allow_older=allow_older)
+            copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         except LatestDamagedError as exc:
             return verify.VerifyReport(exc.backup_id, "", False, str(exc))
         report = verify.verify_copy(copy, self.registry, self.config.encryption, progress)
+        report.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         if not report.ok and backup == "latest" and not allow_older:
             report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
         return report
 
-    def verify_backup(self, backup: str, *, allow_older: bool = False,
+    def verify_backup(self, backup: str, *, allow_older: bool = False, allow_partial_listing: bool = False,
                       progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
         """Fully check one backup; raises IntegrityError naming the backup and the problem."""
-        report = self.verify_report(backup, allow_older=allow_older, progress=progress)
+        report = self.verify_report(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing,
+                                    progress=progress)
         if not report.ok:
             raise IntegrityError(report.problem)
         return report
@@ -295,24 +319,25 @@ class BackupManager:
         """Check every copy of every backup; never raises for a damaged one."""
         listings, errors = self.listings()
         if errors:
-            raise StorageError("; ".join(errors.values()))
+            raise StorageError("cannot verify every backup: " + "; ".join(errors.values()))
         return [verify.verify_copy(c, self.registry, self.config.encryption, progress)
                 for e in catalog.merge(listings) for c in e.copies]
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
-                       force: bool = False, keep_setid: bool = False,
+                       force: bool = False, keep_setid: bool = False, allow_partial_listing: bool = False,
                        progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
         ``allow_older`` (then the newest good one is used). ``force`` goes ahead
         although processes hold files open under an in-place destination.
-        Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
+        ``latest`` is refused while a target cannot be listed (the newest backup
+        may be there) unless ``allow_partial_listing``. Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
         the restore runs as root into the configured places.
         """
-        args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, progress)
+        args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress)
         if dry_run:
             return self._restore(*args)
         if self.lock.held:
@@ -323,10 +348,10 @@ class BackupManager:
             return self._restore(*args)
 
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
-                 progress) -> restore.RestoreResult:
-        copy = self.find_backup(backup, allow_older=allow_older)
+                 allow_partial_listing, progress) -> restore.RestoreResult:
+        copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         try:
-            return restore.restore_copy(
+            result = restore.restore_copy(
                 copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
                 dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
@@ -338,6 +363,8 @@ class BackupManager:
             if backup == "latest" and not allow_older and not isinstance(exc, DecryptionError):  # a key is no damage
                 raise LatestDamagedError(copy.backup_id, str(exc)) from exc
             raise
+        result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
+        return result
 
     @property
     def journal_path(self) -> Path:
@@ -512,13 +539,21 @@ class BackupManager:
         self.stop_scheduler()
 
     def status(self) -> dict:
-        """Last success/failure per target, next run, newest backup; ``overdue`` for alerting."""
+        """Last success/failure per target, next run, newest backup; ``overdue`` for alerting.
+
+        ``unlisted_targets``: ``[{"target", "error"}]`` for targets that could not
+        be listed (the newest backup may be there, so ``newest_backup`` is only
+        the newest of the others); per target, ``orphans`` lists temporary files
+        and unfinished uploads (``{"name", "kind", "age_seconds", "size",
+        "writer", "due"}``, see :class:`cleanup.Orphan`).
+        """
         from .schedule import next_slot, period, zone
 
         now = datetime.now(timezone.utc)
         tz, tz_name = zone(self.config.schedule.timezone)
         state = self.state.read()
         listings, errors = self.listings()
+        orphans, orphan_errors = self._orphans(listings)
         newest = next((e for e in catalog.merge(listings) if e.ok), None)
         limit = 2 * period(self.config.schedule.cron, tz, now)
         age = (now - newest.created_at) if newest else None
@@ -538,8 +573,26 @@ class BackupManager:
             "interrupted_restore": _journal_description(self.journal_path),
             "overdue_after_seconds": int(limit.total_seconds()),
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
-                                 "listing_error": errors.get(t.name)} for t in self.targets},
+                                 "listing_error": errors.get(t.name),
+                                 "orphans": [o.to_dict() for o in orphans.get(t.name, [])],
+                                 "orphans_error": orphan_errors.get(t.name)}
+                        for t in self.targets},
+            "unlisted_targets": catalog.unlisted_dicts(errors),
         }
+
+    def _orphans(self, listings) -> tuple[dict[str, list[cleanup.Orphan]], dict[str, str]]:
+        """Orphans per listed target (an unlisted one is not asked again), and why uploads could not be listed."""
+        grace = self.config.retention.incomplete_grace_hours * 3600
+        found, errors = {}, {}
+        for listing in listings:
+            try:
+                uploads = listing.target.incomplete_uploads()
+            except EterniaBackupError as exc:
+                errors[listing.target.name] = f"unfinished uploads could not be listed: {exc}"
+                uploads = []
+            found[listing.target.name] = cleanup.find_orphans(listing, uploads, name=self.config.name,
+                                                              grace_seconds=grace)
+        return found, errors
 
 
 def _problems(entry: catalog.BackupEntry) -> str:

@@ -4,6 +4,11 @@
 while the command runs, and kills the command's whole process group when it is
 set, so ``stop_scheduler(timeout)`` and ``eternia-backup run --grace`` are
 honoured even in the middle of a long dump.
+
+Commands get only what they need: their environment is ours without the AWS
+credentials and without every variable a secret of the config (the encryption
+passphrase, a secret key) was read from (:func:`child_env`). A source that needs
+one lists it in its ``env:``; it is passed in the environment, never in argv.
 """
 
 from __future__ import annotations
@@ -19,6 +24,25 @@ from .errors import EterniaBackupError
 
 CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("eternia_cancel", default=None)
 
+#: never passed to commands unless a source's ``env:`` names them
+WITHHELD_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"}
+_withheld_lock = threading.Lock()
+
+
+def withhold_env(name: str) -> None:
+    """Keep variable ``name`` (a secret's source, seen while loading the config) from commands."""
+    with _withheld_lock:
+        WITHHELD_ENV.add(name)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment minus the withheld secrets, plus ``extra`` (a source's ``env:``)."""
+    with _withheld_lock:
+        withheld = set(WITHHELD_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in withheld}
+    env.update(extra or {})
+    return env
+
 
 class Cancelled(EterniaBackupError):
     """The backup was abandoned (the scheduler is stopping); nothing was committed."""
@@ -26,8 +50,13 @@ class Cancelled(EterniaBackupError):
 
 def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float | None = None,
         env=None) -> tuple[int, bytes]:
-    """Run a command; return (exit status, stderr). Raises Cancelled or TimeoutExpired."""
+    """Run a command; return (exit status, stderr). Raises Cancelled or TimeoutExpired.
+
+    Without ``env`` the command gets :func:`child_env` (no secrets).
+    """
     cancel = CANCEL.get()
+    if env is None:
+        env = child_env()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err,

@@ -272,6 +272,7 @@ class IncompleteUpload:
     name: str
     started: float | None  # POSIX seconds
     handle: Any = None  # what the target needs to abort it
+    size: int | None = None  # bytes uploaded so far, when the store says
 
 
 class Target:
@@ -346,6 +347,12 @@ class Target:
         raise NotImplementedError
 
     def delete(self, filename: str) -> None:
+        """Delete one file; return only when the store confirmed it (or it was absent).
+
+        Raise StorageError saying why otherwise: cleanup counts a deletion only
+        when this returned, so a store that answers "ok" for a refused delete
+        would make retention report deletions that never happened.
+        """
         raise NotImplementedError
 
     def file_url(self, filename: str) -> str:

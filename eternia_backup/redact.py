@@ -25,7 +25,8 @@ _SECRET_KEY = re.compile(
 # scheme://user:password@host  ->  scheme://user:********@host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?P<at>@)")
 # key=value pairs in libpq DSNs: password=...
-_DSN_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
+# (an unquoted value stops at a quote: the DSN itself may be quoted, and its closing quote must stay)
+_DSN_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|[^\s'\"]+)", re.IGNORECASE)
 
 _known: set[str] = set()
 _lock = threading.Lock()
@@ -47,7 +48,7 @@ def redact_text(text: str) -> str:
     if not text:
         return text
     text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + m["at"], text)
-    text = _DSN_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    text = _DSN_PASSWORD.sub(lambda m: m["head"] + ("'" + MASK + "'" if m["pw"].startswith("'") else MASK), text)
     with _lock:
         known = sorted(_known, key=len, reverse=True)
     for secret in known:

@@ -44,8 +44,11 @@ class RestoreResult:
     changes: list[str]
     dry_run: bool
     url: str
+    #: targets that could not be listed when the backup was chosen: [{"target", "error"}]
+    unlisted_targets: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """``--json`` of restore; ``unlisted_targets`` is ``[{"target": name, "error": why}]``."""
         return dataclasses.asdict(self)
 
 

@@ -232,6 +232,8 @@ class FsspecTarget(Target):
         for e in entries:
             if e.get("type") not in ("file", None):
                 continue
+            if e["name"].rstrip("/") == self.root.rstrip("/"):
+                continue  # the directory itself (SeaweedFS lists an emptied "prefix/" as a key)
             name = e["name"].rstrip("/").rsplit("/", 1)[-1]
             mtime = e.get("mtime") or e.get("LastModified") or e.get("created")
             if hasattr(mtime, "timestamp"):
@@ -278,7 +280,9 @@ class FsspecTarget(Target):
             if self.is_local:
                 os.unlink(Path(self.root) / filename)
             else:
-                self.fs.rm(self.join(filename))
+                # One file, one request whose answer says whether it was deleted:
+                # a bulk delete (s3fs's rm) ignores the per-key errors of a 200 reply.
+                self.fs.rm_file(self.join(filename))
         except FileNotFoundError:
             pass
         except Exception as exc:

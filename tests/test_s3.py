@@ -156,12 +156,18 @@ def test_bad_credentials_and_read_only_identity(app, s3_server, s3_bucket, cli, 
         assert proc.returncode == 1 and needle in proc.stderr
 
 
-def test_unreachable_endpoint_is_retried_then_one_clear_error(app, cli):
+def test_unreachable_endpoint_is_retried_visibly_then_one_clear_error(app, cli):
     config = cloud_config(app, "some-bucket", "http://127.0.0.1:9")
     started = time.monotonic()
     proc = cli("create", config=config, env=creds())
     elapsed = time.monotonic() - started
-    assert_one_clean_line(proc, "cannot reach http://127.0.0.1:9", "endpoint_url")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach http://127.0.0.1:9" in errors[0] and "endpoint_url" in errors[0]
+    retries = [ln for ln in lines if ln not in errors]  # each retry: a warning naming endpoint and attempt
+    assert [("retry 1 of 2" in r, "retry 2 of 2" in r) for r in retries] == [(True, False), (False, True)]
+    assert all("WARNING" in r and "S3 endpoint http://127.0.0.1:9" in r for r in retries)
     assert elapsed < 90
     assert [n for n in local_backups(app) if n.endswith(".manifest.json")]
 
@@ -260,7 +266,8 @@ def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(ap
         gate.touch()  # ends any shell still waiting at the gate
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert keys(s3_server, s3_bucket) == []  # no object under any name
+    # no object under a backup's name; only the marker naming the upload's creator
+    assert [k.rsplit("/", 1)[-1].startswith(".") and k.endswith(".tmp") for k in keys(s3_server, s3_bucket)] == [True]
     listed = cli("list", "--json", config=config, env=creds())
     assert listed.returncode == 0 and json.loads(listed.stdout)["backups"] == []
     assert [n for n in local_backups(app) if not n.startswith(".")] == []
@@ -269,6 +276,7 @@ def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(ap
     cleaned = cli("cleanup", "--json", config=config, env=creds())
     assert cleaned.returncode == 0, cleaned.stderr
     assert not fs.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads")
+    assert keys(s3_server, s3_bucket) == []  # the marker is gone with its upload
     assert [n for n in local_backups(app)] == []  # the local temp file of the dead process is gone too
 
 
@@ -287,11 +295,13 @@ def test_server_stopping_mid_multipart_upload(app, tmp_path, cli):
         assert "Traceback" not in err
         assert "target 'cloud'" in err and "kept on: local" in err
         server.start()
-        assert keys(server, bucket) == []  # nothing committed
+        # nothing committed; at most the marker naming the upload's creator
+        assert all(k.rsplit("/", 1)[-1].startswith(".") for k in keys(server, bucket))
         # the local copy is complete and verifies
         assert cli("verify", "latest", config=config, env=creds()).returncode == 0
         cleaned = cli("cleanup", config=config, env=creds())
         assert cleaned.returncode == 0, cleaned.stderr
         assert not server.client().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+        assert keys(server, bucket) == []
     finally:
         server.stop()

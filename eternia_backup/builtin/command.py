@@ -7,6 +7,11 @@ the backup, with the end of the command's stderr in the error. Restore pipes the
 entry into ``restore_command``; with ``--to DIR`` the dump file is written there
 instead. A restore command cannot be rolled back, so it runs after every other
 source of the restore has been put in place.
+
+The commands (and the source's ``before``/``after`` hooks) run without the AWS
+credentials and the variables of the config's secrets (see
+:mod:`eternia_backup.process`); ``env:`` maps the variables a dump tool does
+need (values may be ``${VAR}``), passed in its environment, never in argv.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class CommandOptions(SourceOptions):
                           examples=["mydb.pgcustom"])
     timeout: float | None = Field(None, description="Seconds the command may run; default: as long as it takes.",
                                   examples=[3600])
+    env: dict[str, str] = Field({}, description="Extra environment of the commands and hooks, passed through the "
+                                "environment (never argv); values may be ${VAR}.",
+                                examples=[{"PGPASSWORD": "${PGPASSWORD}"}])
 
 
 def run_args(command: str | list[str]) -> tuple[list[str] | str, bool]:
@@ -75,7 +83,7 @@ class CommandSource(Source):
             with open(out_path, "wb") as out:
                 try:
                     status, stderr = process.run(args, shell=shell, stdout=out, cwd=self.base_dir,
-                                                 timeout=opts.timeout)
+                                                 timeout=opts.timeout, env=process.child_env(opts.env))
                 except FileNotFoundError as exc:
                     raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
                 except subprocess.TimeoutExpired as exc:
@@ -132,7 +140,8 @@ class CommandRestorePlan(RestorePlan):
         with open(staged, "rb") as f:
             try:
                 proc = subprocess.run(args, shell=shell, stdin=f, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout)
+                                      stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout,
+                                      env=process.child_env(opts.env))
             except FileNotFoundError as exc:
                 raise RestoreError(f"source {self.source.name!r}: restore command not found: {exc.filename}") from exc
         if proc.returncode != 0:

@@ -12,8 +12,21 @@ On top of the generic fsspec target it:
 * checks the archive's size on the server (``head_object``) before the manifest
   is written;
 * never creates a bucket unless ``create_bucket`` was set, and says so;
-* lists and aborts multipart uploads left by killed processes (cleanup);
-* turns botocore errors into one line that says what to check.
+* lists and aborts multipart uploads left by killed processes (cleanup): an
+  upload's creator is recorded in a marker object ``.<archive>.<host>.<pid>.tmp``
+  written before the upload starts and removed when it ends (S3 cannot list an
+  unfinished upload's metadata), so cleanup can abort an upload whose creator
+  on this host is dead at once, as it removes local temporary files;
+* bounds every wait: ``connect_timeout``, ``read_timeout`` and ``max_attempts``
+  (target options, or ``cloud_backup`` keys) with defaults that make an endpoint
+  which never answers fail an operation in about a minute; each retry is logged
+  at WARNING naming the endpoint and the attempt. botocore does the retrying;
+  s3fs's own retry loop (5 more rounds on top) is turned off;
+* deletes one key per request, so a refused delete is an error, not a silent
+  per-key entry in a 200 answer to DeleteObjects;
+* checks bucket names by S3's naming rules when the config is loaded;
+* turns botocore errors into one line that says what to check: which credential
+  source is in use and which permission the failed action needs.
 
 Credentials come from the standard AWS chain (environment, profile, IAM role).
 """
@@ -21,16 +34,20 @@ Credentials come from the standard AWS chain (environment, profile, IAM role).
 from __future__ import annotations
 
 import errno
+import ipaddress
+import json
 import logging
 import os
+import re
+import socket
 import time
 from typing import Any
 
 from eternia_backup import hookimpl
-from eternia_backup.errors import BackupNotFoundError, StorageError
+from eternia_backup.errors import BackupNotFoundError, ConfigError, StorageError
 from eternia_backup.providers import AtomicWrite, IncompleteUpload
 from eternia_backup.redact import redact_text
-from eternia_backup.storage import FsspecTarget
+from eternia_backup.storage import FsspecTarget, temp_name
 
 log = logging.getLogger("eternia_backup.target.s3")
 
@@ -40,6 +57,50 @@ MAX_PART = 5 * 2**30
 MAX_PARTS = 10_000
 COMPLETE_ATTEMPTS = 4
 READ_BLOCK = 8 * 2**20
+
+# Defaults: an endpoint that accepts connections and never answers fails one
+# operation after 3 x 20 s + 2 s + 4 s of backoff, about 66 s, so every command
+# (each needs one failed operation to give up on a target) ends within 2 minutes.
+# 20 s without a byte is far beyond what a working S3 endpoint takes to answer.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 20.0
+MAX_ATTEMPTS = 3
+RETRY_BASE_DELAY = 2.0
+
+# Permission each action needs, named in "access denied" hints.
+_PERMISSION = {
+    "list": "s3:ListBucket", "use": "s3:ListBucket", "read": "s3:GetObject", "stat": "s3:GetObject",
+    "write": "s3:PutObject", "write to": "s3:PutObject", "commit": "s3:PutObject",
+    "delete": "s3:DeleteObject", "create the bucket of": "s3:CreateBucket",
+    "list the uploads of": "s3:ListBucketMultipartUploads", "abort an upload of": "s3:AbortMultipartUpload",
+}
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why ``name`` breaks S3's bucket naming rules, or None when it is valid.
+
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html)
+    """
+    if not 3 <= len(name) <= 63:
+        return f"must be 3 to 63 characters long, got {len(name)}"
+    if not re.fullmatch(r"[a-z0-9.-]+", name):
+        return "may hold only lowercase letters, digits, '.' and '-' (no uppercase, no '_')"
+    if not (name[0].isalnum() and name[-1].isalnum()):
+        return "must begin and end with a letter or digit"
+    if ".." in name:
+        return "must not contain two adjacent periods"
+    try:
+        ipaddress.IPv4Address(name)
+        return "must not look like an IP address"
+    except ValueError:
+        pass
+    for prefix in ("xn--", "sthree-", "amzn-s3-demo-"):
+        if name.startswith(prefix):
+            return f"must not begin with {prefix!r} (reserved)"
+    for suffix in ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"):
+        if name.endswith(suffix):
+            return f"must not end with {suffix!r} (reserved)"
+    return None
 
 
 def part_size(parts_done: int) -> int:
@@ -51,29 +112,41 @@ def max_archive_size() -> int:
     return sum(part_size(n) for n in range(MAX_PARTS))
 
 
-def explain(exc: BaseException, bucket: str, endpoint: str = "the S3 endpoint") -> str:
-    """One line saying what went wrong with S3 and what to check."""
+def explain(exc: BaseException, bucket: str, endpoint: str = "the S3 endpoint", *,
+            action: str | None = None, credentials: str = "the AWS credential chain") -> str:
+    """One line saying what went wrong with S3 and what to check.
+
+    ``credentials`` names where the credentials came from (the config file's
+    options, environment variables, a profile), so the hint points there;
+    ``action`` picks the permission named when access is denied.
+    """
     text = " ".join(str(e) for e in _chain(exc))
     names = " ".join(type(e).__name__ for e in _chain(exc))
     if "SignatureDoesNotMatch" in text or "signature we calculated does not match" in text:
-        return ("the S3 credentials were refused (wrong secret key); check AWS_SECRET_ACCESS_KEY "
-                "or the profile in use")
+        return f"the S3 credentials were refused (wrong secret key); check the secret key in {credentials}"
     if "InvalidAccessKeyId" in text or "access key Id you provided does not exist" in text.lower():
-        return "the S3 access key is unknown to the server; check AWS_ACCESS_KEY_ID or the profile in use"
+        return f"the S3 access key is unknown to the server; check the access key in {credentials}"
     if "NoCredentialsError" in names or "Unable to locate credentials" in text:
         return ("no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                 "a profile (AWS_PROFILE), or run with an IAM role")
+    if "InvalidBucketName" in text:
+        return f"the server refuses the bucket name {bucket!r}; {bucket_name_problem(bucket) or 'choose another'}"
     if "NoSuchBucket" in text or "specified bucket does not exist" in text:
         return (f"bucket {bucket!r} does not exist; create it, or set cloud_backup.create_bucket: true "
                 "to let eternia-backup create it")
     if "AccessDenied" in text or "Access Denied" in text or isinstance(exc, PermissionError):
-        return (f"access denied on bucket {bucket!r}; the credentials need s3:ListBucket, s3:GetObject, "
-                "s3:PutObject and s3:DeleteObject there")
+        needed = _PERMISSION.get(action or "")
+        if needed:
+            return (f"access denied on bucket {bucket!r}; the credentials ({credentials}) need {needed} "
+                    "there")
+        return (f"access denied on bucket {bucket!r}; the credentials ({credentials}) need s3:ListBucket, "
+                "s3:GetObject, s3:PutObject and s3:DeleteObject there")
     if any(n in names for n in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                                "ConnectionRefusedError", "ServerDisconnectedError", "ReadTimeoutError")) \
-            or "Could not connect" in text or "Connect call failed" in text:
-        return (f"cannot reach {endpoint} (retried with backoff); check endpoint_url, the network "
-                "and that the server is running")
+                                "ConnectionRefusedError", "ServerDisconnectedError", "ReadTimeoutError",
+                                "ConnectionClosedError", "TimeoutError")) \
+            or "Could not connect" in text or "Connect call failed" in text or "Read timeout" in text:
+        return (f"cannot reach {endpoint} (no answer after retries); check endpoint_url, the network "
+                "and that the server is running (connect_timeout, read_timeout and max_attempts bound the wait)")
     return redact_text(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
 
 
@@ -95,18 +168,107 @@ def _precondition_failed(exc: BaseException) -> bool:
     return "PreconditionFailed" in text or "pre-conditions you specified did not hold" in text
 
 
+def _retry_reason(response, caught_exception) -> str | None:
+    """Why a request should be tried again (no answer, or a server-side error), else None."""
+    if caught_exception is not None:
+        name = type(caught_exception).__name__
+        if "Timeout" in name:
+            return f"not answering ({name})"
+        if any(n in name for n in ("Connection", "Endpoint", "ClientConnector", "ServerDisconnected")):
+            return f"not reachable ({name})"
+        return None
+    if response is not None:
+        status = getattr(response[0], "status_code", None)
+        code = ((response[1] or {}).get("Error") or {}).get("Code", "")
+        if (status is not None and status >= 500) or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            return f"answering with an error ({status} {code})".replace(" )", ")")
+    return None
+
+
+class RetryLogger:
+    """botocore ``needs-retry`` handler: our retry policy, with every retry logged at WARNING.
+
+    botocore's own retries are set to one attempt, and s3fs's loop to one round,
+    so this is the only retrying and the wait is bounded by ``max_attempts``.
+    """
+
+    def __init__(self, endpoint: str, max_attempts: int, base_delay: float = RETRY_BASE_DELAY):
+        self.endpoint = endpoint
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+
+    def __call__(self, attempts, response=None, caught_exception=None, operation=None, **kwargs):
+        reason = _retry_reason(response, caught_exception)
+        if reason is None or attempts >= self.max_attempts:
+            return None
+        delay = self.base_delay * 2 ** (attempts - 1)
+        log.warning("S3 endpoint %s %s, retry %d of %d in %g s%s", self.endpoint, reason, attempts,
+                    self.max_attempts - 1, delay, f" ({operation.name})" if operation is not None else "")
+        return delay
+
+
+def _timeouts(options: dict[str, Any]) -> tuple[float, float, int]:
+    """connect_timeout, read_timeout, max_attempts from a target's options, checked."""
+    values = []
+    for key, default, kind in (("connect_timeout", CONNECT_TIMEOUT, float), ("read_timeout", READ_TIMEOUT, float),
+                               ("max_attempts", MAX_ATTEMPTS, int)):
+        value = options.pop(key, None)
+        if value is None:
+            values.append(default)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                or (kind is int and int(value) != value):
+            expected = "a whole number >= 1" if kind is int else "a number of seconds > 0"
+            raise ConfigError(f"S3 target option {key}: expected {expected}, got {value!r}")
+        values.append(kind(value))
+    return values[0], values[1], values[2]
+
+
+def _credential_source(options: dict[str, Any]) -> str:
+    """Where the credentials come from, in the words a hint should use."""
+    if options.get("key") or options.get("secret") or options.get("username"):
+        return "the target's options in the config file (key/secret)"
+    if options.get("profile") or os.environ.get("AWS_PROFILE"):
+        return f"the AWS profile {options.get('profile') or os.environ.get('AWS_PROFILE')!r}"
+    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    return "the AWS credential chain (profile, config files or IAM role)"
+
+
+def creator_marker(filename: str) -> bytes:
+    """What an upload's marker object holds: who made the upload, for people reading the bucket."""
+    return json.dumps({"upload": filename, "host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.time()}).encode()
+
+
 class S3AtomicWrite(AtomicWrite):
     """An uncommitted multipart upload: an object exists only after commit()."""
 
     def __init__(self, target: "S3Target", filename: str):
         self.target = target
         self.filename = filename
+        # The marker first: a crash between it and the upload leaves only a
+        # marker, which cleanup removes like any temporary file.
+        self.marker = temp_name(filename)
+        target.fs.call_s3("put_object", Bucket=target.bucket, Key=target._key(self.marker),
+                          Body=creator_marker(filename))
         self._file = target.fs.open(target.join(filename), "wb", autocommit=False, block_size=part_size(0))
         self._done = False
         # Start the multipart upload now (s3fs would at the first full part), so
         # missing write permission fails before any source is read.
         self._file.offset = 0
-        self._file._initiate_upload()
+        try:
+            self._file._initiate_upload()
+        except BaseException:
+            self._remove_marker()
+            raise
+
+    def _remove_marker(self) -> None:
+        try:
+            self.target.fs.call_s3("delete_object", Bucket=self.target.bucket, Key=self.target._key(self.marker))
+        except Exception as exc:  # cleanup removes it later, as a temporary file
+            log.info("target %r: could not remove the upload marker %s: %s", self.target.name, self.marker,
+                     self.target.explain(exc, "delete"))
 
     def write(self, data) -> int:
         f = self._file
@@ -129,6 +291,7 @@ class S3AtomicWrite(AtomicWrite):
                          self.target.name, self.filename, exc)
                 time.sleep(0.5 * 2**attempt)
         self._done = True
+        self._remove_marker()
 
     def abort(self) -> None:
         if self._done:
@@ -138,8 +301,11 @@ class S3AtomicWrite(AtomicWrite):
             self._file.discard()  # abort the multipart upload; never complete it
         except Exception as exc:
             log.warning("target %r: could not abort the upload of %s (cleanup will): %s",
-                        self.target.name, self.filename, explain(exc, self.target.bucket))
+                        self.target.name, self.filename, self.target.explain(exc, "abort an upload of"))
+            self._file.closed = True
+            return  # the marker stays: it tells cleanup whose upload this was
         self._file.closed = True
+        self._remove_marker()
 
 
 class S3Target(FsspecTarget):
@@ -148,23 +314,45 @@ class S3Target(FsspecTarget):
     def __init__(self, name: str, url: str, options: dict[str, Any]):
         options = dict(options)
         self.create_bucket = bool(options.pop("eternia_create_bucket", False))
+        self.connect_timeout, self.read_timeout, self.max_attempts = _timeouts(options)
         options.setdefault("use_listings_cache", False)  # other writers share the bucket
         config_kwargs = dict(options.get("config_kwargs") or {})
-        config_kwargs.setdefault("connect_timeout", 5)
-        config_kwargs.setdefault("read_timeout", 60)
-        config_kwargs.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        config_kwargs["connect_timeout"] = self.connect_timeout
+        config_kwargs["read_timeout"] = self.read_timeout
+        config_kwargs["retries"] = {"max_attempts": 1, "mode": "standard"}  # RetryLogger retries
         options["config_kwargs"] = config_kwargs
-        super().__init__(name, url, options)
-        self.endpoint = ((options.get("client_kwargs") or {}).get("endpoint_url")
+        self.endpoint = ((options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
                          or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                          or "the AWS S3 endpoint")
+        self.credentials = _credential_source(options)
+        if "session" not in options:
+            options["session"] = self._session(options)
+        super().__init__(name, url, options)
+        self.fs.retries = 1  # s3fs would repeat botocore's attempts 5 times over
         self.bucket = self.root.split("/", 1)[0]
         self.prefix = self.root.split("/", 1)[1] if "/" in self.root else ""
+        problem = bucket_name_problem(self.bucket)
+        if problem:
+            raise ConfigError(f"target {name!r}: bucket name {self.bucket!r} in {self.display_url} {problem}")
+
+    def _session(self, options: dict[str, Any]):
+        """An aiobotocore session whose clients retry through :class:`RetryLogger`."""
+        try:
+            from aiobotocore.session import AioSession
+        except ImportError:  # reported by FsspecTarget with the install hint
+            return None
+        session = AioSession(profile=options.get("profile"))
+        session.register("needs-retry.s3", RetryLogger(self.endpoint, self.max_attempts),
+                         unique_id="eternia-retry")
+        return session
+
+    def explain(self, exc: BaseException, action: str | None = None) -> str:
+        return explain(exc, self.bucket, self.endpoint, action=action, credentials=self.credentials)
 
     def error_for(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
         where = self.file_url(filename) if filename else self.display_url
         cls = BackupNotFoundError if isinstance(exc, FileNotFoundError) and "bucket" not in str(exc) else StorageError
-        return cls(f"target {self.name!r}: cannot {action} {where}: {explain(exc, self.bucket, self.endpoint)}")
+        return cls(f"target {self.name!r}: cannot {action} {where}: {self.explain(exc, action)}")
 
     def _check_bucket(self) -> None:
         """head_bucket, and on failure a GET that carries the precise error code.
@@ -233,6 +421,15 @@ class S3Target(FsspecTarget):
         except Exception as exc:
             raise self.error_for("stat", exc, filename) from exc
 
+    def delete(self, filename: str) -> None:
+        """DeleteObject for one key: a refusal is an error (a bulk delete hides it in a 200)."""
+        try:
+            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._key(filename))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self.error_for("delete", exc, filename) from exc
+
     def _key(self, filename: str) -> str:
         return f"{self.prefix}/{filename}" if self.prefix else filename
 
@@ -286,8 +483,17 @@ class S3Target(FsspecTarget):
                 continue  # another directory's upload
             started = u.get("Initiated")
             uploads.append(IncompleteUpload(key[len(prefix):], started.timestamp() if started else None,
-                                            (key, u["UploadId"])))
+                                            (key, u["UploadId"]), self._uploaded_size(key, u["UploadId"])))
         return uploads
+
+    def _uploaded_size(self, key: str, upload_id: str) -> int | None:
+        """Bytes held by an unfinished upload's parts (what it costs), or None if unknown."""
+        try:
+            parts = self.fs.call_s3("list_parts", Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            log.info("target %r: cannot list the parts of the upload of %s: %s", self.name, key, self.explain(exc))
+            return None
+        return sum(int(p.get("Size") or 0) for p in parts.get("Parts") or [])
 
     def abort_upload(self, upload: IncompleteUpload) -> None:
         key, upload_id = upload.handle

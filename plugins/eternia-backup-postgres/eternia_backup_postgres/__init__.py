@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
-from eternia_backup import hookimpl
+from eternia_backup import hookimpl, process
 from eternia_backup.builtin.command import stderr_tail
 from eternia_backup.errors import RestoreError, SourceError
 from eternia_backup.fsutil import remove_tree
@@ -61,7 +61,7 @@ class PostgresSource(Source):
 
     def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         dsn, env = split_password(self.options.dsn)
-        return subprocess.run([*args, f"--dbname={dsn}"], env={**os.environ, **env}, stderr=subprocess.PIPE,
+        return subprocess.run([*args, f"--dbname={dsn}"], env=process.child_env(env), stderr=subprocess.PIPE,
                               timeout=self.options.timeout, **kwargs)
 
     def backup(self, writer) -> None:
