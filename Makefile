@@ -24,11 +24,11 @@ demo-s3: $(STAMP)
 
 ## test: the whole test suite (starts its own SeaweedFS S3 server on loopback)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 ## test-fast: the suite without the slow tests (crash, S3 fault, scheduler timing, wheel install)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory.py

@@ -102,6 +102,7 @@ def test_usage_mistakes_exit_2(project):
     assert run_cli("list", "--bogus", config=project).returncode == EXIT_USAGE
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
     config = tmp_path / "eternia-backup.yaml"
     config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "sources": [

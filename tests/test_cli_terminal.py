@@ -151,6 +151,7 @@ def test_restore_verify_download_and_cleanup_on_a_terminal(big_app, tmp_path):
     assert status == 0 and "+05:30" in out, out  # times in the configured zone, with its offset
 
 
+@pytest.mark.slow
 def test_in_place_restore_asks_on_the_terminal_and_does_what_is_answered(big_app):
     assert run_on_terminal(big_app, "create")[0] == 0
     victim = big_app / "data" / "dir0" / "f0.bin"
@@ -172,6 +173,7 @@ def test_in_place_restore_asks_on_the_terminal_and_does_what_is_answered(big_app
     assert status == 0 and victim.read_bytes() == original, out
 
 
+@pytest.mark.slow
 def test_run_on_a_terminal_for_a_few_seconds_then_ctrl_c(big_app):
     term = Terminal("run", cwd=big_app)
     out = term.wait_for("next run at", timeout=30)

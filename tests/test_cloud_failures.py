@@ -66,6 +66,7 @@ def error_lines(proc) -> list[str]:
 # -- 1. a deletion counts only when the store confirms it -------------------------------
 
 
+@pytest.mark.slow
 def test_cleanup_with_read_only_credentials_claims_nothing(app, s3_server, s3_bucket, cli, monkeypatch):
     config = write(app, {**cloud_section(s3_bucket, s3_server.endpoint, local=False), "retention": {"keep_last": 1}})
     for _ in range(2):
@@ -216,6 +217,7 @@ def test_black_hole_with_default_timeouts_never_delays_the_local_copy(app, black
 WRONG = (ADMIN[0], "not-the-secret-at-all")
 
 
+@pytest.mark.slow
 def test_wrong_secret_with_a_local_copy_never_falls_back_silently(app, s3_server, s3_bucket, cli, tmp_path):
     config = write(app, cloud_section(s3_bucket, s3_server.endpoint))
     assert cli("create", config=config, env=creds()).returncode == 0
@@ -247,6 +249,7 @@ def test_wrong_secret_with_a_local_copy_never_falls_back_silently(app, s3_server
     assert proc.returncode == 1 and "newest backup may be there" in proc.stderr
 
 
+@pytest.mark.slow
 def test_wrong_secret_with_empty_local_storage_never_says_no_backups(app, s3_server, s3_bucket, cli):
     config = write(app, cloud_section(s3_bucket, s3_server.endpoint))
     assert cli("create", config=config, env=creds()).returncode == 0
@@ -273,6 +276,7 @@ def test_wrong_secret_with_empty_local_storage_never_says_no_backups(app, s3_ser
 # -- 4. orphans found and named -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_upload_of_a_killed_create_is_reported_then_aborted(app, s3_server, s3_bucket, cli):
     from test_s3 import slow_config, start_create, wait_for_parts
 

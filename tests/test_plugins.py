@@ -251,7 +251,7 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
 
     proc = run_cli("plugins", "--json")
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+    rows = json.loads(proc.stdout)["plugins"]
     assert {(r["kind"], r["name"], r["plugin"]) for r in rows} == expected
     sqlite = next(r for r in rows if (r["kind"], r["name"]) == ("source", "sqlite"))
     assert sqlite["class"] == "eternia_backup.builtin.sqlite.SqliteSource"
@@ -700,7 +700,7 @@ def test_an_installed_entry_point_plugin_is_listed(tmp_path):
     install_distribution(site, "eternia-hello", {"hello": "eternia_hello"}, {"eternia_hello": HELLO_PLUGIN})
     proc = run_cli("plugins", "--json", env=site_env(site))
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+    rows = json.loads(proc.stdout)["plugins"]
     assert {"kind": "source", "name": "hello", "plugin": "hello",
             "class": "eternia_hello.HelloSource"} in rows
     assert ("source", "directory", "eternia_backup.builtin.directory") in {

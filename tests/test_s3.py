@@ -139,6 +139,7 @@ def test_missing_bucket_is_a_clear_error_unless_create_bucket(app, s3_server, cl
     (("AKIAUNKNOWNKEY000000", ADMIN[1]), "access key is unknown"),
     (READER, "access denied"),
 ])
+@pytest.mark.slow
 def test_bad_credentials_and_read_only_identity(app, s3_server, s3_bucket, cli, key, needle):
     config = cloud_config(app, s3_bucket, s3_server.endpoint)
     assert cli("create", config=config, env=creds()).returncode == 0
@@ -156,6 +157,7 @@ def test_bad_credentials_and_read_only_identity(app, s3_server, s3_bucket, cli, 
         assert proc.returncode == 1 and needle in proc.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_is_retried_visibly_then_one_clear_error(app, cli):
     config = cloud_config(app, "some-bucket", "http://127.0.0.1:9")
     started = time.monotonic()
@@ -254,6 +256,7 @@ def wait_for_parts(server: SeaweedFS, bucket: str, proc, timeout: float = 120) -
     raise AssertionError("no multipart upload with parts appeared")
 
 
+@pytest.mark.slow
 def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(app, s3_server, s3_bucket, cli):
     gate = app / "gate"
     config = slow_config(app, s3_bucket, s3_server.endpoint, gate)
@@ -280,6 +283,7 @@ def test_kill_9_during_multipart_upload_leaves_no_trace_and_cleanup_aborts_it(ap
     assert [n for n in local_backups(app)] == []  # the local temp file of the dead process is gone too
 
 
+@pytest.mark.slow
 def test_server_stopping_mid_multipart_upload(app, tmp_path, cli):
     server = SeaweedFS(tmp_path / "disposable").start()
     try:

@@ -37,6 +37,7 @@ import yaml
 
 from eternia_backup import hookimpl
 from eternia_backup.locks import BackupInProgress
+from eternia_backup.timefmt import iso_utc
 from eternia_backup.manager import BackupManager
 from eternia_backup.plugins import get_plugin_manager
 from eternia_backup.providers import Source
@@ -243,7 +244,7 @@ def test_catch_up_false_waits_for_the_next_slot(app, stop_all):
     quiet_for()
     assert mgr.scheduler.outcomes == [] and manifests(storage) == []  # no backup at all, still waits
     assert mgr.scheduler.next_run == next_midnight
-    assert mgr.status()["next_run"] == next_midnight.isoformat()
+    assert mgr.status()["next_run"] == iso_utc(next_midnight)
 
     vc.set(next_midnight - timedelta(seconds=1))
     quiet_for()
@@ -368,6 +369,7 @@ def test_scheduler_thread_makes_backups_each_slot_applies_retention_and_logs(app
     assert mgr.last_successful_slot() == slots[-1]
 
 
+@pytest.mark.slow
 def test_stop_during_a_backup_abandons_it_safely(app, private_tmp, records, stop_all):
     gate = app / "gate"
     config = write_section(app, local_section(
@@ -435,7 +437,7 @@ def test_start_twice_is_an_error_and_the_context_manager_runs_and_stops(app, sto
             scheduler.start()
         assert mgr.scheduler is scheduler and scheduler.running
         wait_for(lambda: scheduler.outcomes, what="the catch-up run")
-        assert mgr.status()["next_run"] == scheduler.next_run.isoformat()
+        assert mgr.status()["next_run"] == iso_utc(scheduler.next_run)
     assert not scheduler.running
     assert [o.status for o in scheduler.outcomes] == ["ok"]  # one scheduler, one run
     assert len(manifests(storage)) == 1
@@ -653,6 +655,7 @@ def run_daemon(app: Path, private_tmp: Path, *args: str):
     return proc, gate
 
 
+@pytest.mark.slow
 def test_sigterm_to_run_lets_the_running_backup_finish_within_the_grace(app, private_tmp):
     storage = app / "backups"
     proc, gate = run_daemon(app, private_tmp, "--grace", "30")
@@ -670,6 +673,7 @@ def test_sigterm_to_run_lets_the_running_backup_finish_within_the_grace(app, pri
     assert list(private_tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_to_run_past_the_grace_abandons_the_backup_with_nothing_half_made(app, private_tmp):
     storage = app / "backups"
     proc, gate = run_daemon(app, private_tmp, "--grace", "0.3")
@@ -687,6 +691,7 @@ def test_sigterm_to_run_past_the_grace_abandons_the_backup_with_nothing_half_mad
     assert list(private_tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_to_run_stops_within_the_grace_even_during_a_long_dump(app, private_tmp):
     storage = app / "backups"
     proc, gate = run_daemon(app, private_tmp, "--grace", "1")
@@ -852,6 +857,7 @@ def test_webhook_on_success_sends_the_success(app, cli, receiver):
     assert SECRET.encode() not in body
 
 
+@pytest.mark.slow
 def test_an_unreachable_or_silent_webhook_never_fails_the_backup(app, cli):
     storage = app / "backups"
     with socket.socket() as closed:
@@ -969,6 +975,7 @@ def lease_body(s3_server, bucket: str) -> dict | None:
         return None
 
 
+@pytest.mark.slow
 def test_two_replicas_make_exactly_one_backup_per_slot(app, s3_env, s3_server, s3_bucket):
     configs = [replica_config(app, s3_bucket, s3_server.endpoint, n) for n in (1, 2)]
     first = time.time() + 3
@@ -1003,6 +1010,7 @@ def test_two_replicas_make_exactly_one_backup_per_slot(app, s3_env, s3_server, s
     assert all("another replica holds the lease" in m or "already exists" in m for m in skipped), skipped
 
 
+@pytest.mark.slow
 def test_a_replica_killed_holding_the_lease_is_taken_over_after_expiry(app, s3_env, s3_server, s3_bucket, records):
     gate = app / "never-opened"
     slot = datetime.now(UTC).replace(microsecond=0)
@@ -1033,6 +1041,7 @@ def test_a_replica_killed_holding_the_lease_is_taken_over_after_expiry(app, s3_e
     assert lease_body(s3_server, s3_bucket) is None
 
 
+@pytest.mark.slow
 def test_a_holder_paused_past_its_lease_does_not_commit_after_it_resumes(app, s3_env, s3_server, s3_bucket):
     gate = app / "gate"
     slot = datetime.now(UTC).replace(microsecond=0)
@@ -1064,6 +1073,7 @@ def test_a_holder_paused_past_its_lease_does_not_commit_after_it_resumes(app, s3
     assert uploads == []  # the paused holder aborted its upload
 
 
+@pytest.mark.slow
 def test_a_store_without_conditional_writes_warns_at_start_and_uses_local_locking(app, records, stop_all):
     memory = f"memory://eternia-sched-{uuid.uuid4().hex[:8]}/shared"
     config = write_section(app, local_section(targets=[{"name": "local", "url": "backups"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 import yaml
 
 from eternia_backup.testing import ADMIN
@@ -33,6 +34,7 @@ def assert_clean(text: str, where: str) -> None:
         assert s not in text, f"secret {s[:8]}... leaked in {where}"
 
 
+@pytest.mark.slow
 def test_no_secret_in_logs_errors_config_show_manifests_or_files(app, s3_server, s3_bucket, cli, tmp_path):
     dsn = f"postgresql://app:{DSN_PASSWORD}@127.0.0.1:5432/appdb"
     section = {
