@@ -134,6 +134,8 @@ class _CountingWriter:
 
 #: how long every target gets to open before the sources are read (the others go on without it)
 OPEN_WAIT = 1.0
+#: how long a failed backup waits for targets still opening, so they can abort their upload
+ABANDON_WAIT = 5.0
 
 
 class _Opening:
@@ -181,9 +183,11 @@ class _Opening:
         return self.writer
 
     def abandon(self) -> None:
+        # Under the lock, either the writer is set (and _open saw "not abandoned", so
+        # it is ours to abort) or it is not yet (and _open will abort it itself).
         with self._lock:
             self._abandoned = True
-            writer = self.writer if self.done.is_set() else None
+            writer = self.writer
         if writer is not None:
             writer.abort()
         if self.spool is not None:
@@ -249,6 +253,12 @@ class _FanOut:
             w.abort()
         for opening in self.pending.values():
             opening.abandon()
+        # A target still opening aborts its upload when it opens: give it a moment, so a
+        # failed backup usually returns with nothing left behind. One that takes longer
+        # (a dead endpoint) leaves an upload that cleanup aborts once its writer is gone.
+        deadline = time.monotonic() + ABANDON_WAIT
+        for opening in self.pending.values():
+            opening.done.wait(max(0.0, deadline - time.monotonic()))
 
     def fail(self, name: str, error: Exception) -> None:
         w = self.writers.pop(name, None)
