@@ -147,7 +147,7 @@ def cmd_verify(mgr, args) -> int:
         else:
             report = mgr.verify_report(args.backup or "latest", allow_older=args.allow_older,
                                        allow_partial_listing=args.allow_partial_listing, progress=progress)
-            unlisted = getattr(report, "unlisted_targets", [])
+            unlisted = report.unlisted_targets
             reports = [report]
     finally:
         progress.close()

@@ -66,7 +66,6 @@ class TerminalProgress(Progress):
         self.stream = stream or sys.stderr
         self.bar = None
         self.files = 0
-        self.bytes = 0  # of every pass, for the summary
         self.started = time.monotonic()
         self._last_postfix = 0.0
 
@@ -84,7 +83,6 @@ class TerminalProgress(Progress):
                         file=self.stream, leave=False, ncols=width, mininterval=0.2)
 
     def advance(self, nbytes: int) -> None:
-        self.bytes += nbytes
         if self.bar is not None:
             self.bar.update(nbytes)
 

@@ -80,9 +80,14 @@ class VerifyReport:
     size: int | None = None
     entries: int | None = None
     note: str | None = None
+    #: targets that could not be listed when the backup was chosen ([{"target", "error"}]);
+    #: the command's JSON carries it once, beside the reports
+    unlisted_targets: list[dict[str, str]] = dataclasses.field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["unlisted_targets"]
+        return data
 
 
 def check_size(copy: BackupCopy, manifest: Manifest) -> None:

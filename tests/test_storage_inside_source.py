@@ -109,3 +109,18 @@ def test_journal_finishes_a_swap_that_died_while_carrying_the_storage(tmp_path):
     assert (dest / "file").read_text() == "restored"
     assert sorted(os.listdir(dest / "backups")) == ["a.tar.zst", "b.tar.zst"]
     assert not staging.exists()
+
+
+def test_the_progress_total_leaves_out_storage_inside_the_source(tmp_path):
+    """The bar's total is what the backup reads: the backups stored inside the source do not count."""
+    from eternia_backup import BackupManager
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state.bin").write_bytes(os.urandom(100_000))
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {"storage_path": "data/backups"}}))
+    mgr = BackupManager.from_config(config)
+    for _ in range(3):
+        mgr.create_backup()
+    assert sum(p.stat().st_size for p in (tmp_path / "data" / "backups").glob("*.tar.zst")) > 250_000
+    assert mgr.sources["data"].estimate_size() == 100_000

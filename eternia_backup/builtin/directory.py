@@ -216,6 +216,7 @@ class DirectorySource(Source):
 
     def estimate_size(self) -> int | None:
         """The bytes of the regular files the walk would take (metadata only: no file is read)."""
+        self._storage_ids = self._storage_inodes()  # backups stored inside are left out, as by the walk
         total, stack = 0, [(self.root, "")]
         while stack:
             directory, rel = stack.pop()
@@ -224,6 +225,8 @@ class DirectorySource(Source):
                     for entry in it:
                         relpath = f"{rel}/{entry.name}" if rel else entry.name
                         if self.options.exclude and _matches(relpath, self.options.exclude):
+                            continue
+                        if self._is_storage(entry.name, entry.inode(), entry.path):
                             continue
                         if entry.is_dir(follow_symlinks=False):
                             stack.append((entry.path, relpath))
