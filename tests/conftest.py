@@ -17,10 +17,16 @@ from make_state import make_state  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch):
-    """No test sees the developer's config or plugin blocks."""
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """No test sees the developer's config or plugin blocks, nor another test's state.
+
+    A config without local storage keeps its state and host lock in
+    $XDG_STATE_HOME/eternia-backup: one per test, so that two xdist workers never
+    share them (a test's cleanup once met another worker's lock there).
+    """
     for var in ("ETERNIA_BACKUP_CONFIG", "ETERNIA_ENV", "ETERNIA_BACKUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 @pytest.fixture
