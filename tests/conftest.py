@@ -72,8 +72,133 @@ def run_cli(*args: str, config: Path | None = None, env: dict | None = None, inp
                           cwd=cwd, timeout=timeout)
 
 
+# -- the CLI in this process -----------------------------------------------------------
+#
+# Starting a Python process and importing the CLI's dependencies costs about half a
+# second; most tests only look at what a command prints and its exit status, so they
+# call ``eternia_backup.cli.main`` in this process instead, as a fresh process would
+# see it: its own stdin/stdout/stderr (bytes encoded as the child's would be, decoded
+# as subprocess.run(text=True) decodes them), the given cwd and environment, the
+# library's logging and process-wide state (remembered secrets, withheld variables)
+# as at start-up, and Python's default warning filters; everything is put back after
+# the call. Tests that need a real process (a terminal, signals, a kill, interpreter
+# variables such as PYTHONPATH, TZ or the locale, a second process holding a lock or a
+# file, the console script) use :func:`run_cli` (fixture ``real_cli``).
+
+from eternia_backup import cli as _cli_module  # noqa: E402
+from eternia_backup import process as _process  # noqa: E402
+from eternia_backup import redact as _redact  # noqa: E402
+
+_FRESH_WITHHELD_ENV = frozenset(_process.WITHHELD_ENV)
+# read once at interpreter start (or by the C library): setting them in os.environ
+# would not do what it does for a new process
+_PROCESS_ENV_PREFIXES = ("PYTHON", "LC_")
+_PROCESS_ENV = {"TZ", "LANG", "LANGUAGE"}
+
+
+def _fresh_warning_filters() -> None:
+    """The filters a new interpreter starts with (no -W, no PYTHONWARNINGS, not -X dev)."""
+    import warnings
+
+    warnings.resetwarnings()
+    for action, category, module in (("ignore", ResourceWarning, ""), ("ignore", ImportWarning, ""),
+                                     ("ignore", PendingDeprecationWarning, ""),
+                                     ("ignore", DeprecationWarning, ""),
+                                     ("default", DeprecationWarning, "__main__")):
+        warnings.filterwarnings(action, category=category, module=module)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("-c", "--config"):
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _decoded(data: bytes) -> str:
+    # what subprocess.run(text=True) gives: the locale's encoding, universal newlines
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def run_cli_in_process(*args: str, config: Path | None = None, env: dict | None = None, input: str | None = None,
+                       cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Like :func:`run_cli`, but ``eternia_backup.cli.main(argv)`` in this process (see above)."""
+    import io
+    import logging
+    import warnings
+
+    argv = (["--config", str(config)] if config is not None else []) + list(args)
+    if _command_of(argv) == "run":
+        raise AssertionError("`run` installs signal handlers and runs until a signal: use run_cli (a real process)")
+    interpreter_level = [k for k in env or {} if k.startswith(_PROCESS_ENV_PREFIXES) or k in _PROCESS_ENV]
+    if interpreter_level:
+        raise AssertionError(f"{interpreter_level} only take effect in a new process: use run_cli")
+    out_bytes, err_bytes = io.BytesIO(), io.BytesIO()
+    # as a child's streams under a UTF-8 locale
+    out = io.TextIOWrapper(out_bytes, encoding="utf-8", errors="surrogateescape", write_through=True)
+    err = io.TextIOWrapper(err_bytes, encoding="utf-8", errors="backslashreplace", write_through=True)
+
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_streams = (sys.stdin, sys.stdout, sys.stderr)
+    loggers = [logging.getLogger(), logging.getLogger("eternia_backup")]
+    saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    saved_secrets = set(_redact._known)
+    saved_withheld = set(_process.WITHHELD_ENV)
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        # pytest's capture handlers on the root logger would swallow what a new
+        # process prints through logging.lastResort (third-party warnings)
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
+        _redact._known.clear()
+        _process.WITHHELD_ENV.clear()
+        _process.WITHHELD_ENV.update(_FRESH_WITHHELD_ENV)
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(input or ""), out, err
+        with warnings.catch_warnings():
+            _fresh_warning_filters()
+            warnings.showwarning = warnings._showwarning_orig  # to sys.stderr, not pytest's record
+            try:
+                status = _cli_module.main(argv)
+            except SystemExit as exc:  # argparse's --help and --version
+                if exc.code is None or isinstance(exc.code, int):
+                    status = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    status = 1
+        out.flush()
+        err.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        _redact._known.clear()
+        _redact._known.update(saved_secrets)
+        _process.WITHHELD_ENV.clear()
+        _process.WITHHELD_ENV.update(saved_withheld)
+        for lg, handlers, level, propagate, disabled in saved_loggers:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["eternia-backup (in process)", *argv], status,
+                                       _decoded(out_bytes.getvalue()), _decoded(err_bytes.getvalue()))
+
+
 @pytest.fixture
 def cli():
+    """The CLI called in this process; same arguments and result as :func:`run_cli`."""
+    return run_cli_in_process
+
+
+@pytest.fixture
+def real_cli():
+    """The CLI in a real subprocess (``python -m eternia_backup``)."""
     return run_cli
 
 

@@ -1,8 +1,10 @@
-"""Every CLI command through a real subprocess, as a new user would try them.
+"""Every CLI command, as a new user would try them.
 
 Each test makes the example app's state (``app`` fixture), writes its config
-and runs ``python -m eternia_backup`` (the ``cli`` fixture). Nothing is mocked:
-real files, real archives, real restores.
+and runs the CLI: ``eternia_backup.cli.main`` in this process (the ``cli``
+fixture, see conftest), or ``python -m eternia_backup`` in a real subprocess
+(``real_cli``) for creating a backup, exit statuses, config discovery and the
+console script. Nothing is mocked: real files, real archives, real restores.
 """
 
 from __future__ import annotations
@@ -149,8 +151,8 @@ def cfg(write_config) -> Path:
 # -- create ----------------------------------------------------------------------------
 
 
-def test_create_prints_the_archive_written_private_with_its_manifest(cli, app, cfg):
-    archive = create(cli, cfg)
+def test_create_prints_the_archive_written_private_with_its_manifest(real_cli, app, cfg):
+    archive = create(real_cli, cfg)
     assert archive.parent == app / "backups"
     assert archive.is_file() and archive.name.endswith(".tar.zst")
     assert archive.name.startswith("eternia-backup-" + backup_id(archive))
@@ -570,11 +572,11 @@ def test_version(cli):
     assert out.strip() == f"eternia-backup {eternia_backup.__version__}"
 
 
-def test_console_script_is_the_same_program(cli, app, cfg):
+def test_console_script_is_the_same_program(real_cli, app, cfg):
     script = Path(sys.executable).parent / "eternia-backup"
     assert script.is_file(), f"console script missing: {script} (pip install -e .)"
     for args in (["--version"], ["plugins"]):
-        by_module = cli(*args)
+        by_module = real_cli(*args)
         by_script = subprocess.run([str(script), *args], capture_output=True, text=True)
         assert by_module.returncode == by_script.returncode == 0
         assert by_module.stdout == by_script.stdout
@@ -587,55 +589,55 @@ def test_console_script_is_the_same_program(cli, app, cfg):
 # -- exit status, error lines, config discovery ---------------------------------------
 
 
-def test_usage_errors_exit_2_without_traceback(cli, cfg):
+def test_usage_errors_exit_2_without_traceback(real_cli, cfg):
     for args in (["frobnicate"], ["restore"], ["verify", "latest", "--all"], []):
-        proc = cli(*args, config=cfg)
+        proc = real_cli(*args, config=cfg)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_config_errors_exit_2_and_change_nothing(cli, app, write_config):
+def test_config_errors_exit_2_and_change_nothing(real_cli, app, write_config):
     cfg = write_config(section(retention_days="seven"))
     for args in (["create"], ["restore", "latest", "--yes"], ["config", "show"]):
-        line = assert_error(cli(*args, config=cfg), 2)
+        line = assert_error(real_cli(*args, config=cfg), 2)
         assert "backup.retention_days" in line and "whole number" in line and "'seven'" in line
     assert not (app / "backups").exists()
 
 
-def test_operation_failures_exit_1(cli, app, cfg):
-    line = assert_error(cli("restore", "nosuchbackup", "--yes", config=cfg), 1)
+def test_operation_failures_exit_1(real_cli, app, cfg):
+    line = assert_error(real_cli("restore", "nosuchbackup", "--yes", config=cfg), 1)
     assert "nosuchbackup" in line
-    line = assert_error(cli("restore", "latest", "--yes", config=cfg), 1)
+    line = assert_error(real_cli("restore", "latest", "--yes", config=cfg), 1)
     assert "no backups" in line
-    line = assert_error(cli("download", str(app / "nothing-here.tar.zst"), config=cfg), 1)
+    line = assert_error(real_cli("download", str(app / "nothing-here.tar.zst"), config=cfg), 1)
     assert "nothing-here" in line
 
 
-def test_config_discovery_order(cli, app, cfg, tmp_path):
+def test_config_discovery_order(real_cli, app, cfg, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
     # --config
-    create(cli, cfg)
-    assert len(list_json(cli, cfg)) == 1
+    create(real_cli, cfg)
+    assert len(list_json(real_cli, cfg)) == 1
     # $ETERNIA_BACKUP_CONFIG
-    out = ok(cli("list", "--json", env={"ETERNIA_BACKUP_CONFIG": str(cfg)}, cwd=elsewhere))
+    out = ok(real_cli("list", "--json", env={"ETERNIA_BACKUP_CONFIG": str(cfg)}, cwd=elsewhere))
     assert len(json.loads(out)["backups"]) == 1
     # ./eternia-backup.yaml in the working directory
-    out = ok(cli("list", "--json", cwd=app))
+    out = ok(real_cli("list", "--json", cwd=app))
     assert len(json.loads(out)["backups"]) == 1
     # --config wins over the variable, the variable over ./eternia-backup.yaml
-    line = assert_error(cli("list", config=elsewhere / "none.yaml",
+    line = assert_error(real_cli("list", config=elsewhere / "none.yaml",
                             env={"ETERNIA_BACKUP_CONFIG": str(cfg)}, cwd=app), 2)
     assert "none.yaml" in line
-    line = assert_error(cli("list", env={"ETERNIA_BACKUP_CONFIG": str(elsewhere / "gone.yaml")}, cwd=app), 2)
+    line = assert_error(real_cli("list", env={"ETERNIA_BACKUP_CONFIG": str(elsewhere / "gone.yaml")}, cwd=app), 2)
     assert "gone.yaml" in line and "ETERNIA_BACKUP_CONFIG" in line
 
 
-def test_missing_config_says_how_to_fix_it(cli, tmp_path):
+def test_missing_config_says_how_to_fix_it(real_cli, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    line = assert_error(cli("create", cwd=empty), 2)
+    line = assert_error(real_cli("create", cwd=empty), 2)
     assert "eternia-backup.yaml" in line and "--config" in line and "ETERNIA_BACKUP_CONFIG" in line
     assert list(empty.iterdir()) == []
 

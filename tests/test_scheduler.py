@@ -475,7 +475,7 @@ def test_starting_from_two_threads_at_once_starts_one_scheduler(app):
         done.set()
 
 
-def test_enabled_false_schedules_nothing_and_says_so(app, records, cli):
+def test_enabled_false_schedules_nothing_and_says_so(app, records, real_cli):
     config = write_section(app, local_section(enabled=False))
     mgr = BackupManager.from_config(config)
     vc = VirtualClock(future_hour(), auto=True)
@@ -486,7 +486,7 @@ def test_enabled_false_schedules_nothing_and_says_so(app, records, cli):
     assert any("disabled" in r.getMessage() and "nothing is scheduled" in r.getMessage() for r in records)
     mgr.stop_scheduler()
 
-    proc = cli("run", config=config, timeout=20)
+    proc = real_cli("run", config=config, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert "disabled" in proc.stderr and "nothing is scheduled" in proc.stderr
     assert manifests(app / "backups") == []
@@ -722,7 +722,7 @@ def age_newest_manifest(storage: Path, by: timedelta) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_status_exit_codes_and_json(app, cli):
+def test_status_exit_codes_and_json(app, cli, real_cli):
     config = write_section(app, local_section(
         sources=[{"type": "command", "name": "dump", "command": "${DUMP:-echo dump}"}],
         schedule={"timezone": "Europe/Helsinki"}))
@@ -765,7 +765,8 @@ def test_status_exit_codes_and_json(app, cli):
     section = yaml.safe_load(config.read_text())
     del section["backup"]["schedule"]["timezone"]
     config.write_text(yaml.safe_dump(section))
-    data = json.loads(cli("status", "--json", config=config, env={"TZ": "America/Chicago"}).stdout)
+    # (TZ is read by a new process: a real one)
+    data = json.loads(real_cli("status", "--json", config=config, env={"TZ": "America/Chicago"}).stdout)
     assert data["timezone"] == "America/Chicago"
     assert datetime.fromisoformat(data["next_run"]).astimezone(ZoneInfo("America/Chicago")).strftime("%H:%M") == "00:00"
 
