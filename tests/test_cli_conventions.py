@@ -1,5 +1,9 @@
 """The CLI behaves like the tools users know: options anywhere, -v/-vv/-q, help with
-examples, exit codes a script can trust, shell completion, a starter config."""
+examples, exit codes a script can trust, shell completion, a starter config.
+
+Exit statuses (11 locked, 2 usage, 130 Ctrl-C) and argcomplete's environment are
+checked on a real process (``run_cli``); the rest calls the CLI in this process
+(``run_cli_in_process``, see conftest)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_in_process
 from eternia_backup.cli import COMMANDS
 from eternia_backup.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
 from eternia_backup.locks import LocalLock
@@ -30,7 +34,7 @@ def project(tmp_path) -> Path:
 
 
 def cli_in(directory: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cli(*args, cwd=directory, **kw)
+    return run_cli_in_process(*args, cwd=directory, **kw)
 
 
 def test_global_options_work_before_and_after_the_command(project, tmp_path):
@@ -46,18 +50,18 @@ def test_global_options_work_before_and_after_the_command(project, tmp_path):
 
 
 def test_v_gives_info_vv_gives_debug_records_and_q_gives_only_errors(project):
-    info = run_cli("create", "-v", config=project)
+    info = run_cli_in_process("create", "-v", config=project)
     assert info.returncode == 0 and " INFO " in info.stderr and " DEBUG " not in info.stderr, info.stderr
-    debug = run_cli("-v", "create", "-v", config=project)  # counted across both places
+    debug = run_cli_in_process("-v", "create", "-v", config=project)  # counted across both places
     assert debug.returncode == 0 and " DEBUG " in debug.stderr, debug.stderr
-    quiet = run_cli("create", "-q", config=project)
+    quiet = run_cli_in_process("create", "-q", config=project)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip().endswith(".tar.zst")
-    failing = run_cli("restore", "nope", "-q", config=project)
+    failing = run_cli_in_process("restore", "nope", "-q", config=project)
     assert failing.returncode == 1 and failing.stderr.startswith("error: "), failing.stderr
 
 
 def test_log_lines_carry_the_utc_offset(project):
-    proc = run_cli("create", "-v", config=project)
+    proc = run_cli_in_process("create", "-v", config=project)
     first = proc.stderr.splitlines()[0]
     assert first[:19].count("-") == 2 and first[19] in "+-", first  # 2026-11-29T07:02:11+0000
 
@@ -125,7 +129,7 @@ def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
 
 def test_shell_completion_scripts_and_completions(tmp_path):
     for shell in ("bash", "zsh", "fish"):
-        proc = run_cli("completion", shell)
+        proc = run_cli_in_process("completion", shell)
         assert proc.returncode == 0 and "eternia-backup" in proc.stdout and len(proc.stdout) > 200, proc.stderr
     out = tmp_path / "completions"
     line = "eternia-backup res"

@@ -127,7 +127,7 @@ def test_schema_validates_like_the_loader():
 def test_config_schema_command_prints_the_schema_editors_use(tmp_path):
     import json
 
-    from conftest import run_cli
+    from conftest import run_cli_in_process as run_cli
 
     proc = run_cli("config", "schema", cwd=tmp_path)  # needs no config file
     assert proc.returncode == 0, proc.stderr

@@ -24,7 +24,7 @@ import pytest
 from eternia_backup import EterniaBackupError, IntegrityError
 from eternia_backup.manager import BackupManager
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 DOC = ROOT / "docs" / "json.md"
 

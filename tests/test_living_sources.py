@@ -25,7 +25,7 @@ import yaml
 from eternia_backup.errors import EXIT_WARNINGS
 from eternia_backup.manager import BackupManager
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 MIB = 1024 * 1024
 

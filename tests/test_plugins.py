@@ -28,7 +28,7 @@ import pytest
 import yaml
 import zstandard
 
-from conftest import ROOT, default_section, run_cli
+from conftest import ROOT, default_section, run_cli, run_cli_in_process
 from eternia_backup import BackupManager, hookimpl, hookspecs
 from eternia_backup.backup import BackupResult, run_backup
 from eternia_backup.builtin.tar import TarArchiver
@@ -646,7 +646,7 @@ def test_disable_env_removes_a_builtin_source(write_config, monkeypatch):
     assert "backup.sources[1].type" in message and "'sqlite'" in message
     assert "command" in message and "directory" in message  # the known types
 
-    proc = run_cli("config", "check", config=config)
+    proc = run_cli_in_process("config", "check", config=config)
     assert proc.returncode == 2
     assert "unknown source 'sqlite'" in proc.stderr and "Traceback" not in proc.stderr
 

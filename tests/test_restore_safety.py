@@ -31,7 +31,7 @@ from eternia_backup import IntegrityError, RestoreError
 from eternia_backup.errors import UnsafeArchiveError
 from eternia_backup.manager import BackupManager
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 NAME = "eternia-backup"
 

@@ -16,7 +16,7 @@ import pytest
 
 from eternia_backup.manager import BackupManager
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -32,7 +32,7 @@ from eternia_backup.plans import DirectorySwapPlan
 from eternia_backup.plugins import get_plugin_manager
 from eternia_backup.providers import Source, SourceOptions
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 COMPRESSIONS = ["zstd", "gzip", "xz", "none"]
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz", "xz": ".tar.xz", "none": ".tar"}

@@ -18,7 +18,7 @@ import pytest
 
 from eternia_backup.manager import BackupManager
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sqlite_writer import invariant_problem, make_database  # noqa: E402

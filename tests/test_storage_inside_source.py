@@ -13,7 +13,7 @@ from eternia_backup import journal
 from eternia_backup.fsutil import sibling
 from eternia_backup.plans import DirectorySwapPlan
 
-from conftest import run_cli
+from conftest import run_cli_in_process as run_cli  # the CLI in this process (see conftest)
 
 
 def _tree(root: Path, skip: tuple[str, ...]) -> dict[str, bytes]:
