@@ -27,8 +27,8 @@ backup:
         key: AKIAEXAMPLEKEY
         secret: {S3_SECRET}
         client_kwargs: {{endpoint_url: "http://127.0.0.1:9"}}
-        config_kwargs: {{retries: {{max_attempts: 1}}, connect_timeout: 1}}
-        retries: 1  # s3fs's own retries: fail fast on the closed port
+        max_attempts: 1  # the S3 target's retries (2 s, then 4 s): fail fast on the closed port
+        connect_timeout: 1
   sources:
     - {{type: directory, name: data, path: data}}
     - {{type: postgres, name: db, pg_dump: /nonexistent/pg_dump,
