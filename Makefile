@@ -22,13 +22,19 @@ demo: $(STAMP)
 demo-s3: $(STAMP)
 	$(PY) examples/demo_s3.py
 
+# The test runs keep Python's bytecode caches (__pycache__, ignored by git and left
+# out of the sdist) even where the environment sets PYTHONDONTWRITEBYTECODE: without
+# them every worker re-compiles the project and re-rewrites every test module, and
+# every CLI subprocess re-compiles eternia_backup, on every run.
+TEST_ENV = PYTHONDONTWRITEBYTECODE=
+
 ## test: the whole test suite (starts its own SeaweedFS S3 server on loopback)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(TEST_ENV) $(PY) -m pytest -q -n 2
 
 ## test-fast: the suite without the slow tests (crash, S3 fault, scheduler timing, wheel install)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory.py
