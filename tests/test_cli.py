@@ -613,13 +613,13 @@ def test_operation_failures_exit_1(real_cli, app, cfg):
     assert "nothing-here" in line
 
 
-def test_config_discovery_order(real_cli, app, cfg, tmp_path):
+def test_config_discovery_order(cli, real_cli, app, cfg, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
     # --config
-    create(real_cli, cfg)
-    assert len(list_json(real_cli, cfg)) == 1
+    create(cli, cfg)
+    assert len(list_json(cli, cfg)) == 1
     # $ETERNIA_BACKUP_CONFIG
     out = ok(real_cli("list", "--json", env={"ETERNIA_BACKUP_CONFIG": str(cfg)}, cwd=elsewhere))
     assert len(json.loads(out)["backups"]) == 1

@@ -80,7 +80,7 @@ def test_every_command_help_has_a_description_and_an_example(command, capsys):
 
 
 def test_a_run_that_finds_the_lock_held_exits_11_and_does_nothing(project):
-    run_cli("create", config=project)
+    run_cli_in_process("create", config=project)  # setup; the runs that meet the lock are real processes
     backups = project.parent / "backups"
     before = sorted(p.name for p in backups.iterdir())
     from eternia_backup import BackupManager
@@ -98,7 +98,7 @@ def test_a_run_that_finds_the_lock_held_exits_11_and_does_nothing(project):
 
 
 def test_usage_mistakes_exit_2(project):
-    run_cli("create", config=project)
+    run_cli_in_process("create", config=project)  # setup; the mistakes are made on real processes
     proc = run_cli("restore", "latest", "--source", "nope", "--to", str(project.parent / "r"), config=project)
     assert proc.returncode == EXIT_USAGE and "no source 'nope'" in proc.stderr, proc.stderr
     assert run_cli("frobnicate", config=project).returncode == EXIT_USAGE
