@@ -29,7 +29,7 @@ from .manifest import (
     is_backup_id,
     manifest_name_for,
 )
-from .providers import StoredFile, Target
+from .providers import LocalPaths, StoredFile, Target
 from .storage import parse_temp_name
 
 log = logging.getLogger("eternia_backup.catalog")
@@ -81,7 +81,7 @@ class BackupEntry:
 
     @property
     def best(self) -> BackupCopy:
-        return sorted(self.copies, key=lambda c: (not c.ok, not c.target.is_local))[0]
+        return sorted(self.copies, key=lambda c: (not c.ok, not isinstance(c.target, LocalPaths)))[0]
 
     @property
     def ok(self) -> bool:

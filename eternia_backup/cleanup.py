@@ -29,7 +29,7 @@ from .catalog import in_series, list_target
 from .config import Retention
 from .errors import EterniaBackupError
 from .manifest import archive_stem
-from .providers import Target
+from .providers import Target, UploadCleanup
 from .retention import Candidate, plan_retention
 from .storage import parse_temp_name
 
@@ -209,7 +209,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         _delete_backup(target, copy, report)
 
     try:
-        uploads = target.incomplete_uploads()
+        uploads = target.incomplete_uploads() if isinstance(target, UploadCleanup) else []
     except EterniaBackupError as exc:
         problem = f"unfinished uploads could not be listed: {exc}"
         report.error = f"{report.error}; {problem}" if report.error else problem

@@ -17,7 +17,17 @@ There are two groups:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import pluggy
+
+if TYPE_CHECKING:  # for type checkers only, as pytest's hookspec does: no import cost, no cycle
+    from .backup import BackupResult
+    from .cleanup import CleanupResult
+    from .config import BackupConfig
+    from .providers import Archiver, Compression, Source, Target
+    from .restore import RestoreResult
 
 hookspec = pluggy.HookspecMarker("eternia_backup")
 
@@ -26,11 +36,11 @@ hookspec = pluggy.HookspecMarker("eternia_backup")
 
 
 @hookspec
-def eternia_register_sources(register) -> None:
+def eternia_register_sources(register: Callable[[type[Source]], None]) -> None:
     """Offer source types: the things whose state is backed up.
 
     :param register: call ``register(SourceClass)`` for each source type.
-        ``SourceClass`` subclasses :class:`eternia_backup.providers.Source`;
+        ``SourceClass`` subclasses :class:`eternia_backup.api.Source`;
         its ``type_name`` class attribute is the ``type:`` used in YAML, and
         its ``options_model`` (a pydantic model) validates the rest of the
         source's YAML mapping. Registering a type name that another plugin
@@ -39,31 +49,31 @@ def eternia_register_sources(register) -> None:
 
 
 @hookspec
-def eternia_register_archivers(register) -> None:
+def eternia_register_archivers(register: Callable[[type[Archiver]], None]) -> None:
     """Offer archive formats: how entries are packed into one byte stream.
 
     :param register: call ``register(ArchiverClass)``; ``ArchiverClass``
-        subclasses :class:`eternia_backup.providers.Archiver` and its
+        subclasses :class:`eternia_backup.api.Archiver` and its
         ``format_name`` is the value of ``archive.format`` in YAML.
     """
 
 
 @hookspec
-def eternia_register_compressions(register) -> None:
+def eternia_register_compressions(register: Callable[[type[Compression]], None]) -> None:
     """Offer compressions applied to the archive stream.
 
     :param register: call ``register(CompressionClass)``; the class subclasses
-        :class:`eternia_backup.providers.Compression` and its ``name`` is the
+        :class:`eternia_backup.api.Compression` and its ``name`` is the
         value of ``archive.compression`` in YAML.
     """
 
 
 @hookspec
-def eternia_register_targets(register) -> None:
+def eternia_register_targets(register: Callable[[type[Target]], None]) -> None:
     """Offer storage targets for URL protocols.
 
     :param register: call ``register(TargetClass)``; the class subclasses
-        :class:`eternia_backup.providers.Target` and lists the URL protocols it
+        :class:`eternia_backup.api.Target` and lists the URL protocols it
         serves in ``protocols`` (``("s3", "s3a")``). The protocol ``"*"``
         means "any protocol fsspec can open" and is used when no plugin
         registered the URL's protocol specifically, so a plugin can add
@@ -75,7 +85,7 @@ def eternia_register_targets(register) -> None:
 
 
 @hookspec
-def eternia_backup_started(backup_id: str, config) -> None:
+def eternia_backup_started(backup_id: str, config: BackupConfig) -> None:
     """A backup is about to read its sources.
 
     :param backup_id: the id the backup will have (``20261127T020000Z-1a2b3c``).
@@ -86,7 +96,7 @@ def eternia_backup_started(backup_id: str, config) -> None:
 
 
 @hookspec
-def eternia_backup_succeeded(result) -> None:
+def eternia_backup_succeeded(result: BackupResult) -> None:
     """A backup was committed on every target.
 
     :param result: the :class:`~eternia_backup.backup.BackupResult`: backup id,
@@ -96,7 +106,7 @@ def eternia_backup_succeeded(result) -> None:
 
 
 @hookspec
-def eternia_backup_failed(backup_id: str, error: BaseException, result) -> None:
+def eternia_backup_failed(backup_id: str, error: BaseException, result: BackupResult | None) -> None:
     """A backup failed on at least one target.
 
     :param backup_id: the id of the failed backup.
@@ -109,8 +119,8 @@ def eternia_backup_failed(backup_id: str, error: BaseException, result) -> None:
 
 
 @hookspec
-def eternia_restore_started(backup_id: str, sources: list, destination, dry_run: bool) -> None:
-    """A restore passed verification and is about to stage and swap state.
+def eternia_restore_started(backup_id: str, sources: list[str], destination: Path | None, dry_run: bool) -> None:
+    """A restore passed verification and is about to stage and swap state (also for a dry run).
 
     :param backup_id: the backup being restored.
     :param sources: names of the sources being restored.
@@ -121,7 +131,7 @@ def eternia_restore_started(backup_id: str, sources: list, destination, dry_run:
 
 
 @hookspec
-def eternia_restore_finished(backup_id: str, error, result) -> None:
+def eternia_restore_finished(backup_id: str, error: BaseException | None, result: RestoreResult | None) -> None:
     """A restore ended.
 
     :param backup_id: the backup that was restored.
@@ -133,7 +143,7 @@ def eternia_restore_finished(backup_id: str, error, result) -> None:
 
 
 @hookspec
-def eternia_cleanup_finished(result) -> None:
+def eternia_cleanup_finished(result: CleanupResult) -> None:
     """Retention ran on every target.
 
     :param result: the :class:`~eternia_backup.retention.CleanupResult`: per

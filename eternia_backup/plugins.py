@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import weakref
 from typing import Any
 
 import pluggy
@@ -32,6 +33,7 @@ BUILTIN_PLUGINS = (
     "eternia_backup.builtin.command",
     "eternia_backup.builtin.tar",
     "eternia_backup.builtin.compressions",
+    "eternia_backup.builtin.local_target",
     "eternia_backup.builtin.fsspec_target",
     "eternia_backup.builtin.s3_target",
 )
@@ -123,7 +125,13 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}; check the hook's spelling against eternia_backup.hookspecs") from exc
+    for caller in vars(pm.hook).values():
+        _managers[id(caller)] = pm
     return pm
+
+
+# hook caller -> its plugin manager, for call_lifecycle (a HookCaller does not know its manager)
+_managers: "weakref.WeakValueDictionary[int, pluggy.PluginManager]" = weakref.WeakValueDictionary()
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> None:
@@ -156,23 +164,25 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
 def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
     """Call a lifecycle hook so that no implementation can change the outcome.
 
-    Each implementation runs on its own: one that raises is logged (with its
-    plugin's name and the traceback) and the others still run. Wrappers, which
-    cannot be separated from what they wrap, make it one guarded call.
+    Each plugin's implementation is called through pluggy on its own (a subset
+    hook caller holding only that plugin), in pluggy's order: one that raises is
+    logged with its plugin's name and the traceback, and the others still run.
     """
-    impls = hook_caller.get_hookimpls()
-    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+    pm = _managers.get(id(hook_caller))
+    if pm is None:  # not built by get_plugin_manager: one guarded call
         try:
             hook_caller(**kwargs)
         except Exception:
             log.exception("a plugin's %s hook failed; carrying on", hook_caller.name)
         return
-    for impl in reversed(impls):  # pluggy's own order: last registered first
+    plugins = [impl.plugin for impl in reversed(hook_caller.get_hookimpls())]
+    everyone = pm.get_plugins()
+    for plugin in dict.fromkeys(plugins):  # a plugin with a wrapper and an impl is called once
+        others = [p for p in everyone if p is not plugin]
         try:
-            impl.function(*[kwargs[a] for a in impl.argnames],
-                          **{k: kwargs[k] for k in impl.kwargnames if k in kwargs})
+            pm.subset_hook_caller(hook_caller.name, remove_plugins=others)(**kwargs)
         except Exception:
-            log.exception("plugin %r: %s hook failed; carrying on", impl.plugin_name, hook_caller.name)
+            log.exception("plugin %r: %s hook failed; carrying on", pm.get_name(plugin), hook_caller.name)
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:

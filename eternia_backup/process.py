@@ -86,3 +86,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+STDERR_TAIL = 2000
+
+
+def stderr_tail(data: bytes) -> str:
+    """The end of a command's stderr for an error message: at most 2,000 characters, secrets masked."""
+    from .redact import redact_text
+
+    text = data.decode("utf-8", "replace").strip()
+    if len(text) > STDERR_TAIL:
+        text = "..." + text[-STDERR_TAIL:]
+    return redact_text(text) or "(no stderr)"

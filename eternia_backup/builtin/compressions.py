@@ -12,8 +12,7 @@ from typing import IO
 
 import zstandard
 
-from eternia_backup import hookimpl
-from eternia_backup.providers import Compression
+from eternia_backup.api import Compression, hookimpl
 
 
 class ZstdCompression(Compression):

@@ -20,10 +20,18 @@ from pathlib import Path
 
 from pydantic import Field
 
-from eternia_backup import hookimpl
-from eternia_backup.errors import RestoreError, SourceError
-from eternia_backup.fsutil import remove_stale_siblings, remove_tree, sibling
-from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
+from eternia_backup.api import (
+    EntryWriter,
+    RestoreError,
+    RestorePlan,
+    Source,
+    SourceError,
+    SourceOptions,
+    hookimpl,
+    remove_stale_siblings,
+    remove_tree,
+    sibling,
+)
 
 log = logging.getLogger("eternia_backup.source.sqlite")
 
@@ -274,8 +282,20 @@ class SqliteRestorePlan(RestorePlan):
             raise RestoreError(f"{self.label}: cannot write {self.destination}: {exc}") from exc
 
     def journal_entry(self) -> dict:
-        return {"kind": "sqlite", "destination": str(self.destination),
+        return {"destination": str(self.destination),
                 "staged": str(self.staging_dir / self.member), "staging": str(self.staging_dir)}
+
+    @classmethod
+    def resume(cls, entry: dict) -> str:
+        """Write the staged database in again: the backup API makes that safe to repeat."""
+        destination, staged = Path(entry["destination"]), Path(entry["staged"])
+        if staged.exists():
+            if destination.exists():
+                write_into(staged, destination)
+            else:
+                os.replace(staged, destination)
+        remove_tree(Path(entry["staging"]))
+        return f"{destination}: the restored database was written"
 
     def rollback(self) -> None:
         if self.created:
@@ -294,6 +314,9 @@ class SqliteRestorePlan(RestorePlan):
 
     def discard(self) -> None:
         remove_tree(self.staging_dir)
+
+
+SqliteSource.restore_plan_types = (SqliteRestorePlan,)
 
 
 @hookimpl

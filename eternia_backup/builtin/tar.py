@@ -22,10 +22,19 @@ import tarfile
 from pathlib import Path
 from typing import IO, BinaryIO, Iterator
 
-from eternia_backup import hookimpl
-from eternia_backup.errors import ArchiveError, SourceError, UnreadableFileError
-from eternia_backup.fsutil import read_xattrs, xattr_namespaces_kept
-from eternia_backup.providers import Archiver, ArchiveReader, EntryWriter, Member, SourceWarnings
+from eternia_backup.api import (
+    ArchiveError,
+    Archiver,
+    ArchiveReader,
+    EntryWriter,
+    Member,
+    SourceError,
+    SourceWarnings,
+    UnreadableFileError,
+    hookimpl,
+    read_xattrs,
+    xattr_namespaces_kept,
+)
 
 _COPY_BUFSIZE = 1024 * 1024
 _ZEROS = bytes(_COPY_BUFSIZE)  # what a hole reads as, shared, never written to
