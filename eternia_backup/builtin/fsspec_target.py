@@ -8,7 +8,10 @@ temporary name is removed if anything fails.
 
 from __future__ import annotations
 
+import threading
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from eternia_backup.api import (
     AtomicWrite,
@@ -47,16 +50,20 @@ class FsspecAtomicWrite(AtomicWrite):
         discard = getattr(self._file, "discard", None)  # fsspec's AbstractBufferedFile: never complete on close
         try:
             if discard is not None:
-                discard()
+                try:
+                    discard()
+                finally:
+                    # discard() does not close: a later close() (even from __del__)
+                    # would upload the buffer, recreating the temp file (ftp://)
+                    self._file.closed = True
             else:
                 self._file.close()
         except Exception:
             pass
         try:
-            if self.target.fs.exists(self.tmp):
-                self.target.fs.rm(self.tmp)
+            self.target.fs.rm_file(self.tmp)
         except Exception:
-            pass
+            pass  # never written, or already gone
 
 
 class FsspecTarget(Target):
@@ -79,26 +86,69 @@ class FsspecTarget(Target):
             raise ConfigError(f"target {name!r}: invalid storage options: {redact_text(str(exc))}") from None
         self.root = self.root.rstrip("/") or self.root
         self._dir_ready = False
+        self._threads = threading.local()
+        self._dir_lock = threading.Lock()
+
+    @property
+    def fs(self):
+        """The filesystem; one per thread when it is not thread-safe.
+
+        A synchronous fsspec filesystem may hold one connection (ftp:// does)
+        that two threads writing at once would interleave on; an async one
+        (s3fs) is safe to share. Instances made for other threads skip fsspec's
+        instance cache, which would hand back the shared one.
+        """
+        shared = self._fs
+        if shared.async_impl or threading.current_thread() is self._owner:
+            return shared
+        fs = getattr(self._threads, "fs", None)
+        if fs is None:
+            fs = self._threads.fs = type(shared)(**shared.storage_options, skip_instance_cache=True)
+        return fs
+
+    @fs.setter
+    def fs(self, value) -> None:
+        self._fs = value
+        self._owner = threading.current_thread()
 
     def join(self, filename: str) -> str:
         return f"{self.root}/{filename}"
 
     def file_url(self, filename: str) -> str:
-        return redact_text(self.fs.unstrip_protocol(self.join(filename)))
+        url = self.fs.unstrip_protocol(self.join(filename))
+        host = urlsplit(self.url).hostname
+        if host and host not in url:  # ftp://: the host is in the filesystem's options, not in its paths
+            url = f"{self.url.rstrip('/')}/{filename}"
+        return redact_text(url)
 
     def ensure_dir(self) -> None:
-        if self._dir_ready:
-            return
-        try:
-            self.fs.makedirs(self.root, exist_ok=True)
-        except Exception as exc:
-            raise self.error_for("create the directory", exc) from exc
-        self._dir_ready = True
+        with self._dir_lock:  # writers in several threads: one makedirs (ftp's is check-then-create)
+            if self._dir_ready:
+                return
+            try:
+                self.fs.makedirs(self.root, exist_ok=True)
+            except Exception as exc:
+                self._forget_listings()
+                try:
+                    made = self.fs.isdir(self.root)  # by another process meanwhile
+                except Exception:
+                    made = False
+                if not made:
+                    raise self.error_for("create the directory", exc) from exc
+            self._dir_ready = True
 
     def check(self) -> None:
         self.ensure_dir()
 
+    def _forget_listings(self) -> None:
+        """Drop the filesystem's listings cache: other processes write here too (ftp:// caches every ls)."""
+        try:
+            self.fs.invalidate_cache(self.root)
+        except Exception:
+            pass
+
     def list(self) -> list[StoredFile]:
+        self._forget_listings()
         try:
             if self.fs.isfile(self.root):
                 raise NotADirectoryError(f"{self.display_url} is a file, not a directory; fix the target's URL")
@@ -114,14 +164,7 @@ class FsspecTarget(Target):
             if e["name"].rstrip("/") == self.root.rstrip("/"):
                 continue  # the directory itself (SeaweedFS lists an emptied "prefix/" as a key)
             name = e["name"].rstrip("/").rsplit("/", 1)[-1]
-            mtime = e.get("mtime") or e.get("LastModified") or e.get("created") or e.get("modify")
-            if hasattr(mtime, "timestamp"):
-                mtime = mtime.timestamp()
-            try:
-                mtime = float(mtime) if mtime is not None else None
-            except (TypeError, ValueError):
-                mtime = None  # a format this store's listing uses that we do not know
-            files.append(StoredFile(name, e.get("size"), mtime))
+            files.append(StoredFile(name, e.get("size"), _mtime(e)))
         return files
 
     def open_write(self, filename: str) -> AtomicWrite:
@@ -132,26 +175,54 @@ class FsspecTarget(Target):
             raise self.error_for("write", exc, filename) from exc
 
     def open_read(self, filename: str) -> BinaryIO:
+        self._forget_listings()  # the size a file object reads up to comes from a listing
         try:
             return self.fs.open(self.join(filename), "rb")
         except Exception as exc:
             raise self.error_for("read", exc, filename) from exc
 
     def size(self, filename: str) -> int:
+        self._forget_listings()
         try:
             return int(self.fs.info(self.join(filename))["size"])
         except Exception as exc:
             raise self.error_for("stat", exc, filename) from exc
 
     def delete(self, filename: str) -> None:
+        path = self.join(filename)
         try:
             # One file, one request whose answer says whether it was deleted:
             # a bulk delete (s3fs's rm) ignores the per-key errors of a 200 reply.
-            self.fs.rm_file(self.join(filename))
+            self.fs.rm_file(path)
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise self.error_for("delete", exc, filename) from exc
+            # Some stores answer a missing file with a generic error (ftp: "550");
+            # absent afterwards is what a delete promises.
+            self._forget_listings()
+            try:
+                gone = not self.fs.exists(path)
+            except Exception:
+                gone = False
+            if not gone:
+                raise self.error_for("delete", exc, filename) from exc
+
+
+def _mtime(entry: dict[str, Any]) -> float | None:
+    """POSIX seconds from a listing entry, in the forms fsspec filesystems use; None if unknown."""
+    mtime = entry.get("mtime") or entry.get("LastModified") or entry.get("created") or entry.get("modify")
+    if hasattr(mtime, "timestamp"):
+        return mtime.timestamp()
+    if isinstance(mtime, str) and len(mtime) >= 14 and mtime[:14].isdigit():
+        # ftp's MLSD "modify" fact: YYYYMMDDHHMMSS[.sss] in UTC (RFC 3659), not a number of seconds
+        try:
+            return datetime.strptime(mtime[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return None
+    try:
+        return float(mtime) if mtime is not None else None
+    except (TypeError, ValueError):
+        return None  # a format this store's listing uses that we do not know
 
 
 @hookimpl
