@@ -111,3 +111,39 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture
 def reader_credentials() -> tuple[str, str]:
     return READER
+
+
+# -- a real FTP server (pyftpdlib), one per test session ---------------------------------
+
+FTP_USER = ("eternia-ftp", "eternia-ftp-secret-0123456789")
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory):
+    """pyftpdlib on a free loopback port with a temp root and one user; yields (host, port, root)."""
+    import logging
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)  # one INFO line per command otherwise
+    root = tmp_path_factory.mktemp("ftp-root")
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(FTP_USER[0], FTP_USER[1], str(root), perm="elradfmwMT")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "passive_ports": None})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.socket.getsockname()[1], root
+    server.close_all()
+    thread.join(10)
+
+
+@pytest.fixture
+def ftp_url(ftp_server) -> tuple[str, dict]:
+    """(URL of a fresh directory on the FTP server, target options with the credentials)."""
+    host, port, _root = ftp_server
+    return (f"ftp://{host}:{port}/t-{uuid.uuid4().hex[:8]}",
+            {"username": FTP_USER[0], "password": FTP_USER[1]})

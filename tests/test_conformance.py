@@ -1,6 +1,8 @@
-"""One suite, every kind of target: a local directory, memory://, and S3 (SeaweedFS).
+"""Every kind of target: a local directory, memory://, S3 (SeaweedFS) and FTP (pyftpdlib), all real.
 
-Each test makes real backups through the Python API and checks what a user
+The conformance kit's :class:`~eternia_backup.testing.TargetConformance` runs
+against each built-in target (the target's own contract). Below it, the whole
+pipeline runs on each kind of target through the Python API, checked as a user
 would: the backup is listed, verifies, restores to the same bytes, is found by
 id and as ``latest``, survives retention as the newest copy, and a failure
 leaves nothing on the target.
@@ -16,32 +18,81 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from eternia_backup import BackupManager
+from eternia_backup.api import UploadCleanup
+from eternia_backup.builtin.fsspec_target import FsspecTarget
+from eternia_backup.builtin.local_target import LocalTarget
+from eternia_backup.builtin.s3_target import S3Target
 from eternia_backup.config import parse_config
 from eternia_backup.errors import IntegrityError, SourceError
-from eternia_backup.api import UploadCleanup
 from eternia_backup.manifest import format_time
+from eternia_backup.testing import TargetConformance
+
+# -- the kit, on every built-in target --------------------------------------------------
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def target_url(request, tmp_path):
+class TestLocalTarget(TargetConformance):
+    @pytest.fixture
+    def target(self, tmp_path):
+        return LocalTarget("kit", str(tmp_path / "not-yet" / "store"), {})
+
+
+class TestFileUrlTarget(TargetConformance):
+    large_size = 4 * 2**20  # the same class as TestLocalTarget: only the URL form differs
+
+    @pytest.fixture
+    def target(self, tmp_path):
+        return LocalTarget("kit", (tmp_path / "store").as_uri(), {})
+
+
+class TestMemoryTarget(TargetConformance):
+    @pytest.fixture
+    def target(self):
+        return FsspecTarget("kit", f"memory://kit-{uuid.uuid4().hex[:8]}", {})
+
+
+class TestS3Target(TargetConformance):
+    @pytest.fixture
+    def target(self, s3_env, s3_bucket):
+        return S3Target("kit", f"s3://{s3_bucket}/prefix", {})
+
+    def target_section(self, target):
+        return {"name": "kit", "url": target.url}  # its .options hold the session it built; credentials: s3_env
+
+
+class TestFtpTarget(TargetConformance):
+    @pytest.fixture
+    def target(self, ftp_url):
+        url, options = ftp_url
+        return FsspecTarget("kit", url, options)
+
+
+# -- the pipeline, on every kind of target -------------------------------------------------
+
+
+@pytest.fixture(params=["local", "memory", "s3", "ftp"])
+def target_entry(request, tmp_path) -> dict:
     if request.param == "local":
-        return str(tmp_path / "store")
+        return {"name": "t", "url": str(tmp_path / "store")}
     if request.param == "memory":
-        return f"memory://conformance-{uuid.uuid4().hex[:8]}"
+        return {"name": "t", "url": f"memory://conformance-{uuid.uuid4().hex[:8]}"}
+    if request.param == "ftp":
+        url, options = request.getfixturevalue("ftp_url")
+        return {"name": "t", "url": url, "options": options}
     request.getfixturevalue("s3_env")
     bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/prod"
+    return {"name": "t", "url": f"s3://{bucket}/prod"}
 
 
 @pytest.fixture
-def manager(app, target_url):
+def manager(app, target_entry):
     def make(**extra) -> BackupManager:
         section = {
             "sources": [
                 {"type": "directory", "name": "files", "path": "state/files"},
                 {"type": "sqlite", "name": "db", "path": "state/app.db"},
             ],
-            "targets": [{"name": "t", "url": target_url}],
+            "targets": [target_entry],
+            "state_dir": "eternia-state",  # not the user's: two test workers would share its lock
             **extra,
         }
         return BackupManager(parse_config(section, base_dir=app))
