@@ -16,6 +16,7 @@ def sibling(path: Path, purpose: str) -> Path:
 
 
 def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable (fsync the directory); where that is unsupported, nothing."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

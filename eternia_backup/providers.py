@@ -51,6 +51,7 @@ class SourceWarnings:
         self.count = 0
 
     def add(self, relpath: str, problem: str) -> None:
+        """Count one warning; keep and log it while fewer than ``cap`` were."""
         self.count += 1
         if self.count <= self.cap:
             self.items.append({"path": relpath, "problem": problem})
@@ -72,6 +73,7 @@ class EntryWriter:
     exact_metadata = False
 
     def add_directory(self, relpath: str, *, mode: int, mtime: float, uid: int = 0, gid: int = 0) -> None:
+        """Add a directory (``""`` is the source's root); its entries are added separately."""
         raise NotImplementedError
 
     def add_file(self, relpath: str, path: Path, *, stat=None) -> None:
@@ -88,6 +90,7 @@ class EntryWriter:
         raise NotImplementedError
 
     def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:
+        """Add a symbolic link to ``target`` (restore refuses one that leads outside the source)."""
         raise NotImplementedError
 
     @property
@@ -129,6 +132,7 @@ class ArchiveReader:
         raise NotImplementedError
 
     def open_member(self, member: Member) -> BinaryIO:
+        """The data of ``member``, the one the iteration is at; a damaged archive raises ArchiveError."""
         raise NotImplementedError
 
 
@@ -262,6 +266,7 @@ class Archiver:
         raise NotImplementedError
 
     def reader(self, fileobj: IO[bytes]) -> ArchiveReader:
+        """An :class:`ArchiveReader` over the non-seekable stream ``fileobj``."""
         raise NotImplementedError
 
 
@@ -435,6 +440,7 @@ class LocalPaths(abc.ABC):
         """The absolute directory holding the target's files."""
 
     def local_path(self, filename: str) -> Path:
+        """The path of ``filename`` on this machine."""
         return self.root_path / filename
 
 

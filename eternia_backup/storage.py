@@ -20,6 +20,7 @@ DIR_MODE = 0o700
 
 
 def split_protocol(url: str) -> str:
+    """The URL's protocol, lowercased (``"s3"``); ``"file"`` for a plain path."""
     if "://" not in url:
         return "file"
     return url.split("://", 1)[0].lower()
