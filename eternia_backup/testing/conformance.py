@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,8 @@ class TargetConformance:
         listed = {f.name: f for f in target.list()}
         assert list(listed) == ["a.bin"]
         assert listed["a.bin"].size in (None, len(data))
+        mtime = listed["a.bin"].mtime  # POSIX seconds: cleanup ages leftovers by it
+        assert mtime is None or abs(mtime - time.time()) < 86400, f"mtime {mtime} is not POSIX seconds of now"
         assert isinstance(target.file_url("a.bin"), str) and "a.bin" in target.file_url("a.bin")
 
     def test_an_empty_file_round_trips(self, target):
