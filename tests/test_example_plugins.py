@@ -143,18 +143,3 @@ def test_a_third_party_restore_plan_killed_mid_commit_is_finished_by_the_next_ru
     listed = json.loads(cli_ok("--json", "list", config=config).stdout)
     assert len(listed["backups"]) == 2
 
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plugins"
-
-
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*/*/*.py")), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
-def test_examples_import_only_the_public_api(path):
-    import ast
-
-    allowed = {"eternia_backup.api"} | ({"eternia_backup.testing"} if path.parent.name == "tests" else set())
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-        for name in names:
-            if name == "eternia_backup" or name.startswith("eternia_backup."):
-                assert name in allowed, f"{path}:{node.lineno} imports {name}"
