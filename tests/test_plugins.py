@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+import eternia_backup
 import yaml
 import zstandard
 
@@ -246,7 +248,11 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     listed = set()
     for line in proc.stdout.splitlines():
         parts = line.split()
-        listed.add((parts[0], parts[1], parts[-1]))
+        if parts[1] == "*":  # "* (any other protocol)"
+            parts = [parts[0], "*"] + parts[5:]
+        listed.add((parts[0], parts[1], parts[2]))
+        if parts[2].startswith("eternia_backup.builtin."):
+            assert parts[3:] == ["eternia-backup", eternia_backup.__version__], line
     assert listed == expected
 
     proc = run_cli("plugins", "--json")
@@ -255,6 +261,9 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     assert {(r["kind"], r["name"], r["plugin"]) for r in rows} == expected
     sqlite = next(r for r in rows if (r["kind"], r["name"]) == ("source", "sqlite"))
     assert sqlite["class"] == "eternia_backup.builtin.sqlite.SqliteSource"
+    assert (sqlite["distribution"], sqlite["version"]) == ("eternia-backup", eternia_backup.__version__)
+    postgres = next(r for r in rows if (r["kind"], r["name"]) == ("source", "postgres"))
+    assert postgres["distribution"] == "eternia-backup-postgres"
 
 
 # -- registry hooks: third-party providers end to end --------------------------------------
@@ -661,11 +670,10 @@ def test_disable_env_blocks_extra_plugins_by_name(monkeypatch):
 # -- entry points ---------------------------------------------------------------------------
 
 HELLO_PLUGIN = '''
-from eternia_backup import hookimpl
-from eternia_backup.builtin.directory import DirectorySource
+from eternia_backup.api import Source, hookimpl
 
 
-class HelloSource(DirectorySource):
+class HelloSource(Source):
     type_name = "hello"
 
 
@@ -701,13 +709,14 @@ def test_an_installed_entry_point_plugin_is_listed(tmp_path):
     proc = run_cli("plugins", "--json", env=site_env(site))
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["plugins"]
-    assert {"kind": "source", "name": "hello", "plugin": "hello",
-            "class": "eternia_hello.HelloSource"} in rows
+    assert {"kind": "source", "name": "hello", "plugin": "hello", "distribution": "eternia-hello",
+            "version": "0.1", "class": "eternia_hello.HelloSource"} in rows
     assert ("source", "directory", "eternia_backup.builtin.directory") in {
         (r["kind"], r["name"], r["plugin"]) for r in rows}
 
     proc = run_cli("plugins", env=site_env(site))
-    assert any(line.split() == ["source", "hello", "hello"] for line in proc.stdout.splitlines()), proc.stdout
+    assert any(line.split() == ["source", "hello", "hello", "eternia-hello", "0.1"]
+               for line in proc.stdout.splitlines()), proc.stdout
 
 
 def test_a_plugin_that_fails_to_import_is_named_and_can_be_blocked(tmp_path):
@@ -715,16 +724,33 @@ def test_a_plugin_that_fails_to_import_is_named_and_can_be_blocked(tmp_path):
     install_distribution(site, "eternia-hello", {"hello": "eternia_hello"}, {"eternia_hello": HELLO_PLUGIN})
     install_distribution(site, "eternia-broken", {"broken": "eternia_broken"}, {"eternia_broken": BROKEN_PLUGIN})
 
+    # Listed with its error (exit 1); the other plugins are listed and keep working.
     proc = run_cli("plugins", env=site_env(site))
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, proc.stdout
+    assert failed[0].split()[1:5] == ["broken", "eternia_broken", "eternia-broken", "0.1:"]
+    assert "eternia_dependency_that_is_not_installed" in failed[0]
+    assert any(line.split()[:3] == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
+    warning = [line for line in proc.stderr.splitlines() if "'broken'" in line]
+    assert len(warning) == 1 and f"{DISABLE_ENV}=broken" in warning[0], proc.stderr
+    data = json.loads(run_cli("plugins", "--json", env=site_env(site)).stdout)
+    assert [(f["plugin"], f["distribution"]) for f in data["failed"]] == [("broken", "eternia-broken")]
+
+    # Other commands work; a config that uses a provider of the broken plugin is told why it is unknown.
+    app = tmp_path / "app"
+    (app / "data").mkdir(parents=True)
+    (app / "data" / "f.txt").write_text("x")
+    config = app / "eternia-backup.yaml"
+    config.write_text("backup:\n  storage_path: backups\n")
+    proc = run_cli("create", config=config, env=site_env(site))
+    assert proc.returncode == 0, proc.stderr
+    config.write_text("backup:\n  sources: [{type: brokensource, name: b}]\n")
+    proc = run_cli("config", "check", config=config, env=site_env(site))
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "'broken'" in lines[0]
-    assert "eternia_dependency_that_is_not_installed" in lines[0]
-    assert f"{DISABLE_ENV}=broken" in lines[0]
-    assert proc.stdout == ""
+    assert "unknown source 'brokensource'" in proc.stderr and "eternia_dependency_that_is_not_installed" in proc.stderr
 
     proc = run_cli("plugins", env=site_env(site, **{DISABLE_ENV: "broken"}))
     assert proc.returncode == 0, proc.stderr
-    assert any(line.split() == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
+    assert any(line.split()[:3] == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
     assert "broken" not in proc.stdout
