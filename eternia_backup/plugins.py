@@ -238,3 +238,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
             impl.function(register=register)
     return registry
+
+
+def cloud_backup_target(settings: dict[str, Any], environment: str) -> tuple[str, dict[str, Any]] | None:
+    """Ask the plugins for the ``cloud`` target of a ``cloud_backup:`` section (see the hook's spec)."""
+    pm = get_plugin_manager()
+    return pm.hook.eternia_cloud_backup_target(settings=settings, environment=environment)

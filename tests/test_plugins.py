@@ -35,7 +35,7 @@ from eternia_backup import BackupManager, hookimpl, hookspecs
 from eternia_backup.backup import BackupResult, run_backup
 from eternia_backup.builtin.tar import TarArchiver
 from eternia_backup.cleanup import CleanupResult
-from eternia_backup.config import BackupConfig
+from eternia_backup.config import BackupConfig, parse_config
 from eternia_backup.errors import (
     BackupFailedError,
     BackupNotFoundError,
@@ -482,6 +482,31 @@ def test_a_hook_implementation_with_an_unknown_argument_fails_when_registered():
     with pytest.raises(PluginError) as exc:
         get_plugin_manager(load_entry_points=False, extra_plugins=(plugin,))
     assert "eternia_badarg" in str(exc.value) and "backup_size" in str(exc.value)
+
+
+def test_hook_eternia_cloud_backup_target(tmp_path, monkeypatch):
+    """A plugin serves another cloud_backup provider; aws stays the S3 plugin's; an unserved one is an error."""
+
+    class VaultCloud:
+        @hookimpl
+        def eternia_cloud_backup_target(self, settings, environment):
+            if settings["provider"] != "vault":
+                return None
+            return f"memory://{settings['bucket']}/{environment}", {}
+
+    import eternia_backup.plugins as plugins_mod
+
+    section = {"cloud_backup": {"enabled": True, "provider": "vault", "bucket": "cellar"}, "environment": "staging"}
+    with monkeypatch.context() as m:  # as if the plugin were installed
+        real = plugins_mod.get_plugin_manager
+        m.setattr(plugins_mod, "get_plugin_manager", lambda **kw: real(extra_plugins=(VaultCloud(),)))
+        config = parse_config(section, base_dir=tmp_path)
+        aws = parse_config({"cloud_backup": {"enabled": True, "bucket": "my-bucket", "prefix": "team"}},
+                           base_dir=tmp_path)
+    assert [(t.name, t.url) for t in config.targets if t.name == "cloud"] == [("cloud", "memory://cellar/staging")]
+    assert [t.url for t in aws.targets if t.name == "cloud"] == ["s3://my-bucket/team/default"]
+    with pytest.raises(ConfigError, match=r"backup.cloud_backup.provider: no installed plugin serves 'vault'"):
+        parse_config(section, base_dir=tmp_path)
 
 
 # -- lifecycle hooks --------------------------------------------------------------------
