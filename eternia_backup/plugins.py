@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import logging
 import os
 import weakref
@@ -220,16 +221,23 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Ask every plugin for its providers, in registration order."""
     registry = Registry(getattr(pm, "eternia_failures", ()))
     hooks = (
-        ("source", pm.hook.eternia_register_sources, "type_name"),
-        ("archiver", pm.hook.eternia_register_archivers, "format_name"),
-        ("compression", pm.hook.eternia_register_compressions, "name"),
-        ("target", pm.hook.eternia_register_targets, "protocols"),
+        ("source", pm.hook.eternia_register_sources, "type_name", Source),
+        ("archiver", pm.hook.eternia_register_archivers, "format_name", Archiver),
+        ("compression", pm.hook.eternia_register_compressions, "name", Compression),
+        ("target", pm.hook.eternia_register_targets, "protocols", Target),
     )
-    for kind, hook, attr in hooks:
+    for kind, hook, attr, base in hooks:
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
 
-            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name):
+            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name, _base=base):
+                if not (isinstance(cls, type) and issubclass(cls, _base)):
+                    raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}; it must be a class "
+                                      f"subclassing eternia_backup.api.{_base.__name__}")
+                if inspect.isabstract(cls):
+                    missing = ", ".join(sorted(cls.__abstractmethods__))
+                    raise PluginError(f"plugin {_plugin!r} registered the {_kind} {cls.__qualname__}, which does "
+                                      f"not implement {missing} (required by eternia_backup.api.{_base.__name__})")
                 names = getattr(cls, _attr, None)
                 if not names:
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r} without a {_attr}")

@@ -46,6 +46,7 @@ from eternia_backup.errors import (
 )
 from eternia_backup.plugins import DISABLE_ENV, build_registry, get_plugin_manager
 from eternia_backup.providers import AtomicWrite, Compression, Source, StoredFile, Target
+from eternia_backup.builtin.sqlite import SqliteSource
 from eternia_backup.restore import RestoreResult
 
 DOCS = ROOT / "docs" / "plugins.md"
@@ -453,7 +454,7 @@ def test_hook_eternia_register_targets(write_config, app, tmp_path, vault):
 
 
 @pytest.mark.parametrize("kind, hook, cls, builtin", [
-    ("source", "eternia_register_sources", type("Sqlite2", (Source,), {"type_name": "sqlite"}),
+    ("source", "eternia_register_sources", type("Sqlite2", (SqliteSource,), {"type_name": "sqlite"}),
      "eternia_backup.builtin.sqlite"),
     ("compression", "eternia_register_compressions", type("Zstd2", (Bz2Compression,), {"name": "zstd"}),
      "eternia_backup.builtin.compressions"),
@@ -467,6 +468,21 @@ def test_registering_an_existing_name_names_both_plugins(write_config, kind, hoo
     message = str(exc.value)
     assert "eternia_copycat" in message and builtin in message and kind in message
     assert DISABLE_ENV in message
+
+
+@pytest.mark.parametrize("kind, hook, cls, problem", [
+    ("source", "eternia_register_sources", type("Half", (Source,), {"type_name": "half"}),
+     "does not implement backup, restore_plan (required by eternia_backup.api.Source)"),
+    ("target", "eternia_register_targets", type("Half", (Target,), {"protocols": ("half",)}),
+     "does not implement delete, file_url, list, open_read, open_write, size (required by eternia_backup.api.Target)"),
+    ("compression", "eternia_register_compressions", type("Half", (), {"name": "half"}),
+     "it must be a class subclassing eternia_backup.api.Compression"),
+])
+def test_a_provider_that_breaks_the_contract_is_refused_when_registered(kind, hook, cls, problem):
+    plugin = plugin_module("eternia_half", **{hook: lambda register: register(cls)})
+    with pytest.raises(PluginError) as exc:
+        build_registry(get_plugin_manager(load_entry_points=False, extra_plugins=(plugin,)))
+    assert "plugin 'eternia_half'" in str(exc.value) and problem in str(exc.value)
 
 
 def test_a_misspelt_hook_implementation_fails_when_the_manager_is_built():
@@ -695,11 +711,17 @@ def test_disable_env_blocks_extra_plugins_by_name(monkeypatch):
 # -- entry points ---------------------------------------------------------------------------
 
 HELLO_PLUGIN = '''
-from eternia_backup.api import Source, hookimpl
+from eternia_backup.api import DirectorySwapPlan, Source, hookimpl
 
 
 class HelloSource(Source):
     type_name = "hello"
+
+    def backup(self, writer):
+        pass
+
+    def restore_plan(self, destination):
+        return DirectorySwapPlan(destination, "hello")
 
 
 @hookimpl
