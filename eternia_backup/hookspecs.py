@@ -18,7 +18,7 @@ There are two groups:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
@@ -78,6 +78,29 @@ def eternia_register_targets(register: Callable[[type[Target]], None]) -> None:
         means "any protocol fsspec can open" and is used when no plugin
         registered the URL's protocol specifically, so a plugin can add
         per-protocol behaviour on top of the generic target.
+    """
+
+
+@hookspec(firstresult=True)
+def eternia_cloud_backup_target(settings: dict[str, Any], environment: str) -> tuple[str, dict[str, Any]] | None:
+    """Turn the ``cloud_backup:`` section of the config into a target, for its ``provider``.
+
+    Called while the config is loaded, when ``cloud_backup.enabled`` is true;
+    the first plugin that returns something wins. The built-in S3 plugin
+    answers for ``provider: aws``.
+
+    :param settings: the section's keys as validated by the config schema
+        (``provider``, ``bucket``, ``region``, ``endpoint_url``, ``prefix``,
+        ``storage_class``, ``server_side_encryption``, ``kms_key_id``,
+        ``create_bucket``, ``connect_timeout``, ``read_timeout``,
+        ``max_attempts``); ``None`` where not set.
+    :param environment: the config's environment name; backups of each
+        environment go to their own place (the S3 plugin appends it to the prefix).
+    :return: ``(url, options)`` of the target named ``cloud`` (the URL must
+        be served by a registered target), or ``None`` when the plugin does not
+        serve ``settings["provider"]``. Raise
+        :class:`~eternia_backup.errors.ConfigError` naming the
+        ``backup.cloud_backup.<key>`` at fault for a bad value.
     """
 
 

@@ -84,9 +84,8 @@ def plan_id(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-# Entries written before plans resumed themselves (kind -> plan class).
-_OLD_KINDS = {"directory-swap": "eternia_backup.plans:DirectorySwapPlan",
-              "sqlite": "eternia_backup.builtin.sqlite:SqliteRestorePlan"}
+# Entries written by 0.1.0, before plans resumed themselves (kind -> plan class).
+_OLD_KINDS = {"directory-swap": "eternia_backup.plans:DirectorySwapPlan"}
 
 
 def _plan_class(entry: dict, registry: Registry | None) -> type[RestorePlan] | None:

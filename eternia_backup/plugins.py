@@ -4,12 +4,18 @@ Built-in providers are plain modules listed in :data:`BUILTIN_PLUGINS` and are
 registered through the same call as third-party plugins, which come from entry
 points of the group ``eternia_backup``. ``ETERNIA_BACKUP_DISABLE_PLUGINS`` (a
 comma-separated list of plugin names) blocks plugins, built-in or not.
+
+An installed plugin that fails to import is logged (with how to block it) and
+left out; everything else keeps working, and a config that uses one of its
+providers is told why that provider is unknown. ``eternia-backup plugins``
+lists it with its error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import logging
 import os
 import weakref
@@ -17,7 +23,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .errors import ConfigError, PluginError
 from .providers import Archiver, Compression, Source, Target
 
@@ -40,6 +46,21 @@ BUILTIN_PLUGINS = (
 
 
 @dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """An installed plugin that could not be loaded."""
+
+    name: str  # the entry point's name: what blocking uses
+    value: str  # module[:object]
+    distribution: str
+    version: str
+    error: str
+
+    def describe(self) -> str:
+        return (f"plugin {self.name!r} ({self.value}, from {self.distribution} {self.version}) failed to load: "
+                f"{self.error}; fix or uninstall it, or block it with {DISABLE_ENV}={self.name}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Provided:
     """One provider and the plugin that registered it."""
 
@@ -52,10 +73,11 @@ class Provided:
 class Registry:
     """Providers of every kind, by name, with who registered them."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: list[PluginFailure] | tuple[PluginFailure, ...] = ()) -> None:
         self._by_kind: dict[str, dict[str, Provided]] = {
             "source": {}, "archiver": {}, "compression": {}, "target": {}
         }
+        self.failures = tuple(failures)
 
     def add(self, kind: str, name: str, cls: type, plugin: str) -> None:
         table = self._by_kind[kind]
@@ -78,8 +100,9 @@ class Registry:
             return self._by_kind[kind][name].cls
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
+            broken = "".join(f"; {f.describe()}" for f in self.failures)
             raise ConfigError(
-                f"unknown {kind} {name!r}; known: {known} (see `eternia-backup plugins`)"
+                f"unknown {kind} {name!r}; known: {known} (see `eternia-backup plugins`){broken}"
             ) from None
 
     def source(self, type_name: str) -> type[Source]:
@@ -99,6 +122,11 @@ class Registry:
         return provided.cls
 
 
+def distribution_of(pm: pluggy.PluginManager, plugin: str) -> tuple[str, str]:
+    """(distribution name, version) a plugin came from; ("?", "?") for one added by code."""
+    return getattr(pm, "eternia_distributions", {}).get(plugin, ("?", "?"))
+
+
 def blocked_plugins() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
@@ -111,12 +139,15 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.eternia_failures = []  # PluginFailure, for `plugins` and unknown-provider errors
+    pm.eternia_distributions = {}  # plugin name -> (distribution, version)
     for name in blocked_plugins():
         pm.set_blocked(name)
     for modname in BUILTIN_PLUGINS:
         if pm.is_blocked(modname):
             continue
         _register(pm, importlib.import_module(modname), modname)
+        pm.eternia_distributions[modname] = ("eternia-backup", __version__)
     if load_entry_points:
         _load_entry_points(pm)
     for plugin in extra_plugins:
@@ -149,16 +180,17 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
+        dist = (ep.dist.name, ep.dist.version) if ep.dist is not None else ("?", "?")
         try:
             plugin = ep.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}; "
-                f"fix or uninstall it, or block it with {DISABLE_ENV}={ep.name}"
-            ) from exc
-        log.debug("plugin %r loaded from entry point %s (%s)", ep.name, ep.value,
-                  getattr(ep.dist, "name", "?") if ep.dist else "?")
+        except Exception as exc:  # ImportError, or anything its import runs into
+            failure = PluginFailure(ep.name, ep.value, dist[0], dist[1], f"{type(exc).__name__}: {exc}")
+            pm.eternia_failures.append(failure)
+            log.warning("%s", failure.describe())
+            continue
+        log.debug("plugin %r loaded from entry point %s (%s %s)", ep.name, ep.value, *dist)
         _register(pm, plugin, ep.name)
+        pm.eternia_distributions[ep.name] = dist
 
 
 def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
@@ -187,18 +219,25 @@ def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Ask every plugin for its providers, in registration order."""
-    registry = Registry()
+    registry = Registry(getattr(pm, "eternia_failures", ()))
     hooks = (
-        ("source", pm.hook.eternia_register_sources, "type_name"),
-        ("archiver", pm.hook.eternia_register_archivers, "format_name"),
-        ("compression", pm.hook.eternia_register_compressions, "name"),
-        ("target", pm.hook.eternia_register_targets, "protocols"),
+        ("source", pm.hook.eternia_register_sources, "type_name", Source),
+        ("archiver", pm.hook.eternia_register_archivers, "format_name", Archiver),
+        ("compression", pm.hook.eternia_register_compressions, "name", Compression),
+        ("target", pm.hook.eternia_register_targets, "protocols", Target),
     )
-    for kind, hook, attr in hooks:
+    for kind, hook, attr, base in hooks:
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
 
-            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name):
+            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name, _base=base):
+                if not (isinstance(cls, type) and issubclass(cls, _base)):
+                    raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}; it must be a class "
+                                      f"subclassing eternia_backup.api.{_base.__name__}")
+                if inspect.isabstract(cls):
+                    missing = ", ".join(sorted(cls.__abstractmethods__))
+                    raise PluginError(f"plugin {_plugin!r} registered the {_kind} {cls.__qualname__}, which does "
+                                      f"not implement {missing} (required by eternia_backup.api.{_base.__name__})")
                 names = getattr(cls, _attr, None)
                 if not names:
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r} without a {_attr}")
@@ -207,3 +246,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
             impl.function(register=register)
     return registry
+
+
+def cloud_backup_target(settings: dict[str, Any], environment: str) -> tuple[str, dict[str, Any]] | None:
+    """Ask the plugins for the ``cloud`` target of a ``cloud_backup:`` section (see the hook's spec)."""
+    pm = get_plugin_manager()
+    return pm.hook.eternia_cloud_backup_target(settings=settings, environment=environment)

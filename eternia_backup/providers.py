@@ -60,7 +60,7 @@ class SourceWarnings:
             _log.warning("source %r: more than %d warnings; only their number is kept", self.source, self.cap)
 
 
-class EntryWriter:
+class EntryWriter(abc.ABC):
     """What a source writes its entries into during a backup.
 
     Paths are POSIX paths relative to the source's own root; the framework puts
@@ -72,10 +72,11 @@ class EntryWriter:
     #: (exact mtime) and ``add_directory`` takes ``xattrs=`` ({name: bytes}).
     exact_metadata = False
 
+    @abc.abstractmethod
     def add_directory(self, relpath: str, *, mode: int, mtime: float, uid: int = 0, gid: int = 0) -> None:
-        """Add a directory (``""`` is the source's root); its entries are added separately."""
-        raise NotImplementedError
+        """Add a directory entry with its permission bits, mtime and owner."""
 
+    @abc.abstractmethod
     def add_file(self, relpath: str, path: Path, *, stat=None) -> None:
         """Add a regular file from disk (read as it is streamed).
 
@@ -83,15 +84,14 @@ class EntryWriter:
         archived as read, each with a :meth:`warn`; a permission error raises
         :class:`~eternia_backup.errors.UnreadableFileError`.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add_stream(self, relpath: str, stream: BinaryIO, size: int, *, mode: int = 0o600, mtime: float) -> None:
         """Add ``size`` bytes read from ``stream``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:
-        """Add a symbolic link to ``target`` (restore refuses one that leads outside the source)."""
-        raise NotImplementedError
+        """Add a symbolic link pointing at ``target`` (never followed)."""
 
     @property
     def warnings(self) -> SourceWarnings:
@@ -125,21 +125,20 @@ class Member:
     xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> value
 
 
-class ArchiveReader:
+class ArchiveReader(abc.ABC):
     """Iterates over an archive's members; ``open_member`` reads the current one."""
 
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[Member]:
-        raise NotImplementedError
+        """The archive's members, in archive order."""
 
+    @abc.abstractmethod
     def open_member(self, member: Member) -> BinaryIO:
-        """The data of ``member``, the one the iteration is at; a damaged archive raises ArchiveError."""
-        raise NotImplementedError
-
-
+        """A reader of the current member's bytes (only during iteration, before the next member)."""
 # -- providers -------------------------------------------------------------
 
 
-class Source:
+class Source(abc.ABC):
     """A kind of application state: knows how to back it up and put it back.
 
     Subclasses set ``type_name`` (YAML ``type:``) and ``options_model``.
@@ -173,9 +172,9 @@ class Source:
     def check(self) -> None:
         """Fail with :class:`SourceError` if the source cannot be read now."""
 
+    @abc.abstractmethod
     def backup(self, writer: EntryWriter) -> None:
         """Write the source's current state into ``writer``, consistently."""
-        raise NotImplementedError
 
     def estimate_size(self) -> int | None:
         """About how many bytes ``backup`` will write, cheaply, for a progress bar; None if unknown."""
@@ -185,9 +184,9 @@ class Source:
         """Where a restore without ``--to`` puts this source, or None if it pipes."""
         return None
 
+    @abc.abstractmethod
     def restore_plan(self, destination: Path | None) -> "RestorePlan":
         """A plan that stages this source's entries and then installs them."""
-        raise NotImplementedError
 
 
 class RestorePlan(abc.ABC):
@@ -254,36 +253,34 @@ class RestorePlan(abc.ABC):
         return f"{entry.get('destination', '?')}: cannot be finished automatically; restore it again"
 
 
-class Archiver:
+class Archiver(abc.ABC):
     """Packs entries into one byte stream and reads them back."""
 
     format_name: ClassVar[str]
     extension: ClassVar[str]
 
+    @abc.abstractmethod
     def writer(self, fileobj: IO[bytes]):
         """A context manager giving an object with ``section(source_name)``
         returning an :class:`EntryWriter` for that source."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reader(self, fileobj: IO[bytes]) -> ArchiveReader:
-        """An :class:`ArchiveReader` over the non-seekable stream ``fileobj``."""
-        raise NotImplementedError
-
-
-class Compression:
+        """An :class:`ArchiveReader` over the (decompressed, decrypted) stream ``fileobj``."""
+class Compression(abc.ABC):
     """A byte-stream compression (``zstd``, ``gzip``, ``xz``, ``none``)."""
 
     name: ClassVar[str]
     extension: ClassVar[str]  # ".zst"; "" for none
     levels: ClassVar[tuple[int, int] | None] = None  # allowed range, or None
 
+    @abc.abstractmethod
     def compressor(self, fileobj: IO[bytes], level: int | None) -> IO[bytes]:
         """A writable stream; closing it flushes but does not close ``fileobj``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decompressor(self, fileobj: IO[bytes]) -> IO[bytes]:
         """A readable stream of the decompressed bytes."""
-        raise NotImplementedError
 
 
 class AtomicWrite(abc.ABC):

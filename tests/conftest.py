@@ -17,10 +17,16 @@ from make_state import make_state  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch):
-    """No test sees the developer's config or plugin blocks."""
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """No test sees the developer's config or plugin blocks, or shares a state directory.
+
+    A config without local storage keeps its state (and lock) in
+    $XDG_STATE_HOME/eternia-backup: one per test, so that tests in parallel
+    workers (or another checkout's run) never meet on one lock.
+    """
     for var in ("ETERNIA_BACKUP_CONFIG", "ETERNIA_ENV", "ETERNIA_BACKUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 @pytest.fixture

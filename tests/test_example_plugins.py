@@ -73,8 +73,8 @@ def test_the_examples_are_installed_plugins_not_the_checkout():
     proc = run_cli("plugins")
     assert proc.returncode == 0
     rows = [line.split() for line in proc.stdout.splitlines()]
-    assert ["source", "callable", "callable"] in rows
-    assert ["target", "sqlitestore", "sqlitestore"] in rows
+    assert ["source", "callable", "callable", "eternia-backup-callable", "0.1.0"] in rows
+    assert ["target", "sqlitestore", "sqlitestore", "eternia-backup-sqlitestore", "0.1.0"] in rows
     import eternia_backup_callable
     import eternia_backup_sqlitestore
 

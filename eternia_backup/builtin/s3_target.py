@@ -538,3 +538,40 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
 @hookimpl
 def eternia_register_targets(register):
     register(S3Target)
+
+
+@hookimpl
+def eternia_cloud_backup_target(settings, environment):
+    """``cloud_backup`` with ``provider: aws``: ``s3://<bucket>/[<prefix>/]<environment>`` and its options."""
+    if settings.get("provider") != "aws":
+        return None
+    bucket = settings.get("bucket")
+    if not bucket:
+        raise ConfigError("backup.cloud_backup.bucket: required when cloud_backup.enabled is true; name the S3 bucket")
+    problem = bucket_name_problem(bucket)
+    if problem:
+        raise ConfigError(f"backup.cloud_backup.bucket: {bucket!r} is not a valid S3 bucket name: it {problem}")
+    sse = settings.get("server_side_encryption")
+    if sse == "aws:kms" and not settings.get("kms_key_id"):
+        raise ConfigError("backup.cloud_backup.kms_key_id: required when server_side_encryption is aws:kms")
+    parts = [bucket] + [p for p in (settings.get("prefix") or "").strip("/").split("/") if p] + [environment]
+    options: dict[str, Any] = {}
+    if settings.get("region"):
+        options["client_kwargs"] = {"region_name": settings["region"]}
+    if settings.get("endpoint_url"):
+        options.setdefault("client_kwargs", {})["endpoint_url"] = settings["endpoint_url"]
+    extra: dict[str, Any] = {}
+    if settings.get("storage_class"):
+        extra["StorageClass"] = settings["storage_class"]
+    if sse:
+        extra["ServerSideEncryption"] = sse
+        if settings.get("kms_key_id"):
+            extra["SSEKMSKeyId"] = settings["kms_key_id"]
+    if extra:
+        options["s3_additional_kwargs"] = extra
+    if settings.get("create_bucket"):
+        options["eternia_create_bucket"] = True
+    for key in ("connect_timeout", "read_timeout", "max_attempts"):
+        if settings.get(key) is not None:
+            options[key] = settings[key]
+    return "s3://" + "/".join(parts), options
