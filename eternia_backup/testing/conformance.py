@@ -428,8 +428,9 @@ class SourceConformance:
         changed = self.capture_state(source_section)
         if self.in_place:
             result = kit_manager.restore_backup("latest", dry_run=True)
-            assert result is not None
-        kit_manager.restore_backup("latest", to=tmp_path / "dry", dry_run=True)
+            assert result.dry_run and result.changes, "a dry run says what it would change"
+        result = kit_manager.restore_backup("latest", to=tmp_path / "dry", dry_run=True)
+        assert result.dry_run and result.changes
         self.assert_same_state(changed, self.capture_state(source_section))
         assert not (tmp_path / "dry").exists()
 
