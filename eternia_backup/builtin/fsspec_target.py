@@ -121,7 +121,8 @@ class FsspecTarget(Target):
                 mtime = float(mtime) if mtime is not None else None
             except (TypeError, ValueError):
                 mtime = None  # a format this store's listing uses that we do not know
-            files.append(StoredFile(name, e.get("size"), mtime))
+            etag = e.get("ETag") or e.get("etag")
+            files.append(StoredFile(name, e.get("size"), mtime, str(etag) if etag else None))
         return files
 
     def open_write(self, filename: str) -> AtomicWrite:
