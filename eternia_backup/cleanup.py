@@ -177,12 +177,12 @@ def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: floa
 
 
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
-                   dry_run: bool, now: datetime | None = None, guard=None) -> TargetCleanup:
+                   dry_run: bool, now: datetime | None = None, guard=None, cache=None) -> TargetCleanup:
     """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease)."""
     report = TargetCleanup(target.name)
     now = now or datetime.now(timezone.utc)
     try:
-        listing = list_target(target, name)
+        listing = list_target(target, name, cache)
     except EterniaBackupError as exc:
         report.error = f"listing failed, nothing deleted: {exc}"
         report.unlisted = True

@@ -35,6 +35,7 @@ from .errors import (
 from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .progress import NO_PROGRESS, Progress, ProgressReader
+from .manifest_cache import ManifestCache
 from .providers import ConditionalWrites, LocalPaths, Source, Target, UploadCleanup, local_path_of
 from .state import StateStore
 from .storage import split_protocol
@@ -215,11 +216,17 @@ class BackupManager:
         except OSError as exc:
             log.warning("could not record the outcome in %s: %s", self.state.path, exc)
 
+    def manifest_cache(self, target: Target) -> ManifestCache | None:
+        """The manifests of a remote target already read (local ones cost no request to read again)."""
+        if isinstance(target, LocalPaths):
+            return None
+        return ManifestCache(self.state.path.parent / "manifest-cache", target.url)
+
     def listings(self) -> tuple[list[catalog.TargetListing], dict[str, str]]:
         listings, errors = [], {}
         for t in self.targets:
             try:
-                listings.append(catalog.list_target(t, self.config.name))
+                listings.append(catalog.list_target(t, self.config.name, self.manifest_cache(t)))
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
                 log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
@@ -421,7 +428,8 @@ class BackupManager:
     def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
-                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard)
+                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard,
+                                   cache=self.manifest_cache(t))
             for t in self.targets
         ])
         if not dry_run:

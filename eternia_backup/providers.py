@@ -306,6 +306,9 @@ class StoredFile:
     name: str
     size: int | None
     mtime: float | None  # POSIX seconds, when the store says
+    #: the store's entity tag, when it has one: a listed manifest with the same
+    #: name, size and ETag as one read before is not read again
+    etag: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -164,7 +164,8 @@ class FsspecTarget(Target):
             if e["name"].rstrip("/") == self.root.rstrip("/"):
                 continue  # the directory itself (SeaweedFS lists an emptied "prefix/" as a key)
             name = e["name"].rstrip("/").rsplit("/", 1)[-1]
-            files.append(StoredFile(name, e.get("size"), _mtime(e)))
+            etag = e.get("ETag") or e.get("etag")
+            files.append(StoredFile(name, e.get("size"), _mtime(e), str(etag) if etag else None))
         return files
 
     def open_write(self, filename: str) -> AtomicWrite:

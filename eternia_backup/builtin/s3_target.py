@@ -439,6 +439,13 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
         except Exception as exc:
             raise self.error_for("write", exc, filename) from exc
 
+    def read_bytes(self, filename: str) -> bytes:
+        """A small file (a manifest) in one GET (opening it, or a concurrent cat, would HEAD it first)."""
+        try:
+            return self.fs.cat_file(self.join(filename), max_concurrency=1)
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
+
     def open_read(self, filename: str):
         try:
             # s3fs reads ahead a whole block (50 MiB by default); a smaller block keeps restores small.

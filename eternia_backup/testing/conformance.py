@@ -182,10 +182,15 @@ class TargetConformance:
 
     def test_overwrite_replaces_the_bytes(self, target):
         target.write_bytes("same", b"first version, longer than the second")
+        first = {f.name: f for f in target.list()}["same"]
         target.write_bytes("same", b"second")
         assert _read_all(target, "same") == b"second"
         assert target.size("same") == len(b"second")
         assert _names(target) == ["same"]
+        second = {f.name: f for f in target.list()}["same"]
+        if first.etag is not None or second.etag is not None:
+            # a listed ETag must change with the bytes: the manifest cache trusts it
+            assert second.etag != first.etag
 
     def test_delete_and_list(self, target):
         target.write_bytes("keep", b"k")

@@ -111,10 +111,11 @@ class SqliteStoreTarget(Target, ConditionalWrites):
         def run():
             try:
                 with self._db(create=False) as db:
-                    rows = db.execute("select name, size, mtime from files").fetchall()
+                    rows = db.execute("select name, size, mtime, etag from files").fetchall()
             except FileNotFoundError:
                 return []  # not created yet
-            return [StoredFile(n, s, m) for n, s, m in rows]
+            # the ETag changes with every commit: the framework's manifest cache trusts it
+            return [StoredFile(n, s, m, e or None) for n, s, m, e in rows]
         return self._call("list", None, run)
 
     def open_write(self, filename: str) -> AtomicWrite:
