@@ -220,3 +220,24 @@ def test_rollback_copy_under_a_busy_writer_is_finished_under_one_short_lock(tmp_
     held = [r.sqlite_lock_held for r in caplog.records if hasattr(r, "sqlite_lock_held")]
     assert len(held) == 3, "the stepped copy was never restarted: the writer did not commit during it"
     assert stats["commits"] > 50
+
+
+def test_a_locked_pass_over_its_budget_releases_the_lock_and_the_next_one_finishes(tmp_path, monkeypatch, caplog):
+    """Every budgeted pass gives up at once (budget 0); the copy is still exactly the database."""
+    import logging
+
+    from eternia_backup.builtin import sqlite as sq
+
+    monkeypatch.setattr(sq, "LOCK_BUDGETS", (0.0, 0.0))
+    db = tmp_path / "app.db"
+    make_database(db, journal_mode="delete", size_mib=80)  # more than 64 chunks: compared by several threads
+    copy = tmp_path / "copy.db"
+    conn = _ChangesBeforeLocking(sq._connect(db, mode="rw"), db, CHANGE["grow"])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="eternia_backup.source.sqlite"):
+            sq._copy_by_compare(conn, db, copy)
+    finally:
+        conn.conn.close()
+    assert sum("gave up" in r.getMessage() for r in caplog.records) == 2
+    assert copy.read_bytes() == db.read_bytes()
+    assert invariant_problem(copy) is None

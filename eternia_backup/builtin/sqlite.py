@@ -91,10 +91,16 @@ STEP_PAUSE = 0.02  # seconds between steps: the writers' window
 MAX_RESTARTS = 3
 CHUNK = 1 << 20  # compare granularity
 PATCH = 1 << 16  # rewrite granularity inside a chunk that differs
-PRECOPY = 8 << 20  # bytes per paced step of the lock-free first copy
+PRECOPY = STEP_PAGES * 4096  # bytes written (then fdatasync, STEP_PAUSE) per paced step of a lock-free pass
 CONVERGED = 16 << 20  # a lock-free pass that rewrote less than this is close enough
 MAX_PASSES = 4
 COMPARE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Seconds a locked pass may take before it gives up (the writers go on) to be
+# tried again after another lock-free pass; after these, one more pass finishes
+# however long it takes. SQLite's default busy handler retries 103, 128, 178,
+# 228 ms after a writer began waiting: a lock released within 0.12 s lets it
+# commit at 128 ms, within 0.16 s at 178 ms.
+LOCK_BUDGETS = (0.12, 0.12, 0.12, 0.16, 0.16, 0.16)
 LOCK_WARNING = 0.2  # seconds
 
 
@@ -203,7 +209,17 @@ def _copy_by_compare(source: sqlite3.Connection, path: Path, dst: Path) -> float
             for _ in range(MAX_PASSES):
                 if _pass_unlocked(src_fd, dst_fd) < CONVERGED:
                     break
-            held = _pass_locked(source, src_fd, dst_fd)
+            held = 0.0
+            for attempt, budget in enumerate(LOCK_BUDGETS, 1):
+                try:
+                    held = max(held, _pass_locked(source, src_fd, dst_fd, budget=budget))
+                    break
+                except _OverBudget as exc:
+                    held = max(held, exc.held)
+                    log.debug("%s: locked pass %d gave up after %.3f s; trying again", path, attempt, exc.held)
+                    _pass_unlocked(src_fd, dst_fd)  # catch up with the commits let through meanwhile
+            else:
+                held = max(held, _pass_locked(source, src_fd, dst_fd))
             os.fdatasync(dst_fd)
         finally:
             os.close(dst_fd)
@@ -242,16 +258,26 @@ def _pass_unlocked(src_fd: int, dst_fd: int) -> int:
         if unsynced >= PRECOPY:
             os.fdatasync(dst_fd)
             unsynced = 0
+            time.sleep(STEP_PAUSE)  # the disk is shared with the application's own fsyncs
     os.ftruncate(dst_fd, size)
     os.fdatasync(dst_fd)
     return rewritten
 
 
-def _pass_locked(source: sqlite3.Connection, src_fd: int, dst_fd: int) -> float:
+class _OverBudget(Exception):
+    def __init__(self, held: float):
+        super().__init__(held)
+        self.held = held
+
+
+def _pass_locked(source: sqlite3.Connection, src_fd: int, dst_fd: int, budget: float | None = None) -> float:
     """Under one read lock, make the copy equal to the file; returns the seconds the lock was held.
 
     Both files are mapped and pre-faulted before the lock is taken, so the locked
     part is memcmp at memory speed plus rewriting what changed since the last pass.
+    With a ``budget`` (seconds), a pass that would hold the lock longer stops,
+    releases it and raises _OverBudget (the copy is then partly patched: the
+    next pass goes on from there).
     """
     size = os.fstat(src_fd).st_size
     os.ftruncate(dst_fd, size)
@@ -260,31 +286,45 @@ def _pass_locked(source: sqlite3.Connection, src_fd: int, dst_fd: int) -> float:
         copy = _Map(dst_fd, size)
         try:
             source.execute("BEGIN")
+            start = None
             try:
                 source.execute("SELECT count(*) FROM sqlite_master")  # SHARED lock; a hot journal is rolled back first
                 start = time.monotonic()
-                now = os.fstat(src_fd).st_size  # cannot change until COMMIT
-                end = min(now, size)  # the mapping's pages past the file's end must not be read
-                if end >= 20 and 2 in src.read(18, 2):
-                    raise _BecameWal()  # file format version 2: WAL mode
-                for off in src.differing(copy, end):
-                    stop = min(off + CHUNK, end)
-                    for p in range(off, stop, PATCH):
-                        n = min(PATCH, stop - p)
-                        if src.differs(copy, p, n):
-                            os.pwrite(dst_fd, src.read(p, n), p)
-                if now > size:
-                    _copy_range(src_fd, dst_fd, size, now)
-                elif now < size:
-                    os.ftruncate(dst_fd, now)
+                done = _patch(src, copy, src_fd, dst_fd, None if budget is None else start + budget)
             finally:
                 source.execute("COMMIT")
-            held = time.monotonic() - start
+                held = 0.0 if start is None else time.monotonic() - start
         finally:
             copy.close()
     finally:
         src.close()
+    if not done:
+        raise _OverBudget(held)
     return held
+
+
+def _patch(src: "_Map", copy: "_Map", src_fd: int, dst_fd: int, deadline: float | None) -> bool:
+    """The locked part of _pass_locked; False when it passed the deadline (the copy is then partly patched)."""
+    now = os.fstat(src_fd).st_size  # cannot change until COMMIT
+    end = min(now, src.length)  # the mapping's pages past the file's end must not be read
+    if end >= 20 and 2 in src.read(18, 2):
+        raise _BecameWal()  # file format version 2: WAL mode
+    differing = src.differing(copy, end, deadline)
+    if differing is None:
+        return False
+    for off in differing:
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        stop = min(off + CHUNK, end)
+        for p in range(off, stop, PATCH):
+            n = min(PATCH, stop - p)
+            if src.differs(copy, p, n):
+                os.pwrite(dst_fd, src.read(p, n), p)
+    if now > src.length:
+        _copy_range(src_fd, dst_fd, src.length, now)
+    elif now < src.length:
+        os.ftruncate(dst_fd, now)
+    return True
 
 
 def _copy_range(src_fd: int, dst_fd: int, start: int, stop: int) -> None:
@@ -349,16 +389,23 @@ class _Map:
     def differs(self, other: "_Map", offset: int, n: int) -> bool:
         return _lib().memcmp(self.addr + offset, other.addr + offset, n) != 0
 
-    def differing(self, other: "_Map", end: int) -> list[int]:
-        """Offsets of the CHUNKs in [0, end) that differ, compared by COMPARE_THREADS threads."""
+    def differing(self, other: "_Map", end: int, deadline: float | None = None) -> list[int] | None:
+        """Offsets of the CHUNKs in [0, end) that differ, compared by COMPARE_THREADS threads.
+
+        None when time.monotonic() passed ``deadline`` before the comparison was done.
+        """
         starts = range(0, end, CHUNK)
         found: list[list[int]] = []
+        late = threading.Event()
 
         def compare(part: range) -> None:
-            memcmp, a, b, mine = _lib().memcmp, self.addr, other.addr, []
-            for off in part:
+            memcmp, a, b, mine, clock = _lib().memcmp, self.addr, other.addr, [], time.monotonic
+            for i, off in enumerate(part):
                 if memcmp(a + off, b + off, min(CHUNK, end - off)):
                     mine.append(off)
+                if deadline is not None and not i % 16 and (late.is_set() or clock() > deadline):
+                    late.set()
+                    return
             found.append(mine)
 
         n = COMPARE_THREADS if len(starts) >= 64 else 1
@@ -371,6 +418,8 @@ class _Map:
         finally:
             for t in threads:
                 t.join()
+        if late.is_set():
+            return None
         return sorted(off for part in found for off in part)
 
 
