@@ -55,6 +55,18 @@ from eternia_backup.builtin.sqlite import SqliteOptions, SqliteSource  # noqa: E
 from eternia_backup.providers import EntryWriter  # noqa: E402
 
 
+class _LockHeld(logging.Handler):
+    """Collects how long the source held a read lock to finish a rollback-mode copy (its debug record)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.held: list[float] = []
+
+    def emit(self, record):
+        if hasattr(record, "sqlite_lock_held"):
+            self.held.append(record.sqlite_lock_held)
+
+
 class _Checker(EntryWriter):
     """Receives the copy the source made and checks it before the source removes it."""
 
@@ -81,9 +93,16 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
         quiet_end = time.monotonic()
         source = SqliteSource("bench", SqliteOptions(path=str(db)), directory)
         checker = _Checker()
+        locked = _LockHeld()
+        logger = logging.getLogger("eternia_backup.source.sqlite")
+        logger.addHandler(locked)
+        load = os.getloadavg()[0]
         start = time.monotonic()
-        source.backup(checker)
-        end = time.monotonic()
+        try:
+            source.backup(checker)
+        finally:
+            end = time.monotonic()
+            logger.removeHandler(locked)
         time.sleep(0.5)
     finally:
         writer.terminate()
@@ -95,7 +114,8 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
             "copy_s": round(end - start, 3), "longest_stall_ms": round(1000 * max(during, default=0.0), 1),
             "slow_commits": len(during),
             "longest_without_copy_ms": round(1000 * max(alone, default=0.0), 1), "writer_commits": data["commits"],
-            "copy_ok": checker.problem is None, "problem": checker.problem}
+            "copy_ok": checker.problem is None, "problem": checker.problem,
+            "lock_held_ms": round(1000 * locked.held[-1], 1) if locked.held else None, "load": round(load, 2)}
 
 
 def main() -> int:
@@ -112,6 +132,7 @@ def main() -> int:
     if args.pause is not None and hasattr(sqlite_source, "STEP_PAUSE"):
         sqlite_source.STEP_PAUSE = args.pause
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eternia_backup.source.sqlite").setLevel(logging.DEBUG)  # its lock-held record
     directory = Path(tempfile.mkdtemp(prefix="eternia-sqlite-stall-", dir=args.dir))
     results = []
     try:
@@ -124,12 +145,13 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'slow commits':>13} "
-          f"{'commits':>8}  copy")
+    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'lock held':>10} "
+          f"{'slow commits':>13} {'commits':>8} {'load':>5}  copy")
     for r in results:
+        held = "-" if r["lock_held_ms"] is None else f"{r['lock_held_ms']:.1f} ms"
         print(f"{r['mode']:<8} {r['size_mib']:>5} MiB {r['copy_s']:>7.2f}s {r['longest_stall_ms']:>11.1f} ms "
-              f"{r['longest_without_copy_ms']:>10.1f} ms "
-              f"{r['slow_commits']:>13} {r['writer_commits']:>8}  {'ok' if r['copy_ok'] else r['problem']}")
+              f"{r['longest_without_copy_ms']:>10.1f} ms {held:>10} "
+              f"{r['slow_commits']:>13} {r['writer_commits']:>8} {r['load']:>5.2f}  {'ok' if r['copy_ok'] else r['problem']}")
     return 0
 
 
