@@ -229,6 +229,7 @@ def test_a_locked_pass_over_its_budget_releases_the_lock_and_the_next_one_finish
     from eternia_backup.builtin import sqlite as sq
 
     monkeypatch.setattr(sq, "LOCK_BUDGETS", (0.0, 0.0))
+    monkeypatch.setattr(sq, "RETRY_PAUSE", 0.0)
     db = tmp_path / "app.db"
     make_database(db, journal_mode="delete", size_mib=80)  # more than 64 chunks: compared by several threads
     copy = tmp_path / "copy.db"

@@ -96,11 +96,13 @@ CONVERGED = 16 << 20  # a lock-free pass that rewrote less than this is close en
 MAX_PASSES = 4
 COMPARE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Seconds a locked pass may take before it gives up (the writers go on) to be
-# tried again after another lock-free pass; after these, one more pass finishes
-# however long it takes. SQLite's default busy handler retries 103, 128, 178,
-# 228 ms after a writer began waiting: a lock released within 0.12 s lets it
-# commit at 128 ms, within 0.16 s at 178 ms.
-LOCK_BUDGETS = (0.12, 0.12, 0.12, 0.16, 0.16, 0.16)
+# tried again RETRY_PAUSE and another lock-free pass later: the compare's speed
+# depends on what else the machine runs, so a later try may fit. After these,
+# one more pass finishes however long it takes. SQLite's default busy handler
+# retries 103, 128, 178, 228 ms after a writer began waiting: a lock released
+# within 0.12 s lets it commit at 128 ms, within 0.15 s at 178 ms.
+LOCK_BUDGETS = (0.12,) * 4 + (0.15,) * 8
+RETRY_PAUSE = 0.5
 LOCK_WARNING = 0.2  # seconds
 
 
@@ -217,6 +219,7 @@ def _copy_by_compare(source: sqlite3.Connection, path: Path, dst: Path) -> float
                 except _OverBudget as exc:
                     held = max(held, exc.held)
                     log.debug("%s: locked pass %d gave up after %.3f s; trying again", path, attempt, exc.held)
+                    time.sleep(RETRY_PAUSE)
                     _pass_unlocked(src_fd, dst_fd)  # catch up with the commits let through meanwhile
             else:
                 held = max(held, _pass_locked(source, src_fd, dst_fd))
