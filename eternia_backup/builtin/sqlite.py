@@ -287,7 +287,6 @@ def _pass_locked(source: sqlite3.Connection, src_fd: int, dst_fd: int, budget: f
     src = _Map(src_fd, size)
     try:
         copy = _Map(dst_fd, size)
-        nice = _raise_priority()
         try:
             source.execute("BEGIN")
             start = None
@@ -299,41 +298,12 @@ def _pass_locked(source: sqlite3.Connection, src_fd: int, dst_fd: int, budget: f
                 source.execute("COMMIT")
                 held = 0.0 if start is None else time.monotonic() - start
         finally:
-            _restore_priority(nice)
             copy.close()
     finally:
         src.close()
     if not done:
         raise _OverBudget(held)
     return held
-
-
-LOCKED_NICE = -10
-
-
-def _raise_priority() -> int | None:
-    """While the lock is held the application waits on us: raise this thread's CPU priority if allowed.
-
-    On Linux a nice value belongs to a thread, and the compare threads started
-    under the lock inherit it. Without CAP_SYS_NICE (not root) this does nothing.
-    Returns the value to restore, or None.
-    """
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, 0)
-        if before > LOCKED_NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, LOCKED_NICE)
-            return before
-    except (AttributeError, OSError):
-        pass
-    return None
-
-
-def _restore_priority(before: int | None) -> None:
-    if before is not None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, before)
-        except OSError:
-            pass
 
 
 def _patch(src: "_Map", copy: "_Map", src_fd: int, dst_fd: int, deadline: float | None) -> bool:
