@@ -242,3 +242,21 @@ def test_a_locked_pass_over_its_budget_releases_the_lock_and_the_next_one_finish
     assert sum("gave up" in r.getMessage() for r in caplog.records) == 2
     assert copy.read_bytes() == db.read_bytes()
     assert invariant_problem(copy) is None
+
+
+def test_a_database_switched_to_wal_during_the_copy_is_not_taken_from_its_file(tmp_path):
+    """The file of a WAL database is not the whole database: the locked pass notices and stops."""
+    from eternia_backup.builtin import sqlite as sq
+
+    db = tmp_path / "app.db"
+    make_database(db, journal_mode="delete", size_mib=2)
+    conn = _ChangesBeforeLocking(sq._connect(db, mode="rw"), db, "PRAGMA journal_mode=WAL;")
+    try:
+        with pytest.raises(sq._BecameWal):
+            sq._copy_by_compare(conn, db, tmp_path / "copy.db")
+        sq._remove_quietly(tmp_path / "copy.db")
+        sq._wal_snapshot(conn.conn, tmp_path / "copy.db")  # what snapshot() does then
+    finally:
+        conn.conn.close()
+    assert invariant_problem(tmp_path / "copy.db") is None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == ["copy.db"]
