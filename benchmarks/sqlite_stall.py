@@ -61,10 +61,13 @@ class _LockHeld(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.held: list[float] = []
+        self.gave_up = 0  # locked passes that ran over their budget and let go
 
     def emit(self, record):
         if hasattr(record, "sqlite_lock_held"):
             self.held.append(record.sqlite_lock_held)
+        elif "gave up" in record.getMessage():
+            self.gave_up += 1
 
 
 class _Checker(EntryWriter):
@@ -115,7 +118,8 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
             "slow_commits": len(during),
             "longest_without_copy_ms": round(1000 * max(alone, default=0.0), 1), "writer_commits": data["commits"],
             "copy_ok": checker.problem is None, "problem": checker.problem,
-            "lock_held_ms": round(1000 * locked.held[-1], 1) if locked.held else None, "load": round(load, 2)}
+            "lock_held_ms": round(1000 * locked.held[-1], 1) if locked.held else None, "gave_up": locked.gave_up,
+            "load": round(load, 2)}
 
 
 def main() -> int:
@@ -145,12 +149,12 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'lock held':>10} "
+    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'lock held':>14} "
           f"{'slow commits':>13} {'commits':>8} {'load':>5}  copy")
     for r in results:
-        held = "-" if r["lock_held_ms"] is None else f"{r['lock_held_ms']:.1f} ms"
+        held = "-" if r["lock_held_ms"] is None else f"{r['lock_held_ms']:.1f} ms ({r['gave_up'] + 1})"
         print(f"{r['mode']:<8} {r['size_mib']:>5} MiB {r['copy_s']:>7.2f}s {r['longest_stall_ms']:>11.1f} ms "
-              f"{r['longest_without_copy_ms']:>10.1f} ms {held:>10} "
+              f"{r['longest_without_copy_ms']:>10.1f} ms {held:>14} "
               f"{r['slow_commits']:>13} {r['writer_commits']:>8} {r['load']:>5.2f}  {'ok' if r['copy_ok'] else r['problem']}")
     return 0
 
