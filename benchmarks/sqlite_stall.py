@@ -11,6 +11,9 @@ each commit timed), lets it warm up, runs the ``sqlite`` source's backup as
 * the longest single commit of the writer while the copy ran (its stall),
 * how many commits the writer made meanwhile,
 * the writer's longest commit in 5 s before the copy (what the disk costs anyway),
+* in rollback mode, how long the source held its read lock to finish the copy
+  (the longest locked pass) and, in brackets, how many locked passes it tried,
+* the 1-minute load average when the copy began,
 * whether the copy passes ``integrity_check`` and ``count(items) == counter.n``.
 
     python benchmarks/sqlite_stall.py                 # 1 GiB, both modes
@@ -27,8 +30,27 @@ committing every 5 ms:
 In WAL mode nothing waits on a lock: with the copy written to tmpfs
 (TMPDIR=/dev/shm) the longest stall was 118 ms; the rest is the disk, shared
 with the copy being written. In rollback mode a writer this busy restarts every
-stepped copy, so the source falls back to one copy under a read lock and warns;
-the stall is then the time to copy the file (PRAGMA journal_mode=WAL avoids it).
+stepped copy. The source then used to copy the whole file under one read lock
+(632 ms at 1 GiB on the idle machine); now it copies and compares the file
+without a lock and only compares and patches it under the lock (memcmp of two
+pre-faulted mappings, two threads), so the lock costs memory bandwidth:
+
+    quiet moment (10:40 UTC, load 3.6 falling, CPU pressure 17%)
+                     rollback: lock 95 ms (first locked pass), writer's longest stall 147 ms, copy 10.7 s
+                     WAL in the same run: 83 ms
+    load 3.5-6 (10:44-10:54, other people's jobs)
+                     rollback: lock 160-228 ms (13 passes: every budgeted one gave up), stall 210-273 ms
+    load 5-9 (10:22-10:44)
+                     rollback: lock 173-817 ms (13 passes), stall 239-924 ms
+                     WAL in all these runs: 50-99 ms
+
+The writer's stall is the lock plus its busy handler's next retry (SQLite's
+default retries 103, 128, 178, 228 ms after it began waiting) plus its own
+commit. memcmp of two 1 GiB files took 90-100 ms on this machine when quiet
+and 250-390 ms when other jobs loaded it (they contend for memory bandwidth:
+nice -10 did not help), so under load the lock stays over 200 ms; the source
+warns then, naming the time and suggesting WAL. Nothing outside SQLite tells
+which pages a commit wrote, so the locked pass has to compare the whole file.
 """
 
 from __future__ import annotations
