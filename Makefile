@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+# Example third-party plugins (docs/plugins.md): installed as users would, not editable
+EXAMPLE_PLUGINS = examples/plugins/eternia-backup-sqlitestore examples/plugins/eternia-backup-callable
 
 .PHONY: setup demo demo-s3 test test-fast bench clean
 
-$(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml
+$(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml $(EXAMPLE_PLUGINS:%=%/pyproject.toml) \
+        $(wildcard $(EXAMPLE_PLUGINS:%=%/*/*.py))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[s3,encryption,test]' -e plugins/eternia-backup-postgres
+	$(PY) -m pip install --quiet $(addprefix ./,$(EXAMPLE_PLUGINS))
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,6 +11,9 @@ each commit timed), lets it warm up, runs the ``sqlite`` source's backup as
 * the longest single commit of the writer while the copy ran (its stall),
 * how many commits the writer made meanwhile,
 * the writer's longest commit in 5 s before the copy (what the disk costs anyway),
+* in rollback mode, how long the source held its read lock to finish the copy
+  (the longest locked pass) and, in brackets, how many locked passes it tried,
+* the 1-minute load average when the copy began,
 * whether the copy passes ``integrity_check`` and ``count(items) == counter.n``.
 
     python benchmarks/sqlite_stall.py                 # 1 GiB, both modes
@@ -27,8 +30,27 @@ committing every 5 ms:
 In WAL mode nothing waits on a lock: with the copy written to tmpfs
 (TMPDIR=/dev/shm) the longest stall was 118 ms; the rest is the disk, shared
 with the copy being written. In rollback mode a writer this busy restarts every
-stepped copy, so the source falls back to one copy under a read lock and warns;
-the stall is then the time to copy the file (PRAGMA journal_mode=WAL avoids it).
+stepped copy. The source then used to copy the whole file under one read lock
+(632 ms at 1 GiB on the idle machine); now it copies and compares the file
+without a lock and only compares and patches it under the lock (memcmp of two
+pre-faulted mappings, two threads), so the lock costs memory bandwidth:
+
+    quiet moment (10:40 UTC, load 3.6 falling, CPU pressure 17%)
+                     rollback: lock 95 ms (first locked pass), writer's longest stall 147 ms, copy 10.7 s
+                     WAL in the same run: 83 ms
+    load 3.5-6 (10:44-10:54, other people's jobs)
+                     rollback: lock 160-228 ms (13 passes: every budgeted one gave up), stall 210-273 ms
+    load 5-9 (10:22-10:44)
+                     rollback: lock 173-817 ms (13 passes), stall 239-924 ms
+                     WAL in all these runs: 50-99 ms
+
+The writer's stall is the lock plus its busy handler's next retry (SQLite's
+default retries 103, 128, 178, 228 ms after it began waiting) plus its own
+commit. memcmp of two 1 GiB files took 90-100 ms on this machine when quiet
+and 250-390 ms when other jobs loaded it (they contend for memory bandwidth:
+nice -10 did not help), so under load the lock stays over 200 ms; the source
+warns then, naming the time and suggesting WAL. Nothing outside SQLite tells
+which pages a commit wrote, so the locked pass has to compare the whole file.
 """
 
 from __future__ import annotations
@@ -53,6 +75,21 @@ from sqlite_writer import invariant_problem, make_database  # noqa: E402
 from eternia_backup.builtin import sqlite as sqlite_source  # noqa: E402
 from eternia_backup.builtin.sqlite import SqliteOptions, SqliteSource  # noqa: E402
 from eternia_backup.providers import EntryWriter  # noqa: E402
+
+
+class _LockHeld(logging.Handler):
+    """Collects how long the source held a read lock to finish a rollback-mode copy (its debug record)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.held: list[float] = []
+        self.gave_up = 0  # locked passes that ran over their budget and let go
+
+    def emit(self, record):
+        if hasattr(record, "sqlite_lock_held"):
+            self.held.append(record.sqlite_lock_held)
+        elif "gave up" in record.getMessage():
+            self.gave_up += 1
 
 
 class _Checker(EntryWriter):
@@ -81,9 +118,16 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
         quiet_end = time.monotonic()
         source = SqliteSource("bench", SqliteOptions(path=str(db)), directory)
         checker = _Checker()
+        locked = _LockHeld()
+        logger = logging.getLogger("eternia_backup.source.sqlite")
+        logger.addHandler(locked)
+        load = os.getloadavg()[0]
         start = time.monotonic()
-        source.backup(checker)
-        end = time.monotonic()
+        try:
+            source.backup(checker)
+        finally:
+            end = time.monotonic()
+            logger.removeHandler(locked)
         time.sleep(0.5)
     finally:
         writer.terminate()
@@ -95,7 +139,9 @@ def measure(directory: Path, mode: str, size_mib: float) -> dict:
             "copy_s": round(end - start, 3), "longest_stall_ms": round(1000 * max(during, default=0.0), 1),
             "slow_commits": len(during),
             "longest_without_copy_ms": round(1000 * max(alone, default=0.0), 1), "writer_commits": data["commits"],
-            "copy_ok": checker.problem is None, "problem": checker.problem}
+            "copy_ok": checker.problem is None, "problem": checker.problem,
+            "lock_held_ms": round(1000 * locked.held[-1], 1) if locked.held else None, "gave_up": locked.gave_up,
+            "load": round(load, 2)}
 
 
 def main() -> int:
@@ -112,6 +158,7 @@ def main() -> int:
     if args.pause is not None and hasattr(sqlite_source, "STEP_PAUSE"):
         sqlite_source.STEP_PAUSE = args.pause
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eternia_backup.source.sqlite").setLevel(logging.DEBUG)  # its lock-held record
     directory = Path(tempfile.mkdtemp(prefix="eternia-sqlite-stall-", dir=args.dir))
     results = []
     try:
@@ -124,12 +171,13 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'slow commits':>13} "
-          f"{'commits':>8}  copy")
+    print(f"{'mode':<8} {'size':>8} {'copy':>8} {'longest stall':>14} {'without copy':>13} {'lock held':>14} "
+          f"{'slow commits':>13} {'commits':>8} {'load':>5}  copy")
     for r in results:
+        held = "-" if r["lock_held_ms"] is None else f"{r['lock_held_ms']:.1f} ms ({r['gave_up'] + 1})"
         print(f"{r['mode']:<8} {r['size_mib']:>5} MiB {r['copy_s']:>7.2f}s {r['longest_stall_ms']:>11.1f} ms "
-              f"{r['longest_without_copy_ms']:>10.1f} ms "
-              f"{r['slow_commits']:>13} {r['writer_commits']:>8}  {'ok' if r['copy_ok'] else r['problem']}")
+              f"{r['longest_without_copy_ms']:>10.1f} ms {held:>14} "
+              f"{r['slow_commits']:>13} {r['writer_commits']:>8} {r['load']:>5.2f}  {'ok' if r['copy_ok'] else r['problem']}")
     return 0
 
 

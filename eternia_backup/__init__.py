@@ -2,7 +2,8 @@
 
 ``from eternia_backup import backup_manager`` gives a manager configured lazily
 from the config file (``$ETERNIA_BACKUP_CONFIG`` or ``./eternia-backup.yaml``).
-Plugins import :data:`hookimpl` to implement hooks.
+Plugins import everything they use from :mod:`eternia_backup.api` (hookimpl,
+the provider base classes, errors, helpers); the other modules are private.
 """
 
 from __future__ import annotations

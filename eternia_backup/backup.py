@@ -32,7 +32,7 @@ from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageE
 from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
 from .plugins import call_lifecycle
 from .progress import Progress, as_progress
-from .providers import Archiver, AtomicWrite, Compression, Source, Target
+from .providers import Archiver, AtomicWrite, Compression, Source, Target, local_path_of
 from .redact import redact_text
 from .storage import describe_os_error
 
@@ -472,7 +472,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
             if not isinstance(exc, Exception):
                 raise
             continue
-        copies.append(Copy(name, target.file_url(archive_file), target.local_path(archive_file)))
+        copies.append(Copy(name, target.file_url(archive_file), local_path_of(target, archive_file)))
     return copies
 
 

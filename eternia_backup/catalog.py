@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import (
     BackupNotFoundError,
+    EterniaBackupError,
     IntegrityError,
     StorageError,
 )
@@ -29,7 +31,8 @@ from .manifest import (
     is_backup_id,
     manifest_name_for,
 )
-from .providers import StoredFile, Target
+from .manifest_cache import ManifestCache
+from .providers import LocalPaths, StoredFile, Target
 from .storage import parse_temp_name
 
 log = logging.getLogger("eternia_backup.catalog")
@@ -81,7 +84,7 @@ class BackupEntry:
 
     @property
     def best(self) -> BackupCopy:
-        return sorted(self.copies, key=lambda c: (not c.ok, not c.target.is_local))[0]
+        return sorted(self.copies, key=lambda c: (not c.ok, not isinstance(c.target, LocalPaths)))[0]
 
     @property
     def ok(self) -> bool:
@@ -131,7 +134,7 @@ def _time_from_id(backup_id: str) -> datetime | None:
         return None
 
 
-def _read_manifest(target: Target, fname: str) -> Manifest:
+def _read_manifest(target: Target, fname: str, data: bytes | None = None) -> tuple[Manifest, bytes]:
     """Read and parse a manifest; one that does not parse is read again before it is called damaged.
 
     A store can return wrong bytes once (a flipped bit, a cut-off read): such a
@@ -140,33 +143,77 @@ def _read_manifest(target: Target, fname: str) -> Manifest:
     IntegrityError.
     """
     where = target.file_url(fname)
-    data = target.read_bytes(fname)
+    if data is None:
+        data = target.read_bytes(fname)
     try:
-        return Manifest.from_json(data, where=where)
+        return Manifest.from_json(data, where=where), data
     except IntegrityError as first:
         again = target.read_bytes(fname)
         if again == data:
             raise
         try:
-            return Manifest.from_json(again, where=where)
+            return Manifest.from_json(again, where=where), again
         except IntegrityError:
             raise StorageError(f"manifest {where} reads differently each time ({first}); "
                                "the store returns unreliable data") from None
 
 
-def list_target(target: Target, name: str) -> TargetListing:
-    """Every backup of series ``name`` on ``target``; raises StorageError if listing fails."""
+# Manifests read at once from a remote target: one request each, mostly waiting.
+READ_CONCURRENCY = 16
+
+
+def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCache | None) -> dict[str, bytes | Exception]:
+    """The bytes of each manifest (or the error reading it): from the cache, else read concurrently."""
+    found: dict[str, bytes | Exception] = {}
+    missing = []
+    for s in stored:
+        data = cache.get(s) if cache is not None else None
+        if data is None:
+            missing.append(s)
+        else:
+            found[s.name] = data
+
+    def read(s: StoredFile) -> bytes | Exception:
+        try:
+            return target.read_bytes(s.name)
+        except EterniaBackupError as exc:
+            return exc
+
+    if len(missing) > 1 and not isinstance(target, LocalPaths):
+        with ThreadPoolExecutor(max_workers=min(READ_CONCURRENCY, len(missing))) as pool:
+            results = list(pool.map(read, missing))
+    else:
+        results = [read(s) for s in missing]
+    for s, result in zip(missing, results):
+        found[s.name] = result
+    return found
+
+
+def list_target(target: Target, name: str, cache: ManifestCache | None = None) -> TargetListing:
+    """Every backup of series ``name`` on ``target``; raises StorageError if listing fails.
+
+    With a ``cache``, manifests read before (same name, size and ETag) are not
+    read again, and the others are remembered once they parsed.
+    """
     files = {f.name: f for f in target.list()}
     log.debug("target %r: %d file(s) listed at %s", target.name, len(files), target.file_url(""))
     copies: list[BackupCopy] = []
     claimed: set[str] = set()
+    wanted = []
     for fname in sorted(files):
         m = MANIFEST_RE.match(fname)
-        if not m or not fname.startswith(name + "-") or m["stem"] != f"{name}-{m['id']}":
-            continue
+        if m and fname.startswith(name + "-") and m["stem"] == f"{name}-{m['id']}":
+            wanted.append((fname, m))
+    fetched = _fetch_manifests(target, [files[f] for f, _ in wanted], cache)
+    for fname, m in wanted:
         copy = BackupCopy(target, m["id"], fname, None)
         try:
-            manifest = _read_manifest(target, fname)
+            data = fetched[fname]
+            if isinstance(data, Exception):
+                raise data
+            manifest, data = _read_manifest(target, fname, data)
+            if cache is not None and cache.get(files[fname]) is None:
+                cache.put(files[fname], data)  # it parsed: worth keeping
         except IntegrityError as exc:
             copy.problem = str(exc)
             claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))
@@ -192,6 +239,8 @@ def list_target(target: Target, name: str) -> TargetListing:
                                 f"the manifest says {manifest.archive.size}")
         copies.append(copy)
     leftovers = [f for n, f in files.items() if n not in claimed and _is_leftover_of(n, name)]
+    if cache is not None:
+        cache.save({f for f, _ in wanted})
     return TargetListing(target, copies, leftovers, files)
 
 

@@ -29,7 +29,7 @@ from .catalog import in_series, list_target
 from .config import Retention
 from .errors import EterniaBackupError
 from .manifest import archive_stem
-from .providers import Target
+from .providers import Target, UploadCleanup
 from .retention import Candidate, plan_retention
 from .storage import parse_temp_name
 
@@ -177,12 +177,12 @@ def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: floa
 
 
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
-                   dry_run: bool, now: datetime | None = None, guard=None) -> TargetCleanup:
+                   dry_run: bool, now: datetime | None = None, guard=None, cache=None) -> TargetCleanup:
     """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease)."""
     report = TargetCleanup(target.name)
     now = now or datetime.now(timezone.utc)
     try:
-        listing = list_target(target, name)
+        listing = list_target(target, name, cache)
     except EterniaBackupError as exc:
         report.error = f"listing failed, nothing deleted: {exc}"
         report.unlisted = True
@@ -209,7 +209,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         _delete_backup(target, copy, report)
 
     try:
-        uploads = target.incomplete_uploads()
+        uploads = target.incomplete_uploads() if isinstance(target, UploadCleanup) else []
     except EterniaBackupError as exc:
         problem = f"unfinished uploads could not be listed: {exc}"
         report.error = f"{report.error}; {problem}" if report.error else problem

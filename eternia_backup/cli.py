@@ -352,18 +352,29 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .plugins import build_registry, get_plugin_manager
+    from .plugins import build_registry, distribution_of, get_plugin_manager
 
-    registry = build_registry(get_plugin_manager())
+    pm = get_plugin_manager()
+    registry = build_registry(pm)
     provided = sorted(registry.all(), key=lambda p: (p.kind, p.name))
+    status = EXIT_FAILED if registry.failures else EXIT_OK  # a broken plugin is worth a non-zero status
     if args.json:
-        _print_json({"plugins": [{"kind": p.kind, "name": p.name, "plugin": p.plugin,
-                                  "class": f"{p.cls.__module__}.{p.cls.__qualname__}"} for p in provided]})
-        return EXIT_OK
+        rows = []
+        for p in provided:
+            dist, version = distribution_of(pm, p.plugin)
+            rows.append({"kind": p.kind, "name": p.name, "plugin": p.plugin, "distribution": dist,
+                         "version": version, "class": f"{p.cls.__module__}.{p.cls.__qualname__}"})
+        failed = [{"plugin": f.name, "entry_point": f.value, "distribution": f.distribution, "version": f.version,
+                   "error": f.error} for f in registry.failures]
+        _print_json({"plugins": rows, "failed": failed})
+        return status
     for p in provided:
-        name = "* (any fsspec protocol)" if p.name == "*" else p.name
-        print(f"{p.kind:<12} {name:<26} {p.plugin}")
-    return EXIT_OK
+        name = "* (any other protocol)" if p.name == "*" else p.name
+        dist, version = distribution_of(pm, p.plugin)
+        print(f"{p.kind:<12} {name:<24} {p.plugin:<40} {dist} {version}")
+    for f in registry.failures:
+        print(f"FAILED       {f.name:<24} {f.value:<40} {f.distribution} {f.version}: {f.error}")
+    return status
 
 
 def cmd_config(args) -> int:

@@ -34,7 +34,6 @@ from .errors import ConfigError
 CONFIG_ENV = "ETERNIA_BACKUP_CONFIG"
 DEFAULT_CONFIG_NAME = "eternia-backup.yaml"
 FREQUENCIES = ("hourly", "daily", "weekly", "monthly")
-SUPPORTED_PROVIDERS = ("aws",)
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -63,8 +62,8 @@ class CloudBackupModel(_Model):
 
     enabled: bool = _f("true or false", False, description="Also store every backup in S3.",
                        examples=[True])
-    provider: str = _f("a cloud provider name", "aws", description="The cloud provider; only aws (S3 and "
-                       "S3-compatible stores) is supported.", examples=["aws"])
+    provider: str = _f("a cloud provider name", "aws", description="The cloud provider: aws (S3 and "
+                       "S3-compatible stores) is built in; a plugin may serve others.", examples=["aws"])
     bucket: str | None = _f("an S3 bucket name (3-63 characters)", None, min_length=3, max_length=63,
                             description="The bucket; required when enabled.", examples=["eternia-backups"])
     region: str | None = _f("an AWS region name such as us-west-2", None,
@@ -689,38 +688,15 @@ def _local_url(path: str, base_dir: Path) -> str:
 
 
 def _cloud_target(cloud: CloudBackupModel, environment: str) -> TargetSpec:
-    if cloud.provider not in SUPPORTED_PROVIDERS:
-        raise ConfigError(
-            f"backup.cloud_backup.provider: expected one of {', '.join(SUPPORTED_PROVIDERS)}, "
-            f"got {cloud.provider!r}; for other stores give any fsspec URL under backup.targets instead"
-        )
-    if not cloud.bucket:
-        raise ConfigError("backup.cloud_backup.bucket: required when cloud_backup.enabled is true; name the S3 bucket")
-    from .builtin.s3_target import bucket_name_problem
+    """The target named ``cloud``, from the plugin that serves ``cloud_backup.provider`` (aws: the S3 plugin)."""
+    from .plugins import cloud_backup_target
 
-    problem = bucket_name_problem(cloud.bucket)
-    if problem:
-        raise ConfigError(f"backup.cloud_backup.bucket: {cloud.bucket!r} is not a valid S3 bucket name: it {problem}")
-    if cloud.server_side_encryption == "aws:kms" and not cloud.kms_key_id:
-        raise ConfigError("backup.cloud_backup.kms_key_id: required when server_side_encryption is aws:kms")
-    parts = [cloud.bucket] + [p for p in (cloud.prefix or "").strip("/").split("/") if p] + [environment]
-    options: dict[str, Any] = {}
-    if cloud.region:
-        options["client_kwargs"] = {"region_name": cloud.region}
-    if cloud.endpoint_url:
-        options.setdefault("client_kwargs", {})["endpoint_url"] = cloud.endpoint_url
-    extra: dict[str, Any] = {}
-    if cloud.storage_class:
-        extra["StorageClass"] = cloud.storage_class
-    if cloud.server_side_encryption:
-        extra["ServerSideEncryption"] = cloud.server_side_encryption
-        if cloud.kms_key_id:
-            extra["SSEKMSKeyId"] = cloud.kms_key_id
-    if extra:
-        options["s3_additional_kwargs"] = extra
-    if cloud.create_bucket:
-        options["eternia_create_bucket"] = True
-    for key in ("connect_timeout", "read_timeout", "max_attempts"):
-        if getattr(cloud, key) is not None:
-            options[key] = getattr(cloud, key)
-    return TargetSpec("cloud", "s3://" + "/".join(parts), options)
+    settings = cloud.model_dump(exclude={"enabled"})
+    found = cloud_backup_target(settings, environment)
+    if found is None:
+        raise ConfigError(
+            f"backup.cloud_backup.provider: no installed plugin serves {cloud.provider!r} (aws is built in); "
+            "for other stores give any fsspec URL under backup.targets instead"
+        )
+    url, options = found
+    return TargetSpec("cloud", url, options)

@@ -16,6 +16,7 @@ def sibling(path: Path, purpose: str) -> Path:
 
 
 def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable (fsync the directory); where that is unsupported, nothing."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -237,3 +238,19 @@ def mount_points_under(path: Path) -> list[str]:
         if _under(point, root):
             found.append(point)
     return sorted(set(found))
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short cause for an OSError, without the secret-bearing repr of a URL."""
+    from .redact import redact_text
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, NotADirectoryError):
+        return str(exc) or "not a directory"
+    text = str(exc) or type(exc).__name__
+    return redact_text(text.splitlines()[0][:300])

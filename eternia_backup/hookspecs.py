@@ -17,7 +17,17 @@ There are two groups:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
 import pluggy
+
+if TYPE_CHECKING:  # for type checkers only, as pytest's hookspec does: no import cost, no cycle
+    from .backup import BackupResult
+    from .cleanup import CleanupResult
+    from .config import BackupConfig
+    from .providers import Archiver, Compression, Source, Target
+    from .restore import RestoreResult
 
 hookspec = pluggy.HookspecMarker("eternia_backup")
 
@@ -26,11 +36,11 @@ hookspec = pluggy.HookspecMarker("eternia_backup")
 
 
 @hookspec
-def eternia_register_sources(register) -> None:
+def eternia_register_sources(register: Callable[[type[Source]], None]) -> None:
     """Offer source types: the things whose state is backed up.
 
     :param register: call ``register(SourceClass)`` for each source type.
-        ``SourceClass`` subclasses :class:`eternia_backup.providers.Source`;
+        ``SourceClass`` subclasses :class:`eternia_backup.api.Source`;
         its ``type_name`` class attribute is the ``type:`` used in YAML, and
         its ``options_model`` (a pydantic model) validates the rest of the
         source's YAML mapping. Registering a type name that another plugin
@@ -39,31 +49,31 @@ def eternia_register_sources(register) -> None:
 
 
 @hookspec
-def eternia_register_archivers(register) -> None:
+def eternia_register_archivers(register: Callable[[type[Archiver]], None]) -> None:
     """Offer archive formats: how entries are packed into one byte stream.
 
     :param register: call ``register(ArchiverClass)``; ``ArchiverClass``
-        subclasses :class:`eternia_backup.providers.Archiver` and its
+        subclasses :class:`eternia_backup.api.Archiver` and its
         ``format_name`` is the value of ``archive.format`` in YAML.
     """
 
 
 @hookspec
-def eternia_register_compressions(register) -> None:
+def eternia_register_compressions(register: Callable[[type[Compression]], None]) -> None:
     """Offer compressions applied to the archive stream.
 
     :param register: call ``register(CompressionClass)``; the class subclasses
-        :class:`eternia_backup.providers.Compression` and its ``name`` is the
+        :class:`eternia_backup.api.Compression` and its ``name`` is the
         value of ``archive.compression`` in YAML.
     """
 
 
 @hookspec
-def eternia_register_targets(register) -> None:
+def eternia_register_targets(register: Callable[[type[Target]], None]) -> None:
     """Offer storage targets for URL protocols.
 
     :param register: call ``register(TargetClass)``; the class subclasses
-        :class:`eternia_backup.providers.Target` and lists the URL protocols it
+        :class:`eternia_backup.api.Target` and lists the URL protocols it
         serves in ``protocols`` (``("s3", "s3a")``). The protocol ``"*"``
         means "any protocol fsspec can open" and is used when no plugin
         registered the URL's protocol specifically, so a plugin can add
@@ -71,11 +81,34 @@ def eternia_register_targets(register) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def eternia_cloud_backup_target(settings: dict[str, Any], environment: str) -> tuple[str, dict[str, Any]] | None:
+    """Turn the ``cloud_backup:`` section of the config into a target, for its ``provider``.
+
+    Called while the config is loaded, when ``cloud_backup.enabled`` is true;
+    the first plugin that returns something wins. The built-in S3 plugin
+    answers for ``provider: aws``.
+
+    :param settings: the section's keys as validated by the config schema
+        (``provider``, ``bucket``, ``region``, ``endpoint_url``, ``prefix``,
+        ``storage_class``, ``server_side_encryption``, ``kms_key_id``,
+        ``create_bucket``, ``connect_timeout``, ``read_timeout``,
+        ``max_attempts``); ``None`` where not set.
+    :param environment: the config's environment name; backups of each
+        environment go to their own place (the S3 plugin appends it to the prefix).
+    :return: ``(url, options)`` of the target named ``cloud`` (the URL must
+        be served by a registered target), or ``None`` when the plugin does not
+        serve ``settings["provider"]``. Raise
+        :class:`~eternia_backup.errors.ConfigError` naming the
+        ``backup.cloud_backup.<key>`` at fault for a bad value.
+    """
+
+
 # -- lifecycle hooks --------------------------------------------------------
 
 
 @hookspec
-def eternia_backup_started(backup_id: str, config) -> None:
+def eternia_backup_started(backup_id: str, config: BackupConfig) -> None:
     """A backup is about to read its sources.
 
     :param backup_id: the id the backup will have (``20261127T020000Z-1a2b3c``).
@@ -86,7 +119,7 @@ def eternia_backup_started(backup_id: str, config) -> None:
 
 
 @hookspec
-def eternia_backup_succeeded(result) -> None:
+def eternia_backup_succeeded(result: BackupResult) -> None:
     """A backup was committed on every target.
 
     :param result: the :class:`~eternia_backup.backup.BackupResult`: backup id,
@@ -96,7 +129,7 @@ def eternia_backup_succeeded(result) -> None:
 
 
 @hookspec
-def eternia_backup_failed(backup_id: str, error: BaseException, result) -> None:
+def eternia_backup_failed(backup_id: str, error: BaseException, result: BackupResult | None) -> None:
     """A backup failed on at least one target.
 
     :param backup_id: the id of the failed backup.
@@ -109,8 +142,8 @@ def eternia_backup_failed(backup_id: str, error: BaseException, result) -> None:
 
 
 @hookspec
-def eternia_restore_started(backup_id: str, sources: list, destination, dry_run: bool) -> None:
-    """A restore passed verification and is about to stage and swap state.
+def eternia_restore_started(backup_id: str, sources: list[str], destination: Path | None, dry_run: bool) -> None:
+    """A restore passed verification and is about to stage and swap state (also for a dry run).
 
     :param backup_id: the backup being restored.
     :param sources: names of the sources being restored.
@@ -121,7 +154,7 @@ def eternia_restore_started(backup_id: str, sources: list, destination, dry_run:
 
 
 @hookspec
-def eternia_restore_finished(backup_id: str, error, result) -> None:
+def eternia_restore_finished(backup_id: str, error: BaseException | None, result: RestoreResult | None) -> None:
     """A restore ended.
 
     :param backup_id: the backup that was restored.
@@ -133,7 +166,7 @@ def eternia_restore_finished(backup_id: str, error, result) -> None:
 
 
 @hookspec
-def eternia_cleanup_finished(result) -> None:
+def eternia_cleanup_finished(result: CleanupResult) -> None:
     """Retention ran on every target.
 
     :param result: the :class:`~eternia_backup.retention.CleanupResult`: per

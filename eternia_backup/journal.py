@@ -6,8 +6,11 @@ finished or rolled back. If a process dies in between, the next ``restore`` or
 ``create`` finishes the restore first (every source gets the restored state, so
 there is never a mix of old and new), and ``status`` says that one is pending.
 
-Entries are written by restore plans (``journal_entry()``); a plan without one
-cannot be finished automatically, and the next run says so.
+Each entry holds a plan's own ``journal_entry()`` and names its class and its
+source's type; the next run finds that class again through the plugin registry
+(``Source.restore_plan_types``) and calls its ``resume``, so a third-party
+plan is finished exactly like a built-in one. A plan without an entry cannot be
+finished automatically, and the next run says so.
 """
 
 from __future__ import annotations
@@ -17,8 +20,15 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import RestoreError
-from .fsutil import exchange, fsync_dir, remove_tree
+from typing import TYPE_CHECKING
+
+from .errors import EterniaBackupError, RestoreError
+from .fsutil import fsync_dir
+from .plans import DirectorySwapPlan
+from .providers import RestorePlan
+
+if TYPE_CHECKING:
+    from .plugins import Registry
 
 log = logging.getLogger("eternia_backup.journal")
 
@@ -62,72 +72,57 @@ def describe(path: Path) -> str | None:
             "`eternia-backup restore` or `create` finishes it first")
 
 
-def finish(path: Path) -> list[str]:
+def entry_for(plan: RestorePlan, source_type: str | None) -> dict:
+    """The journal entry of ``plan``: its own data, and how to find its class again after a crash."""
+    data = plan.journal_entry()
+    return {"source_type": source_type, "plan": plan_id(type(plan)),
+            "destination": str((data or {}).get("destination") or plan.description),
+            "data": data}
+
+
+def plan_id(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# Entries written by 0.1.0, before plans resumed themselves (kind -> plan class).
+_OLD_KINDS = {"directory-swap": "eternia_backup.plans:DirectorySwapPlan"}
+
+
+def _plan_class(entry: dict, registry: Registry | None) -> type[RestorePlan] | None:
+    """The plan class named by ``entry``, looked up among the classes the registry knows (never imported by name)."""
+    wanted = entry.get("plan") or _OLD_KINDS.get(entry.get("kind", ""))
+    candidates: list[type[RestorePlan]] = [DirectorySwapPlan]
+    if registry is not None:
+        types = [entry["source_type"]] if entry.get("source_type") else registry.names("source")
+        for t in types:
+            try:
+                candidates.extend(registry.source(t).restore_plan_types)
+            except EterniaBackupError:
+                continue  # its plugin is gone: said below
+    for cls in candidates:
+        if plan_id(cls) == wanted:
+            return cls
+    return None
+
+
+def finish(path: Path, registry: Registry | None = None) -> list[str]:
     """Finish an interrupted restore, if any; returns what was done."""
     data = pending(path)
     if data is None:
         return []
     done = []
     for entry in data.get("entries", []):
-        kind = entry.get("kind")
-        if kind == "directory-swap":
-            done.append(_finish_swap(entry))
-        elif kind == "sqlite":
-            done.append(_finish_sqlite(entry))
+        cls = _plan_class(entry, registry)
+        payload = entry.get("data") if "plan" in entry else entry
+        destination = entry.get("destination", "?")
+        if cls is None:
+            done.append(f"{destination}: its restore plan ({entry.get('plan') or entry.get('kind')}) is not known "
+                        "to any installed plugin; restore it again")
+        elif payload is None:  # the plan keeps no journal entry
+            done.append(f"{destination}: cannot be finished automatically; restore it again")
         else:
-            done.append(f"{entry.get('destination', '?')}: cannot be finished automatically; restore it again")
+            done.append(cls.resume(payload))
     remove(path)
     for line in done:
         log.warning("finished an interrupted restore of %s: %s", data.get("backup_id"), line)
     return done
-
-
-def _same(path: Path, inode: list) -> bool:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return [st.st_dev, st.st_ino] == list(inode)
-
-
-def _aside(destination: Path) -> list[Path]:
-    return [p for p in destination.parent.glob(f".{destination.name}.eternia-replaced-*")]
-
-
-def _finish_swap(entry: dict) -> str:
-    destination, staging = Path(entry["destination"]), Path(entry["staging"])
-    if _same(destination, entry["staged_inode"]):
-        result = "already swapped in; removed what it replaced"
-    elif not destination.exists() and _same(staging, entry["staged_inode"]):
-        os.rename(staging, destination)
-        result = "the staged state was moved into place"
-    elif _same(staging, entry["staged_inode"]):
-        from .plans import carry_storage
-
-        carry_storage(destination, staging, entry.get("carry", []))  # it may have died while linking
-        if not exchange(staging, destination):
-            aside = destination.with_name(f".{destination.name}.eternia-replaced-journal")
-            os.rename(destination, aside)
-            os.rename(staging, destination)
-        result = "the staged state was swapped in"
-    else:
-        return f"{destination}: the staged state is gone; restore it again"
-    fsync_dir(destination.parent)
-    if not _same(staging, entry["staged_inode"]):
-        remove_tree(staging)  # after an exchange it holds the old state
-    for p in _aside(destination):
-        remove_tree(p)
-    return f"{destination}: {result}"
-
-
-def _finish_sqlite(entry: dict) -> str:
-    from .builtin.sqlite import write_into
-
-    destination, staged = Path(entry["destination"]), Path(entry["staged"])
-    if staged.exists():
-        if destination.exists():
-            write_into(staged, destination)
-        else:
-            os.replace(staged, destination)
-    remove_tree(Path(entry["staging"]))
-    return f"{destination}: the restored database was written"

@@ -23,7 +23,7 @@ import threading
 import time
 
 from .errors import EterniaBackupError
-from .providers import Target
+from .providers import ConditionalWrites, Target
 
 log = logging.getLogger("eternia_backup.lease")
 
@@ -39,11 +39,11 @@ class LeaseUnsupported(EterniaBackupError):
 def probe_conditional_writes(target: Target) -> bool:
     """True when the target refuses a second If-None-Match write of one name."""
     name = f".lease-probe-{secrets.token_hex(6)}"
+    if not isinstance(target, ConditionalWrites):
+        return False
     try:
         first = target.conditional_put(name, b"1", if_none_match=True)
         second = target.conditional_put(name, b"2", if_none_match=True)
-    except NotImplementedError:
-        return False
     finally:
         try:
             target.delete(name)

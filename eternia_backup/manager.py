@@ -35,7 +35,8 @@ from .errors import (
 from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .progress import NO_PROGRESS, Progress, ProgressReader
-from .providers import Source, Target
+from .manifest_cache import ManifestCache
+from .providers import ConditionalWrites, LocalPaths, Source, Target, UploadCleanup, local_path_of
 from .state import StateStore
 from .storage import split_protocol
 from .timefmt import iso_utc
@@ -144,7 +145,7 @@ class BackupManager:
 
         Sources leave these out of backups (self-inclusion) and restores carry them over.
         """
-        paths = [Path(t.local_path("")).absolute() for t in self.targets if t.is_local]
+        paths = [t.root_path for t in self.targets if isinstance(t, LocalPaths)]
         paths.append(self.state.path.parent.absolute())
         return tuple(dict.fromkeys(paths))
 
@@ -215,11 +216,17 @@ class BackupManager:
         except OSError as exc:
             log.warning("could not record the outcome in %s: %s", self.state.path, exc)
 
+    def manifest_cache(self, target: Target) -> ManifestCache | None:
+        """The manifests of a remote target already read (local ones cost no request to read again)."""
+        if isinstance(target, LocalPaths):
+            return None
+        return ManifestCache(self.state.path.parent / "manifest-cache", target.url)
+
     def listings(self) -> tuple[list[catalog.TargetListing], dict[str, str]]:
         listings, errors = [], {}
         for t in self.targets:
             try:
-                listings.append(catalog.list_target(t, self.config.name))
+                listings.append(catalog.list_target(t, self.config.name, self.manifest_cache(t)))
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
                 log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
@@ -374,7 +381,7 @@ class BackupManager:
         """Finish a restore that a crash stopped half way (see :mod:`.journal`)."""
         from . import journal
 
-        return journal.finish(self.journal_path)
+        return journal.finish(self.journal_path, self.registry)
 
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None,
                         progress: Progress = NO_PROGRESS) -> Path:
@@ -397,13 +404,13 @@ class BackupManager:
             writer.abort()
             raise
         dest.write_bytes(manifest.filename, manifest.to_json())
-        return dest.local_path(manifest.archive.file) or Path(dest.file_url(manifest.archive.file))
+        return local_path_of(dest, manifest.archive.file) or Path(dest.file_url(manifest.archive.file))
 
     def _download_target(self, to) -> Target:
         if to is not None:
             return self._make_target("download", str(Path(to).absolute()), {})
         for t in self.targets:
-            if t.is_local:
+            if isinstance(t, LocalPaths):
                 return t
         raise StorageError("no local storage is configured to download into; set backup.storage_path or pass --to DIR")
 
@@ -421,7 +428,8 @@ class BackupManager:
     def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
-                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard)
+                                   policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard,
+                                   cache=self.manifest_cache(t))
             for t in self.targets
         ])
         if not dry_run:
@@ -449,8 +457,8 @@ class BackupManager:
 
         self.lease_target = None
         for t in self.targets:
-            if t.is_local:
-                continue
+            if isinstance(t, LocalPaths) or not isinstance(t, ConditionalWrites):
+                continue  # a lease is for targets shared by several hosts
             try:
                 supported = probe_conditional_writes(t)
             except EterniaBackupError as exc:
@@ -586,7 +594,8 @@ class BackupManager:
         found, errors = {}, {}
         for listing in listings:
             try:
-                uploads = listing.target.incomplete_uploads()
+                target = listing.target
+                uploads = target.incomplete_uploads() if isinstance(target, UploadCleanup) else []
             except EterniaBackupError as exc:
                 errors[listing.target.name] = f"unfinished uploads could not be listed: {exc}"
                 uploads = []

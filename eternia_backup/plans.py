@@ -120,9 +120,34 @@ class DirectorySwapPlan(RestorePlan):
     def journal_entry(self) -> dict:
         """What the restore journal needs to finish this swap after a crash."""
         st = self.staging_dir.stat()
-        return {"kind": "directory-swap", "destination": str(self.destination),
+        return {"destination": str(self.destination),
                 "staging": str(self.staging_dir), "staged_inode": [st.st_dev, st.st_ino],
                 "carry": self._carried_relpaths()}
+
+    @classmethod
+    def resume(cls, entry: dict) -> str:
+        """Finish a swap the process died in: the staged tree (known by its inode) ends up in place."""
+        destination, staging = Path(entry["destination"]), Path(entry["staging"])
+        if _same(destination, entry["staged_inode"]):
+            result = "already swapped in; removed what it replaced"
+        elif not destination.exists() and _same(staging, entry["staged_inode"]):
+            os.rename(staging, destination)
+            result = "the staged state was moved into place"
+        elif _same(staging, entry["staged_inode"]):
+            carry_storage(destination, staging, entry.get("carry", []))  # it may have died while linking
+            if not exchange(staging, destination):
+                aside = destination.with_name(f".{destination.name}.eternia-replaced-journal")
+                os.rename(destination, aside)
+                os.rename(staging, destination)
+            result = "the staged state was swapped in"
+        else:
+            return f"{destination}: the staged state is gone; restore it again"
+        fsync_dir(destination.parent)
+        if not _same(staging, entry["staged_inode"]):
+            remove_tree(staging)  # after an exchange it holds the old state
+        for p in destination.parent.glob(f".{destination.name}.eternia-replaced-*"):
+            remove_tree(p)
+        return f"{destination}: {result}"
 
     def discard(self) -> None:
         remove_tree(self.staging_dir)
@@ -154,3 +179,11 @@ def carry_storage(destination: Path, staging: Path, relpaths: list[str], label: 
                 f"{label}: cannot carry the backup storage {destination / rel} into the restored tree "
                 f"({exc.strerror or exc}); it lies inside the destination (on another filesystem?). "
                 "Restore with --to DIR, or move the storage out of the source") from exc
+
+
+def _same(path: Path, inode: list) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return [st.st_dev, st.st_ino] == list(inode)

@@ -4,19 +4,26 @@ Built-in providers are plain modules listed in :data:`BUILTIN_PLUGINS` and are
 registered through the same call as third-party plugins, which come from entry
 points of the group ``eternia_backup``. ``ETERNIA_BACKUP_DISABLE_PLUGINS`` (a
 comma-separated list of plugin names) blocks plugins, built-in or not.
+
+An installed plugin that fails to import is logged (with how to block it) and
+left out; everything else keeps working, and a config that uses one of its
+providers is told why that provider is unknown. ``eternia-backup plugins``
+lists it with its error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import logging
 import os
+import weakref
 from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .errors import ConfigError, PluginError
 from .providers import Archiver, Compression, Source, Target
 
@@ -32,9 +39,25 @@ BUILTIN_PLUGINS = (
     "eternia_backup.builtin.command",
     "eternia_backup.builtin.tar",
     "eternia_backup.builtin.compressions",
+    "eternia_backup.builtin.local_target",
     "eternia_backup.builtin.fsspec_target",
     "eternia_backup.builtin.s3_target",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """An installed plugin that could not be loaded."""
+
+    name: str  # the entry point's name: what blocking uses
+    value: str  # module[:object]
+    distribution: str
+    version: str
+    error: str
+
+    def describe(self) -> str:
+        return (f"plugin {self.name!r} ({self.value}, from {self.distribution} {self.version}) failed to load: "
+                f"{self.error}; fix or uninstall it, or block it with {DISABLE_ENV}={self.name}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +73,11 @@ class Provided:
 class Registry:
     """Providers of every kind, by name, with who registered them."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: list[PluginFailure] | tuple[PluginFailure, ...] = ()) -> None:
         self._by_kind: dict[str, dict[str, Provided]] = {
             "source": {}, "archiver": {}, "compression": {}, "target": {}
         }
+        self.failures = tuple(failures)
 
     def add(self, kind: str, name: str, cls: type, plugin: str) -> None:
         table = self._by_kind[kind]
@@ -76,8 +100,9 @@ class Registry:
             return self._by_kind[kind][name].cls
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
+            broken = "".join(f"; {f.describe()}" for f in self.failures)
             raise ConfigError(
-                f"unknown {kind} {name!r}; known: {known} (see `eternia-backup plugins`)"
+                f"unknown {kind} {name!r}; known: {known} (see `eternia-backup plugins`){broken}"
             ) from None
 
     def source(self, type_name: str) -> type[Source]:
@@ -97,6 +122,11 @@ class Registry:
         return provided.cls
 
 
+def distribution_of(pm: pluggy.PluginManager, plugin: str) -> tuple[str, str]:
+    """(distribution name, version) a plugin came from; ("?", "?") for one added by code."""
+    return getattr(pm, "eternia_distributions", {}).get(plugin, ("?", "?"))
+
+
 def blocked_plugins() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
@@ -109,12 +139,15 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.eternia_failures = []  # PluginFailure, for `plugins` and unknown-provider errors
+    pm.eternia_distributions = {}  # plugin name -> (distribution, version)
     for name in blocked_plugins():
         pm.set_blocked(name)
     for modname in BUILTIN_PLUGINS:
         if pm.is_blocked(modname):
             continue
         _register(pm, importlib.import_module(modname), modname)
+        pm.eternia_distributions[modname] = ("eternia-backup", __version__)
     if load_entry_points:
         _load_entry_points(pm)
     for plugin in extra_plugins:
@@ -123,7 +156,13 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}; check the hook's spelling against eternia_backup.hookspecs") from exc
+    for caller in vars(pm.hook).values():
+        _managers[id(caller)] = pm
     return pm
+
+
+# hook caller -> its plugin manager, for call_lifecycle (a HookCaller does not know its manager)
+_managers: "weakref.WeakValueDictionary[int, pluggy.PluginManager]" = weakref.WeakValueDictionary()
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> None:
@@ -141,54 +180,64 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
+        dist = (ep.dist.name, ep.dist.version) if ep.dist is not None else ("?", "?")
         try:
             plugin = ep.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}; "
-                f"fix or uninstall it, or block it with {DISABLE_ENV}={ep.name}"
-            ) from exc
-        log.debug("plugin %r loaded from entry point %s (%s)", ep.name, ep.value,
-                  getattr(ep.dist, "name", "?") if ep.dist else "?")
+        except Exception as exc:  # ImportError, or anything its import runs into
+            failure = PluginFailure(ep.name, ep.value, dist[0], dist[1], f"{type(exc).__name__}: {exc}")
+            pm.eternia_failures.append(failure)
+            log.warning("%s", failure.describe())
+            continue
+        log.debug("plugin %r loaded from entry point %s (%s %s)", ep.name, ep.value, *dist)
         _register(pm, plugin, ep.name)
+        pm.eternia_distributions[ep.name] = dist
 
 
 def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
     """Call a lifecycle hook so that no implementation can change the outcome.
 
-    Each implementation runs on its own: one that raises is logged (with its
-    plugin's name and the traceback) and the others still run. Wrappers, which
-    cannot be separated from what they wrap, make it one guarded call.
+    Each plugin's implementation is called through pluggy on its own (a subset
+    hook caller holding only that plugin), in pluggy's order: one that raises is
+    logged with its plugin's name and the traceback, and the others still run.
     """
-    impls = hook_caller.get_hookimpls()
-    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+    pm = _managers.get(id(hook_caller))
+    if pm is None:  # not built by get_plugin_manager: one guarded call
         try:
             hook_caller(**kwargs)
         except Exception:
             log.exception("a plugin's %s hook failed; carrying on", hook_caller.name)
         return
-    for impl in reversed(impls):  # pluggy's own order: last registered first
+    plugins = [impl.plugin for impl in reversed(hook_caller.get_hookimpls())]
+    everyone = pm.get_plugins()
+    for plugin in dict.fromkeys(plugins):  # a plugin with a wrapper and an impl is called once
+        others = [p for p in everyone if p is not plugin]
         try:
-            impl.function(*[kwargs[a] for a in impl.argnames],
-                          **{k: kwargs[k] for k in impl.kwargnames if k in kwargs})
+            pm.subset_hook_caller(hook_caller.name, remove_plugins=others)(**kwargs)
         except Exception:
-            log.exception("plugin %r: %s hook failed; carrying on", impl.plugin_name, hook_caller.name)
+            log.exception("plugin %r: %s hook failed; carrying on", pm.get_name(plugin), hook_caller.name)
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Ask every plugin for its providers, in registration order."""
-    registry = Registry()
+    registry = Registry(getattr(pm, "eternia_failures", ()))
     hooks = (
-        ("source", pm.hook.eternia_register_sources, "type_name"),
-        ("archiver", pm.hook.eternia_register_archivers, "format_name"),
-        ("compression", pm.hook.eternia_register_compressions, "name"),
-        ("target", pm.hook.eternia_register_targets, "protocols"),
+        ("source", pm.hook.eternia_register_sources, "type_name", Source),
+        ("archiver", pm.hook.eternia_register_archivers, "format_name", Archiver),
+        ("compression", pm.hook.eternia_register_compressions, "name", Compression),
+        ("target", pm.hook.eternia_register_targets, "protocols", Target),
     )
-    for kind, hook, attr in hooks:
+    for kind, hook, attr, base in hooks:
         for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
 
-            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name):
+            def register(cls, _kind=kind, _attr=attr, _plugin=plugin_name, _base=base):
+                if not (isinstance(cls, type) and issubclass(cls, _base)):
+                    raise PluginError(f"plugin {_plugin!r} registered {cls!r} as a {_kind}; it must be a class "
+                                      f"subclassing eternia_backup.api.{_base.__name__}")
+                if inspect.isabstract(cls):
+                    missing = ", ".join(sorted(cls.__abstractmethods__))
+                    raise PluginError(f"plugin {_plugin!r} registered the {_kind} {cls.__qualname__}, which does "
+                                      f"not implement {missing} (required by eternia_backup.api.{_base.__name__})")
                 names = getattr(cls, _attr, None)
                 if not names:
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r} without a {_attr}")
@@ -197,3 +246,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
             impl.function(register=register)
     return registry
+
+
+def cloud_backup_target(settings: dict[str, Any], environment: str) -> tuple[str, dict[str, Any]] | None:
+    """Ask the plugins for the ``cloud`` target of a ``cloud_backup:`` section (see the hook's spec)."""
+    pm = get_plugin_manager()
+    return pm.hook.eternia_cloud_backup_target(settings=settings, environment=environment)

@@ -48,6 +48,18 @@ class Cancelled(EterniaBackupError):
     """The backup was abandoned (the scheduler is stopping); nothing was committed."""
 
 
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if the backup running in this context was abandoned.
+
+    The framework checks between archive writes and :func:`run` polls while a
+    command runs; a source doing long work of its own in Python (a slow API
+    walk) calls this now and then, so ``stop_scheduler(timeout)`` is honoured.
+    """
+    cancel = CANCEL.get()
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("backup abandoned because the scheduler is stopping; nothing was committed")
+
+
 def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float | None = None,
         env=None) -> tuple[int, bytes]:
     """Run a command; return (exit status, stderr). Raises Cancelled or TimeoutExpired.
@@ -86,3 +98,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+STDERR_TAIL = 2000
+
+
+def stderr_tail(data: bytes) -> str:
+    """The end of a command's stderr for an error message: at most 2,000 characters, secrets masked."""
+    from .redact import redact_text
+
+    text = data.decode("utf-8", "replace").strip()
+    if len(text) > STDERR_TAIL:
+        text = "..." + text[-STDERR_TAIL:]
+    return redact_text(text) or "(no stderr)"

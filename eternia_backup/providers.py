@@ -7,6 +7,7 @@ A plugin subclasses one of these and registers the class through a registry hook
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from pathlib import Path
@@ -50,6 +51,7 @@ class SourceWarnings:
         self.count = 0
 
     def add(self, relpath: str, problem: str) -> None:
+        """Count one warning; keep and log it while fewer than ``cap`` were."""
         self.count += 1
         if self.count <= self.cap:
             self.items.append({"path": relpath, "problem": problem})
@@ -58,7 +60,7 @@ class SourceWarnings:
             _log.warning("source %r: more than %d warnings; only their number is kept", self.source, self.cap)
 
 
-class EntryWriter:
+class EntryWriter(abc.ABC):
     """What a source writes its entries into during a backup.
 
     Paths are POSIX paths relative to the source's own root; the framework puts
@@ -70,9 +72,11 @@ class EntryWriter:
     #: (exact mtime) and ``add_directory`` takes ``xattrs=`` ({name: bytes}).
     exact_metadata = False
 
+    @abc.abstractmethod
     def add_directory(self, relpath: str, *, mode: int, mtime: float, uid: int = 0, gid: int = 0) -> None:
-        raise NotImplementedError
+        """Add a directory entry with its permission bits, mtime and owner."""
 
+    @abc.abstractmethod
     def add_file(self, relpath: str, path: Path, *, stat=None) -> None:
         """Add a regular file from disk (read as it is streamed).
 
@@ -80,14 +84,14 @@ class EntryWriter:
         archived as read, each with a :meth:`warn`; a permission error raises
         :class:`~eternia_backup.errors.UnreadableFileError`.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add_stream(self, relpath: str, stream: BinaryIO, size: int, *, mode: int = 0o600, mtime: float) -> None:
         """Add ``size`` bytes read from ``stream``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:
-        raise NotImplementedError
+        """Add a symbolic link pointing at ``target`` (never followed)."""
 
     @property
     def warnings(self) -> SourceWarnings:
@@ -121,20 +125,20 @@ class Member:
     xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> value
 
 
-class ArchiveReader:
+class ArchiveReader(abc.ABC):
     """Iterates over an archive's members; ``open_member`` reads the current one."""
 
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[Member]:
-        raise NotImplementedError
+        """The archive's members, in archive order."""
 
+    @abc.abstractmethod
     def open_member(self, member: Member) -> BinaryIO:
-        raise NotImplementedError
-
-
+        """A reader of the current member's bytes (only during iteration, before the next member)."""
 # -- providers -------------------------------------------------------------
 
 
-class Source:
+class Source(abc.ABC):
     """A kind of application state: knows how to back it up and put it back.
 
     Subclasses set ``type_name`` (YAML ``type:``) and ``options_model``.
@@ -142,6 +146,9 @@ class Source:
 
     type_name: ClassVar[str]
     options_model: ClassVar[type[SourceOptions]] = SourceOptions
+    #: The :class:`RestorePlan` classes this source's ``restore_plan`` returns:
+    #: the restore journal finds a plan's ``resume`` here after a crash.
+    restore_plan_types: ClassVar[tuple[type["RestorePlan"], ...]] = ()
 
     #: The framework's own storage on this machine (local targets' directories, the
     #: state directory with its lock, journal and status files), as absolute paths.
@@ -165,9 +172,9 @@ class Source:
     def check(self) -> None:
         """Fail with :class:`SourceError` if the source cannot be read now."""
 
+    @abc.abstractmethod
     def backup(self, writer: EntryWriter) -> None:
         """Write the source's current state into ``writer``, consistently."""
-        raise NotImplementedError
 
     def estimate_size(self) -> int | None:
         """About how many bytes ``backup`` will write, cheaply, for a progress bar; None if unknown."""
@@ -177,92 +184,131 @@ class Source:
         """Where a restore without ``--to`` puts this source, or None if it pipes."""
         return None
 
+    @abc.abstractmethod
     def restore_plan(self, destination: Path | None) -> "RestorePlan":
         """A plan that stages this source's entries and then installs them."""
-        raise NotImplementedError
 
 
-class RestorePlan:
+class RestorePlan(abc.ABC):
     """Stages one source's entries, then installs them all-or-nothing.
 
-    ``staging_dir`` receives the source's entries (relative paths); ``commit``
-    makes them live, ``rollback`` undoes a commit, ``discard`` removes staging
-    and what ``commit`` kept for rollback.
+    The framework calls ``prepare`` (create ``staging_dir``), extracts the
+    source's entries into ``staging_dir`` (relative paths), then, once every
+    source is staged and checked, ``commit`` on each plan (reversible plans
+    first); on a failure it calls ``rollback`` on the committed ones, and in
+    the end ``discard``, which removes staging and what ``commit`` kept.
+
+    **Crash safety.** Just before the first ``commit`` the framework writes a
+    restore journal holding every plan's :meth:`journal_entry`. If the process
+    dies while committing, the next run looks the plan class up again through
+    the registry (the source's type and :attr:`Source.restore_plan_types`) and
+    calls the class method :meth:`resume` with that entry, so every source ends
+    with the restored state. A plan whose ``journal_entry`` is ``None`` cannot
+    be finished after a crash; the next run says so.
     """
 
     staging_dir: Path
     description: str = ""
+    #: True when ``commit`` cannot be undone (a database restored by a tool).
+    #: Such plans are committed last, after every reversible one succeeded.
+    irreversible: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def prepare(self) -> None:
-        raise NotImplementedError
+        """Create ``staging_dir``; raise :class:`~eternia_backup.errors.RestoreError` if the destination is unusable."""
 
     def changes(self) -> list[str]:
         """Human-readable lines saying what ``commit`` would change (for dry runs)."""
         return [self.description]
 
     def replaces_existing(self) -> bool:
+        """True when ``commit`` replaces state that exists now (restore asks before that)."""
         return False
 
+    @abc.abstractmethod
     def commit(self) -> None:
-        raise NotImplementedError
+        """Make the staged state live; keep what it replaced until ``discard``."""
 
     def rollback(self) -> None:
-        pass
+        """Undo ``commit`` (only called after it returned)."""
 
     def discard(self) -> None:
-        pass
+        """Remove staging and what ``commit`` kept for rollback; safe to call more than once."""
+
+    def journal_entry(self) -> dict[str, Any] | None:
+        """JSON-able data with which :meth:`resume` finishes ``commit`` after a crash, or None.
+
+        Include ``"destination"`` (shown by ``status``). Called after staging,
+        before the first commit of the restore.
+        """
+        return None
+
+    @classmethod
+    def resume(cls, entry: dict[str, Any]) -> str:
+        """Finish the commit described by ``entry`` (from :meth:`journal_entry`) after a crash.
+
+        Must be safe to call when the commit had not started, had half
+        happened, or had completed. Returns one line saying what was done.
+        """
+        return f"{entry.get('destination', '?')}: cannot be finished automatically; restore it again"
 
 
-class Archiver:
+class Archiver(abc.ABC):
     """Packs entries into one byte stream and reads them back."""
 
     format_name: ClassVar[str]
     extension: ClassVar[str]
 
+    @abc.abstractmethod
     def writer(self, fileobj: IO[bytes]):
         """A context manager giving an object with ``section(source_name)``
         returning an :class:`EntryWriter` for that source."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reader(self, fileobj: IO[bytes]) -> ArchiveReader:
-        raise NotImplementedError
-
-
-class Compression:
+        """An :class:`ArchiveReader` over the (decompressed, decrypted) stream ``fileobj``."""
+class Compression(abc.ABC):
     """A byte-stream compression (``zstd``, ``gzip``, ``xz``, ``none``)."""
 
     name: ClassVar[str]
     extension: ClassVar[str]  # ".zst"; "" for none
     levels: ClassVar[tuple[int, int] | None] = None  # allowed range, or None
 
+    @abc.abstractmethod
     def compressor(self, fileobj: IO[bytes], level: int | None) -> IO[bytes]:
         """A writable stream; closing it flushes but does not close ``fileobj``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decompressor(self, fileobj: IO[bytes]) -> IO[bytes]:
         """A readable stream of the decompressed bytes."""
-        raise NotImplementedError
 
 
-class AtomicWrite:
+class AtomicWrite(abc.ABC):
     """A file being written to a target: visible under its name only on commit."""
 
+    @abc.abstractmethod
     def write(self, data: bytes) -> int:
-        raise NotImplementedError
+        """Write bytes (archives arrive in chunks of about 1 MiB)."""
 
+    @abc.abstractmethod
     def commit(self) -> None:
-        raise NotImplementedError
+        """Make the file visible under its final name, complete; raise if that failed."""
 
+    @abc.abstractmethod
     def abort(self) -> None:
-        """Remove everything written; safe to call more than once."""
-        raise NotImplementedError
+        """Remove everything written; safe to call more than once, and after a failed commit."""
 
 
 @dataclasses.dataclass(frozen=True)
 class StoredFile:
+    """One file directly under a target, as its listing says."""
+
     name: str
     size: int | None
     mtime: float | None  # POSIX seconds, when the store says
+    #: the store's entity tag, when it has one: a listed manifest with the same
+    #: name, size and ETag as one read before is not read again
+    etag: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,19 +321,31 @@ class IncompleteUpload:
     size: int | None = None  # bytes uploaded so far, when the store says
 
 
-class Target:
-    """A place that stores backups, named by a URL."""
+class Target(abc.ABC):
+    """A place that stores backups: a flat directory named by a URL.
 
+    The required core is :meth:`list`, :meth:`open_read`, :meth:`open_write`
+    (atomic), :meth:`size`, :meth:`delete` and :meth:`file_url`. Optional
+    abilities are separate interfaces a target class also inherits, and the
+    framework detects them with ``isinstance``: :class:`LocalPaths`,
+    :class:`ConditionalWrites`, :class:`UploadCleanup`.
+
+    **Temporary names.** A file being written may appear in :meth:`list` only
+    under a temporary name made by :func:`eternia_backup.api.temp_name`
+    (``.<name>.<host>.<pid>.tmp``): cleanup recognises such names, and removes
+    one whose writer is dead (same host) or that is older than the grace period.
+    Errors are :class:`~eternia_backup.errors.StorageError` (or
+    :class:`~eternia_backup.errors.BackupNotFoundError` for a missing file) with
+    a message naming the target and what to check, never a credential.
+    """
+
+    #: URL protocols served (``("s3", "s3a")``); ``"*"`` means any protocol fsspec opens.
     protocols: ClassVar[tuple[str, ...]]
 
     def __init__(self, name: str, url: str, options: dict[str, Any]):
         self.name = name
         self.url = url
         self.options = options
-
-    @property
-    def is_local(self) -> bool:
-        return False
 
     @property
     def display_url(self) -> str:
@@ -297,12 +355,13 @@ class Target:
         return redact_text(self.url)
 
     def error_for(self, action: str, exc: BaseException, filename: str | None = None):
-        """A StorageError for a failed ``action``, saying what to check."""
-        from .errors import StorageError
-        from .storage import describe_os_error
+        """A StorageError (BackupNotFoundError for a missing file) for a failed ``action``."""
+        from .errors import BackupNotFoundError, StorageError
+        from .fsutil import describe_os_error
 
-        return StorageError(f"target {self.name!r}: cannot {action} {filename or self.display_url}: "
-                            f"{describe_os_error(exc)}")
+        where = self.file_url(filename) if filename else self.display_url
+        cls = BackupNotFoundError if isinstance(exc, FileNotFoundError) else StorageError
+        return cls(f"target {self.name!r}: cannot {action} {where}: {describe_os_error(exc)}")
 
     def write_bytes(self, filename: str, data: bytes) -> None:
         """Write a small file atomically (the manifest); failures become StorageError."""
@@ -331,21 +390,29 @@ class Target:
             raise self.error_for("read", exc, filename) from exc
 
     def check(self) -> None:
-        """Fail with :class:`StorageError` if the target cannot be written now."""
+        """Fail with StorageError if the target cannot be written now (creates its directory)."""
 
+    @abc.abstractmethod
     def list(self) -> list[StoredFile]:
-        """Every file directly under the target; raises StorageError on failure."""
-        raise NotImplementedError
+        """Every file directly under the target; [] when its directory does not exist yet.
 
+        Raises StorageError when the store cannot be listed (a missing bucket is
+        a failure, not an empty listing).
+        """
+
+    @abc.abstractmethod
     def open_write(self, filename: str) -> AtomicWrite:
-        raise NotImplementedError
+        """Start writing ``filename``; nothing is visible under that name before ``commit``."""
 
+    @abc.abstractmethod
     def open_read(self, filename: str) -> BinaryIO:
-        raise NotImplementedError
+        """A readable binary file object; BackupNotFoundError when it does not exist."""
 
+    @abc.abstractmethod
     def size(self, filename: str) -> int:
-        raise NotImplementedError
+        """The stored size in bytes, as the store reports it now."""
 
+    @abc.abstractmethod
     def delete(self, filename: str) -> None:
         """Delete one file; return only when the store confirmed it (or it was absent).
 
@@ -353,37 +420,62 @@ class Target:
         when this returned, so a store that answers "ok" for a refused delete
         would make retention report deletions that never happened.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def file_url(self, filename: str) -> str:
-        raise NotImplementedError
+        """Where the file is, for people: a path or URL (no password)."""
 
-    def local_path(self, filename: str) -> Path | None:
-        """The file's local path when the target is on local disk."""
-        return None
 
-    # -- conditional writes, for leases shared by several hosts --------------------
+class LocalPaths(abc.ABC):
+    """Optional target interface: the target is a directory on this machine.
 
+    The framework then leaves that directory out of directory sources, carries
+    it over when a restore replaces a tree holding it, prefers this copy when
+    reading, and reports its path.
+    """
+
+    @property
+    @abc.abstractmethod
+    def root_path(self) -> Path:
+        """The absolute directory holding the target's files."""
+
+    def local_path(self, filename: str) -> Path:
+        """The path of ``filename`` on this machine."""
+        return self.root_path / filename
+
+
+class ConditionalWrites(abc.ABC):
+    """Optional target interface: compare-and-swap writes, for leases shared by several hosts."""
+
+    @abc.abstractmethod
     def conditional_put(self, filename: str, data: bytes, *, if_none_match: bool = False,
                         if_match: str | None = None) -> str | None:
         """Write only if absent (``if_none_match``) or unchanged (``if_match`` ETag).
 
-        Returns the new ETag, or None when the condition did not hold. Targets
-        without conditional writes raise NotImplementedError.
+        Returns the new ETag, or None when the condition did not hold.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_with_etag(self, filename: str) -> tuple[bytes, str] | None:
         """The file's bytes and ETag, or None if it does not exist."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def conditional_delete(self, filename: str, etag: str) -> bool:
         """Delete only if unchanged; False when the condition did not hold."""
-        raise NotImplementedError
 
+
+class UploadCleanup(abc.ABC):
+    """Optional target interface: uploads that live outside the listing (S3 multipart uploads)."""
+
+    @abc.abstractmethod
     def incomplete_uploads(self) -> list[IncompleteUpload]:
         """Uploads left uncommitted under this target (cleanup aborts old ones)."""
-        return []
 
+    @abc.abstractmethod
     def abort_upload(self, upload: IncompleteUpload) -> None:
         """Abort one upload returned by :meth:`incomplete_uploads`."""
+
+
+def local_path_of(target: Target, filename: str = "") -> Path | None:
+    """The local path of ``filename`` on ``target``, or None when the target is not local."""
+    return target.local_path(filename) if isinstance(target, LocalPaths) else None

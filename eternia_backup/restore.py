@@ -29,7 +29,7 @@ from .fsutil import processes_using, remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
-from .providers import RestorePlan, Source
+from .providers import RestorePlan, Source, local_path_of
 from .safety import Extractor, MemberChecker
 from .storage import describe_os_error
 from .verify import Content, HashingReader, check_checksum, check_size, keys_for
@@ -112,7 +112,9 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                 _stage(copy, path, plans, archiver, compression, identities,
                        keep_setid=_setid_allowed(keep_setid, to), progress=progress)
                 if journal_path is not None:  # the next run finishes the swaps if this process dies
-                    journal.write(journal_path, copy.backup_id, [_journal_entry(p) for p in plans.values()])
+                    journal.write(journal_path, copy.backup_id,
+                                  [journal.entry_for(p, getattr(sources.get(n), "type_name", None))
+                                   for n, p in plans.items()])
                 _commit_all(plans)
                 committed = True
             except BaseException as exc:
@@ -155,11 +157,6 @@ def _check_open_files(plans: dict[str, RestorePlan], force: bool) -> None:
                            "nothing was changed")
 
 
-def _journal_entry(plan: RestorePlan) -> dict:
-    entry = getattr(plan, "journal_entry", None)
-    return entry() if entry is not None else {"kind": "other", "destination": plan.description}
-
-
 class _local_archive:
     """The archive as a local file: the copy itself, or a private temporary download."""
 
@@ -170,7 +167,7 @@ class _local_archive:
 
     def __enter__(self) -> Path:
         manifest = self.copy.manifest
-        local = self.copy.target.local_path(manifest.archive.file)
+        local = local_path_of(self.copy.target, manifest.archive.file)
         if local is not None:
             return local
         self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
@@ -243,7 +240,7 @@ def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver
 
 
 def _commit_all(plans: dict[str, RestorePlan]) -> None:
-    ordered = sorted(plans.values(), key=lambda p: getattr(p, "irreversible", False))
+    ordered = sorted(plans.values(), key=lambda p: p.irreversible)
     done: list[RestorePlan] = []
     try:
         for p in ordered:

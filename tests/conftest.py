@@ -18,11 +18,11 @@ from make_state import make_state  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path_factory):
-    """No test sees the developer's config or plugin blocks, nor another test's state.
+    """No test sees the developer's config or plugin blocks, or shares a state directory.
 
-    A config without local storage keeps its state and host lock in
-    $XDG_STATE_HOME/eternia-backup: one per test, so that two xdist workers never
-    share them (a test's cleanup once met another worker's lock there).
+    A config without local storage keeps its state (and lock) in
+    $XDG_STATE_HOME/eternia-backup: one per test, so that tests in parallel
+    workers (or another checkout's run) never meet on one lock.
     """
     for var in ("ETERNIA_BACKUP_CONFIG", "ETERNIA_ENV", "ETERNIA_BACKUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
@@ -289,3 +289,39 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture
 def reader_credentials() -> tuple[str, str]:
     return READER
+
+
+# -- a real FTP server (pyftpdlib), one per test session ---------------------------------
+
+FTP_USER = ("eternia-ftp", "eternia-ftp-secret-0123456789")
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory):
+    """pyftpdlib on a free loopback port with a temp root and one user; yields (host, port, root)."""
+    import logging
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)  # one INFO line per command otherwise
+    root = tmp_path_factory.mktemp("ftp-root")
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(FTP_USER[0], FTP_USER[1], str(root), perm="elradfmwMT")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "passive_ports": None})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.socket.getsockname()[1], root
+    server.close_all()
+    thread.join(10)
+
+
+@pytest.fixture
+def ftp_url(ftp_server) -> tuple[str, dict]:
+    """(URL of a fresh directory on the FTP server, target options with the credentials)."""
+    host, port, _root = ftp_server
+    return (f"ftp://{host}:{port}/t-{uuid.uuid4().hex[:8]}",
+            {"username": FTP_USER[0], "password": FTP_USER[1]})

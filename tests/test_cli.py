@@ -527,7 +527,7 @@ def test_plugins_lists_every_builtin_provider(cli):
         assert (kind, name) in provided, out
     assert any(r[0] == "target" and "fsspec" in " ".join(r) for r in rows_), out
     # which plugin provides it
-    assert any(r[:2] == ["source", "sqlite"] and r[-1] == "eternia_backup.builtin.sqlite" for r in rows_)
+    assert any(r[:2] == ["source", "sqlite"] and r[2] == "eternia_backup.builtin.sqlite" for r in rows_)
 
     data = json.loads(ok(cli("plugins", "--json")))
     names = {(p["kind"], p["name"]) for p in data["plugins"]}

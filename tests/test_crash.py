@@ -87,7 +87,8 @@ def _is_archive(path):
 
 if _SPEC:
     _point, _, _arg = _SPEC.partition(":")
-    from eternia_backup import plans, storage
+    from eternia_backup import plans
+    from eternia_backup.builtin import local_target as storage
 
     if _point == "archive-bytes":  # after exactly N bytes of the archive reached its temp file
         _limit = int(_arg)
@@ -119,14 +120,14 @@ if _SPEC:
         os.replace = replace
 
     elif _point == "manifest-write":  # the archive is committed and its size checked
-        _write_bytes = storage.FsspecTarget.write_bytes
+        _write_bytes = storage.LocalTarget.write_bytes
 
         def write_bytes(self, filename, data):
             if _is_manifest(filename):
                 _die()
             return _write_bytes(self, filename, data)
 
-        storage.FsspecTarget.write_bytes = write_bytes
+        storage.LocalTarget.write_bytes = write_bytes
 
     elif _point in ("swap-start", "swap-done", "between-sources"):
         _commit = plans.DirectorySwapPlan.commit

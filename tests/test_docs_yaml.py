@@ -21,7 +21,7 @@ from eternia_backup.config import load_config
 from eternia_backup.plugins import get_plugin_manager
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-         *sorted((ROOT / "plugins").glob("*/README.md"))]
+         *sorted((ROOT / "plugins").glob("*/README.md")), *sorted((ROOT / "examples" / "plugins").glob("*/README.md"))]
 
 
 def blocks(page: Path, language: str) -> list[str]:
@@ -40,7 +40,7 @@ def page_plugins(page: Path) -> list[types.ModuleType]:
     """Modules made from the page's Python blocks that implement hooks."""
     modules = []
     for i, code in enumerate(blocks(page, "python")):
-        if "from eternia_backup import hookimpl" not in code or "\nclass " not in code:  # a whole plugin module
+        if not re.search(r"from eternia_backup(\.api)? import .*hookimpl", code) or "\nclass " not in code:  # a whole plugin module
             continue
         module = types.ModuleType(f"docs_example_{page.stem}_{i}")
         exec(compile(code, f"{page}#python{i + 1}", "exec"), module.__dict__)

@@ -2,7 +2,7 @@
 
 Failing, truncating, corrupting and slow storage; a full disk; a failing dump;
 cleanup against failing storage. A throw-away target
-plugin, ``faulty://<absolute path>``, wraps the built-in FsspecTarget on a real
+plugin, ``faulty://<absolute path>``, wraps the built-in local target on a real
 local directory and injects what real stores do: errors on open, read, list and
 delete, reads that end early, bit flips on read, slow calls. It says it is not
 local, so restore downloads through it exactly as from a remote store. Backups,
@@ -37,7 +37,7 @@ from eternia_backup.config import parse_config
 from eternia_backup.errors import EterniaBackupError, IntegrityError, StorageError
 from eternia_backup.plugins import get_plugin_manager
 from eternia_backup.providers import AtomicWrite, Target
-from eternia_backup.storage import FsspecTarget
+from eternia_backup.builtin.local_target import LocalTarget
 
 # -- the fault-injecting target -------------------------------------------------------------
 
@@ -137,14 +137,14 @@ class FaultyWrite(AtomicWrite):
 
 
 class FaultyTarget(Target):
-    """``faulty:///abs/path``: the built-in FsspecTarget on /abs/path, with injected faults."""
+    """``faulty:///abs/path``: the built-in LocalTarget on /abs/path, with injected faults."""
 
     protocols = ("faulty",)
 
     def __init__(self, name, url, options):
         super().__init__(name, url, options)
         self.path = url.split("://", 1)[1]
-        self.inner = FsspecTarget(name, self.path, {})
+        self.inner = LocalTarget(name, self.path, {})
         self.faults = FAULTS.setdefault(name, Faults())
 
     def _enter(self, op: str, filename: str = "") -> None:

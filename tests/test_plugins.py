@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+import eternia_backup
 import yaml
 import zstandard
 
@@ -33,7 +35,7 @@ from eternia_backup import BackupManager, hookimpl, hookspecs
 from eternia_backup.backup import BackupResult, run_backup
 from eternia_backup.builtin.tar import TarArchiver
 from eternia_backup.cleanup import CleanupResult
-from eternia_backup.config import BackupConfig
+from eternia_backup.config import BackupConfig, parse_config
 from eternia_backup.errors import (
     BackupFailedError,
     BackupNotFoundError,
@@ -44,6 +46,7 @@ from eternia_backup.errors import (
 )
 from eternia_backup.plugins import DISABLE_ENV, build_registry, get_plugin_manager
 from eternia_backup.providers import AtomicWrite, Compression, Source, StoredFile, Target
+from eternia_backup.builtin.sqlite import SqliteSource
 from eternia_backup.restore import RestoreResult
 
 DOCS = ROOT / "docs" / "plugins.md"
@@ -246,7 +249,11 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     listed = set()
     for line in proc.stdout.splitlines():
         parts = line.split()
-        listed.add((parts[0], parts[1], parts[-1]))
+        if parts[1] == "*":  # "* (any other protocol)"
+            parts = [parts[0], "*"] + parts[5:]
+        listed.add((parts[0], parts[1], parts[2]))
+        if parts[2].startswith("eternia_backup.builtin."):
+            assert parts[3:] == ["eternia-backup", eternia_backup.__version__], line
     assert listed == expected
 
     proc = run_cli("plugins", "--json")
@@ -255,6 +262,9 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     assert {(r["kind"], r["name"], r["plugin"]) for r in rows} == expected
     sqlite = next(r for r in rows if (r["kind"], r["name"]) == ("source", "sqlite"))
     assert sqlite["class"] == "eternia_backup.builtin.sqlite.SqliteSource"
+    assert (sqlite["distribution"], sqlite["version"]) == ("eternia-backup", eternia_backup.__version__)
+    postgres = next(r for r in rows if (r["kind"], r["name"]) == ("source", "postgres"))
+    assert postgres["distribution"] == "eternia-backup-postgres"
 
 
 # -- registry hooks: third-party providers end to end --------------------------------------
@@ -444,7 +454,7 @@ def test_hook_eternia_register_targets(write_config, app, tmp_path, vault):
 
 
 @pytest.mark.parametrize("kind, hook, cls, builtin", [
-    ("source", "eternia_register_sources", type("Sqlite2", (Source,), {"type_name": "sqlite"}),
+    ("source", "eternia_register_sources", type("Sqlite2", (SqliteSource,), {"type_name": "sqlite"}),
      "eternia_backup.builtin.sqlite"),
     ("compression", "eternia_register_compressions", type("Zstd2", (Bz2Compression,), {"name": "zstd"}),
      "eternia_backup.builtin.compressions"),
@@ -460,6 +470,21 @@ def test_registering_an_existing_name_names_both_plugins(write_config, kind, hoo
     assert DISABLE_ENV in message
 
 
+@pytest.mark.parametrize("kind, hook, cls, problem", [
+    ("source", "eternia_register_sources", type("Half", (Source,), {"type_name": "half"}),
+     "does not implement backup, restore_plan (required by eternia_backup.api.Source)"),
+    ("target", "eternia_register_targets", type("Half", (Target,), {"protocols": ("half",)}),
+     "does not implement delete, file_url, list, open_read, open_write, size (required by eternia_backup.api.Target)"),
+    ("compression", "eternia_register_compressions", type("Half", (), {"name": "half"}),
+     "it must be a class subclassing eternia_backup.api.Compression"),
+])
+def test_a_provider_that_breaks_the_contract_is_refused_when_registered(kind, hook, cls, problem):
+    plugin = plugin_module("eternia_half", **{hook: lambda register: register(cls)})
+    with pytest.raises(PluginError) as exc:
+        build_registry(get_plugin_manager(load_entry_points=False, extra_plugins=(plugin,)))
+    assert "plugin 'eternia_half'" in str(exc.value) and problem in str(exc.value)
+
+
 def test_a_misspelt_hook_implementation_fails_when_the_manager_is_built():
     plugin = plugin_module("eternia_typo", eternia_register_sourcez=lambda register: None)
     with pytest.raises(PluginError) as exc:
@@ -473,6 +498,31 @@ def test_a_hook_implementation_with_an_unknown_argument_fails_when_registered():
     with pytest.raises(PluginError) as exc:
         get_plugin_manager(load_entry_points=False, extra_plugins=(plugin,))
     assert "eternia_badarg" in str(exc.value) and "backup_size" in str(exc.value)
+
+
+def test_hook_eternia_cloud_backup_target(tmp_path, monkeypatch):
+    """A plugin serves another cloud_backup provider; aws stays the S3 plugin's; an unserved one is an error."""
+
+    class VaultCloud:
+        @hookimpl
+        def eternia_cloud_backup_target(self, settings, environment):
+            if settings["provider"] != "vault":
+                return None
+            return f"memory://{settings['bucket']}/{environment}", {}
+
+    import eternia_backup.plugins as plugins_mod
+
+    section = {"cloud_backup": {"enabled": True, "provider": "vault", "bucket": "cellar"}, "environment": "staging"}
+    with monkeypatch.context() as m:  # as if the plugin were installed
+        real = plugins_mod.get_plugin_manager
+        m.setattr(plugins_mod, "get_plugin_manager", lambda **kw: real(extra_plugins=(VaultCloud(),)))
+        config = parse_config(section, base_dir=tmp_path)
+        aws = parse_config({"cloud_backup": {"enabled": True, "bucket": "my-bucket", "prefix": "team"}},
+                           base_dir=tmp_path)
+    assert [(t.name, t.url) for t in config.targets if t.name == "cloud"] == [("cloud", "memory://cellar/staging")]
+    assert [t.url for t in aws.targets if t.name == "cloud"] == ["s3://my-bucket/team/default"]
+    with pytest.raises(ConfigError, match=r"backup.cloud_backup.provider: no installed plugin serves 'vault'"):
+        parse_config(section, base_dir=tmp_path)
 
 
 # -- lifecycle hooks --------------------------------------------------------------------
@@ -661,12 +711,17 @@ def test_disable_env_blocks_extra_plugins_by_name(monkeypatch):
 # -- entry points ---------------------------------------------------------------------------
 
 HELLO_PLUGIN = '''
-from eternia_backup import hookimpl
-from eternia_backup.builtin.directory import DirectorySource
+from eternia_backup.api import DirectorySwapPlan, Source, hookimpl
 
 
-class HelloSource(DirectorySource):
+class HelloSource(Source):
     type_name = "hello"
+
+    def backup(self, writer):
+        pass
+
+    def restore_plan(self, destination):
+        return DirectorySwapPlan(destination, "hello")
 
 
 @hookimpl
@@ -701,13 +756,14 @@ def test_an_installed_entry_point_plugin_is_listed(tmp_path):
     proc = run_cli("plugins", "--json", env=site_env(site))
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["plugins"]
-    assert {"kind": "source", "name": "hello", "plugin": "hello",
-            "class": "eternia_hello.HelloSource"} in rows
+    assert {"kind": "source", "name": "hello", "plugin": "hello", "distribution": "eternia-hello",
+            "version": "0.1", "class": "eternia_hello.HelloSource"} in rows
     assert ("source", "directory", "eternia_backup.builtin.directory") in {
         (r["kind"], r["name"], r["plugin"]) for r in rows}
 
     proc = run_cli("plugins", env=site_env(site))
-    assert any(line.split() == ["source", "hello", "hello"] for line in proc.stdout.splitlines()), proc.stdout
+    assert any(line.split() == ["source", "hello", "hello", "eternia-hello", "0.1"]
+               for line in proc.stdout.splitlines()), proc.stdout
 
 
 def test_a_plugin_that_fails_to_import_is_named_and_can_be_blocked(tmp_path):
@@ -715,16 +771,33 @@ def test_a_plugin_that_fails_to_import_is_named_and_can_be_blocked(tmp_path):
     install_distribution(site, "eternia-hello", {"hello": "eternia_hello"}, {"eternia_hello": HELLO_PLUGIN})
     install_distribution(site, "eternia-broken", {"broken": "eternia_broken"}, {"eternia_broken": BROKEN_PLUGIN})
 
+    # Listed with its error (exit 1); the other plugins are listed and keep working.
     proc = run_cli("plugins", env=site_env(site))
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, proc.stdout
+    assert failed[0].split()[1:5] == ["broken", "eternia_broken", "eternia-broken", "0.1:"]
+    assert "eternia_dependency_that_is_not_installed" in failed[0]
+    assert any(line.split()[:3] == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
+    warning = [line for line in proc.stderr.splitlines() if "'broken'" in line]
+    assert len(warning) == 1 and f"{DISABLE_ENV}=broken" in warning[0], proc.stderr
+    data = json.loads(run_cli("plugins", "--json", env=site_env(site)).stdout)
+    assert [(f["plugin"], f["distribution"]) for f in data["failed"]] == [("broken", "eternia-broken")]
+
+    # Other commands work; a config that uses a provider of the broken plugin is told why it is unknown.
+    app = tmp_path / "app"
+    (app / "data").mkdir(parents=True)
+    (app / "data" / "f.txt").write_text("x")
+    config = app / "eternia-backup.yaml"
+    config.write_text("backup:\n  storage_path: backups\n")
+    proc = run_cli("create", config=config, env=site_env(site))
+    assert proc.returncode == 0, proc.stderr
+    config.write_text("backup:\n  sources: [{type: brokensource, name: b}]\n")
+    proc = run_cli("config", "check", config=config, env=site_env(site))
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "'broken'" in lines[0]
-    assert "eternia_dependency_that_is_not_installed" in lines[0]
-    assert f"{DISABLE_ENV}=broken" in lines[0]
-    assert proc.stdout == ""
+    assert "unknown source 'brokensource'" in proc.stderr and "eternia_dependency_that_is_not_installed" in proc.stderr
 
     proc = run_cli("plugins", env=site_env(site, **{DISABLE_ENV: "broken"}))
     assert proc.returncode == 0, proc.stderr
-    assert any(line.split() == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
+    assert any(line.split()[:3] == ["source", "hello", "hello"] for line in proc.stdout.splitlines())
     assert "broken" not in proc.stdout

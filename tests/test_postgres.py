@@ -12,6 +12,8 @@ import uuid
 import pytest
 import yaml
 
+from eternia_backup.testing import SourceConformance
+
 PSQL = shutil.which("psql")
 
 
@@ -72,3 +74,33 @@ def test_postgres_dump_failure_names_the_cause_without_the_password(app, cli):
     assert "pg_dump exited" in proc.stderr and password not in proc.stderr + proc.stdout
     backups = app / "backups"
     assert not backups.exists() or not [p for p in backups.iterdir() if p.name.endswith(".json")]
+
+
+class TestPostgresSource(SourceConformance):
+    """The plugin against the conformance kit; a ``--to`` restore is read back by pg_restore into a new database."""
+
+    @pytest.fixture
+    def source_section(self, database):
+        return {"type": "postgres", "name": "appdb", "dsn": f"postgresql://postgres@127.0.0.1:5432/{database}"}
+
+    @staticmethod
+    def _rows(db: str) -> str:
+        return psql("select count(*), sum(id), md5(string_agg(item, ',' order by id)) from orders", db=db)
+
+    def capture_state(self, section):
+        return self._rows(section["dsn"].rsplit("/", 1)[1])
+
+    def restored_state(self, section, directory):
+        dump = directory / section["name"] / "dump.pgcustom"
+        scratch = f"eternia_kit_{uuid.uuid4().hex[:8]}"
+        psql(f"create database {scratch}")
+        try:
+            subprocess.run([shutil.which("pg_restore"), "-h", "127.0.0.1", "-U", "postgres", "--no-owner",
+                            "-d", scratch, str(dump)], check=True, capture_output=True, timeout=120)
+            return self._rows(scratch)
+        finally:
+            psql(f"drop database if exists {scratch} with (force)")
+
+    def mutate_state(self, section):
+        psql("delete from orders where id > 10; insert into orders values (9999, 'after the backup')",
+             db=section["dsn"].rsplit("/", 1)[1])

@@ -211,6 +211,31 @@ def test_part_size_keeps_any_archive_within_10000_parts():
     assert n < MAX_PARTS
 
 
+def test_an_upload_grows_its_parts_and_is_one_object_only_after_commit(s3_env, s3_bucket, monkeypatch):
+    """Parts are uploaded as the archive is written, growing in size; nothing is visible before commit."""
+    from eternia_backup.builtin import s3_target
+
+    # 5 MiB (S3's smallest part), then 6 MiB, 7 MiB ...: the growth that takes 1,000 parts in real use.
+    monkeypatch.setattr(s3_target, "part_size", lambda done: (5 + done) * 2**20)
+    target = s3_target.S3Target("cloud", f"s3://{s3_bucket}/grow", {})
+    data = os.urandom(20 * 2**20)
+    writer = target.open_write("big.tar.zst")
+    for i in range(0, len(data), 2**20):
+        writer.write(data[i:i + 2**20])
+    assert [p["PartNumber"] for p in writer.parts] == [1, 2, 3]  # 5 + 6 + 7 MiB uploaded, 2 MiB buffered
+    assert [f.name for f in target.list() if not f.name.startswith(".")] == []
+    uploads = target.incomplete_uploads()
+    assert [u.name for u in uploads] == ["big.tar.zst"] and uploads[0].size == 18 * 2**20
+    writer.commit()
+    assert target.size("big.tar.zst") == len(data)
+    assert target.read_bytes("big.tar.zst") == data
+    third = target.fs.call_s3("head_object", Bucket=s3_bucket, Key="grow/big.tar.zst", PartNumber=3)
+    last = target.fs.call_s3("head_object", Bucket=s3_bucket, Key="grow/big.tar.zst", PartNumber=4)
+    assert (third["PartsCount"], third["ContentLength"], last["ContentLength"]) == (4, 7 * 2**20, 2 * 2**20)
+    assert target.incomplete_uploads() == []
+    assert [f.name for f in target.list()] == ["big.tar.zst"]  # the creator marker is gone too
+
+
 # -- interrupted uploads: a real process, a real server --------------------------------
 
 

@@ -40,6 +40,7 @@ from eternia_backup.locks import BackupInProgress
 from eternia_backup.timefmt import iso_utc
 from eternia_backup.manager import BackupManager
 from eternia_backup.plugins import get_plugin_manager
+from eternia_backup.api import DirectorySwapPlan
 from eternia_backup.providers import Source
 from eternia_backup.scheduler import SchedulerError
 
@@ -559,6 +560,9 @@ class FlakySource(Source):
         if (self.base_dir / "break-me").exists():
             raise RuntimeError("list index out of range (a bug in a plugin)")
         writer.add_stream("data", io.BytesIO(b"fine\n"), 5, mtime=time.time())
+
+    def restore_plan(self, destination):
+        return DirectorySwapPlan(destination or self.base_dir / "flaky", f"source {self.name!r}")
 
 
 class FlakyPlugin:

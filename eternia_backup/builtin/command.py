@@ -25,14 +25,22 @@ from pathlib import Path
 
 from pydantic import Field
 
-from eternia_backup import hookimpl, process
-from eternia_backup.errors import RestoreError, SourceError
-from eternia_backup.fsutil import remove_tree
-from eternia_backup.plans import DirectorySwapPlan
-from eternia_backup.providers import EntryWriter, RestorePlan, Source, SourceOptions
-from eternia_backup.redact import redact_text
+from eternia_backup.api import (
+    DirectorySwapPlan,
+    EntryWriter,
+    RestoreError,
+    RestorePlan,
+    Source,
+    SourceError,
+    SourceOptions,
+    child_env,
+    hookimpl,
+    redact_text,
+    remove_tree,
+    run_process,
+    stderr_tail,
+)
 
-_STDERR_TAIL = 2000
 
 
 class CommandOptions(SourceOptions):
@@ -54,13 +62,6 @@ def run_args(command: str | list[str]) -> tuple[list[str] | str, bool]:
     return (command, True) if isinstance(command, str) else (list(command), False)
 
 
-def stderr_tail(data: bytes) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    if len(text) > _STDERR_TAIL:
-        text = "..." + text[-_STDERR_TAIL:]
-    return redact_text(text) or "(no stderr)"
-
-
 def _shown(command: str | list[str]) -> str:
     return redact_text(command if isinstance(command, str) else " ".join(command))
 
@@ -68,6 +69,7 @@ def _shown(command: str | list[str]) -> str:
 class CommandSource(Source):
     type_name = "command"
     options_model = CommandOptions
+    restore_plan_types = (DirectorySwapPlan,)  # CommandRestorePlan keeps no journal entry: it cannot be resumed
 
     def describe(self):
         return {"type": self.type_name, "name": self.name, "filename": self.options.filename,
@@ -82,8 +84,8 @@ class CommandSource(Source):
             started = time.time()
             with open(out_path, "wb") as out:
                 try:
-                    status, stderr = process.run(args, shell=shell, stdout=out, cwd=self.base_dir,
-                                                 timeout=opts.timeout, env=process.child_env(opts.env))
+                    status, stderr = run_process(args, shell=shell, stdout=out, cwd=self.base_dir,
+                                                 timeout=opts.timeout, env=child_env(opts.env))
                 except FileNotFoundError as exc:
                     raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
                 except subprocess.TimeoutExpired as exc:
@@ -141,7 +143,7 @@ class CommandRestorePlan(RestorePlan):
             try:
                 proc = subprocess.run(args, shell=shell, stdin=f, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, cwd=self.source.base_dir, timeout=opts.timeout,
-                                      env=process.child_env(opts.env))
+                                      env=child_env(opts.env))
             except FileNotFoundError as exc:
                 raise RestoreError(f"source {self.source.name!r}: restore command not found: {exc.filename}") from exc
         if proc.returncode != 0:

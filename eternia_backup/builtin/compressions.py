@@ -12,8 +12,7 @@ from typing import IO
 
 import zstandard
 
-from eternia_backup import hookimpl
-from eternia_backup.providers import Compression
+from eternia_backup.api import Compression, hookimpl
 
 
 class ZstdCompression(Compression):
@@ -23,7 +22,9 @@ class ZstdCompression(Compression):
 
     def compressor(self, fileobj, level):
         # threads=-1: one worker per core; the pipeline's Python work is small.
-        cctx = zstandard.ZstdCompressor(level=3 if level is None else level, threads=-1)
+        # write_checksum: without it a flipped byte decompresses silently into
+        # wrong data (tests/test_format_conformance.py); 4 bytes per frame.
+        cctx = zstandard.ZstdCompressor(level=3 if level is None else level, threads=-1, write_checksum=True)
         return cctx.stream_writer(fileobj, closefd=False)
 
     def decompressor(self, fileobj):

@@ -37,11 +37,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from eternia_backup import hookimpl
-from eternia_backup.errors import SourceError, UnreadableFileError
-from eternia_backup.fsutil import read_xattrs, xattr_namespaces_kept
-from eternia_backup.plans import DirectorySwapPlan
-from eternia_backup.providers import EntryWriter, Source, SourceOptions
+from eternia_backup.api import (
+    DirectorySwapPlan,
+    EntryWriter,
+    Source,
+    SourceError,
+    SourceOptions,
+    UnreadableFileError,
+    hookimpl,
+    read_xattrs,
+    xattr_namespaces_kept,
+)
 
 log = logging.getLogger("eternia_backup.source.directory")
 
@@ -77,6 +83,7 @@ def _matches(relpath: str, patterns: list[str]) -> bool:
 class DirectorySource(Source):
     type_name = "directory"
     options_model = DirectoryOptions
+    restore_plan_types = (DirectorySwapPlan,)
 
     @property
     def root(self) -> Path:

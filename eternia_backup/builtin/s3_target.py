@@ -43,11 +43,19 @@ import socket
 import time
 from typing import Any
 
-from eternia_backup import hookimpl
-from eternia_backup.errors import BackupNotFoundError, ConfigError, StorageError
-from eternia_backup.providers import AtomicWrite, IncompleteUpload
-from eternia_backup.redact import redact_text
-from eternia_backup.storage import FsspecTarget, temp_name
+from eternia_backup.api import (
+    AtomicWrite,
+    BackupNotFoundError,
+    ConditionalWrites,
+    ConfigError,
+    IncompleteUpload,
+    StorageError,
+    UploadCleanup,
+    hookimpl,
+    redact_text,
+    temp_name,
+)
+from eternia_backup.builtin.fsspec_target import FsspecTarget
 
 log = logging.getLogger("eternia_backup.target.s3")
 
@@ -242,26 +250,33 @@ def creator_marker(filename: str) -> bytes:
 
 
 class S3AtomicWrite(AtomicWrite):
-    """An uncommitted multipart upload: an object exists only after commit()."""
+    """An uncommitted multipart upload: an object exists only after commit().
+
+    Driven with raw S3 calls through ``fs.call_s3`` (which adds the target's
+    ``s3_additional_kwargs``: storage class, server-side encryption): s3fs's
+    file object has no public way to start the upload before the first part
+    (so that a missing permission fails before any source is read) nor to grow
+    the part size as parts accumulate.
+    """
 
     def __init__(self, target: "S3Target", filename: str):
         self.target = target
         self.filename = filename
+        self.key = target._key(filename)
+        self.parts: list[dict[str, Any]] = []
+        self.buffer = bytearray()
+        self._done = False
         # The marker first: a crash between it and the upload leaves only a
         # marker, which cleanup removes like any temporary file.
         self.marker = temp_name(filename)
         target.fs.call_s3("put_object", Bucket=target.bucket, Key=target._key(self.marker),
                           Body=creator_marker(filename))
-        self._file = target.fs.open(target.join(filename), "wb", autocommit=False, block_size=part_size(0))
-        self._done = False
-        # Start the multipart upload now (s3fs would at the first full part), so
-        # missing write permission fails before any source is read.
-        self._file.offset = 0
         try:
-            self._file._initiate_upload()
+            out = target.fs.call_s3("create_multipart_upload", Bucket=target.bucket, Key=self.key)
         except BaseException:
             self._remove_marker()
             raise
+        self.upload_id = out["UploadId"]
 
     def _remove_marker(self) -> None:
         try:
@@ -270,17 +285,32 @@ class S3AtomicWrite(AtomicWrite):
             log.info("target %r: could not remove the upload marker %s: %s", self.target.name, self.marker,
                      self.target.explain(exc, "delete"))
 
+    def _upload_part(self, data: bytes | bytearray) -> None:
+        number = len(self.parts) + 1
+        if number > MAX_PARTS:
+            raise StorageError(f"target {self.target.name!r}: {self.filename} is larger than S3 allows "
+                               f"({max_archive_size()} bytes in {MAX_PARTS} parts)")
+        out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
+                                     UploadId=self.upload_id, PartNumber=number, Body=bytes(data))
+        self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
     def write(self, data) -> int:
-        f = self._file
-        if f.parts is not None:
-            f.blocksize = part_size(len(f.parts))  # s3fs uploads a part when its buffer reaches blocksize
-        return f.write(data)
+        self.buffer += data
+        size = part_size(len(self.parts))
+        while len(self.buffer) >= size:
+            self._upload_part(memoryview(self.buffer)[:size])
+            del self.buffer[:size]
+            size = part_size(len(self.parts))
+        return len(data)
 
     def commit(self) -> None:
-        self._file.close()  # uploads the last part; nothing is visible yet
+        if self.buffer or not self.parts:
+            self._upload_part(self.buffer)  # the last part may be small (or empty, when it is the only one)
+            self.buffer = bytearray()
         for attempt in range(COMPLETE_ATTEMPTS):
             try:
-                self._file.commit()  # complete_multipart_upload
+                self.target.fs.call_s3("complete_multipart_upload", Bucket=self.target.bucket, Key=self.key,
+                                       UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
                 break
             except OSError as exc:
                 # S3 may answer CompleteMultipartUpload with InternalError (even
@@ -297,18 +327,18 @@ class S3AtomicWrite(AtomicWrite):
         if self._done:
             return
         self._done = True
+        self.buffer = bytearray()
         try:
-            self._file.discard()  # abort the multipart upload; never complete it
+            self.target.fs.call_s3("abort_multipart_upload", Bucket=self.target.bucket, Key=self.key,
+                                   UploadId=self.upload_id)
         except Exception as exc:
             log.warning("target %r: could not abort the upload of %s (cleanup will): %s",
                         self.target.name, self.filename, self.target.explain(exc, "abort an upload of"))
-            self._file.closed = True
             return  # the marker stays: it tells cleanup whose upload this was
-        self._file.closed = True
         self._remove_marker()
 
 
-class S3Target(FsspecTarget):
+class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
     protocols = ("s3", "s3a")
 
     def __init__(self, name: str, url: str, options: dict[str, Any]):
@@ -328,7 +358,9 @@ class S3Target(FsspecTarget):
         if "session" not in options:
             options["session"] = self._session(options)
         super().__init__(name, url, options)
-        self.fs.retries = 1  # s3fs would repeat botocore's attempts 5 times over
+        # s3fs's own retry loop (S3FileSystem.retries, a public class attribute with
+        # no constructor argument) would repeat botocore's attempts 5 times over.
+        self.fs.retries = 1
         self.bucket = self.root.split("/", 1)[0]
         self.prefix = self.root.split("/", 1)[1] if "/" in self.root else ""
         problem = bucket_name_problem(self.bucket)
@@ -406,6 +438,13 @@ class S3Target(FsspecTarget):
             self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(filename), Body=data)
         except Exception as exc:
             raise self.error_for("write", exc, filename) from exc
+
+    def read_bytes(self, filename: str) -> bytes:
+        """A small file (a manifest) in one GET (opening it, or a concurrent cat, would HEAD it first)."""
+        try:
+            return self.fs.cat_file(self.join(filename), max_concurrency=1)
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
 
     def open_read(self, filename: str):
         try:
@@ -506,3 +545,40 @@ class S3Target(FsspecTarget):
 @hookimpl
 def eternia_register_targets(register):
     register(S3Target)
+
+
+@hookimpl
+def eternia_cloud_backup_target(settings, environment):
+    """``cloud_backup`` with ``provider: aws``: ``s3://<bucket>/[<prefix>/]<environment>`` and its options."""
+    if settings.get("provider") != "aws":
+        return None
+    bucket = settings.get("bucket")
+    if not bucket:
+        raise ConfigError("backup.cloud_backup.bucket: required when cloud_backup.enabled is true; name the S3 bucket")
+    problem = bucket_name_problem(bucket)
+    if problem:
+        raise ConfigError(f"backup.cloud_backup.bucket: {bucket!r} is not a valid S3 bucket name: it {problem}")
+    sse = settings.get("server_side_encryption")
+    if sse == "aws:kms" and not settings.get("kms_key_id"):
+        raise ConfigError("backup.cloud_backup.kms_key_id: required when server_side_encryption is aws:kms")
+    parts = [bucket] + [p for p in (settings.get("prefix") or "").strip("/").split("/") if p] + [environment]
+    options: dict[str, Any] = {}
+    if settings.get("region"):
+        options["client_kwargs"] = {"region_name": settings["region"]}
+    if settings.get("endpoint_url"):
+        options.setdefault("client_kwargs", {})["endpoint_url"] = settings["endpoint_url"]
+    extra: dict[str, Any] = {}
+    if settings.get("storage_class"):
+        extra["StorageClass"] = settings["storage_class"]
+    if sse:
+        extra["ServerSideEncryption"] = sse
+        if settings.get("kms_key_id"):
+            extra["SSEKMSKeyId"] = settings["kms_key_id"]
+    if extra:
+        options["s3_additional_kwargs"] = extra
+    if settings.get("create_bucket"):
+        options["eternia_create_bucket"] = True
+    for key in ("connect_timeout", "read_timeout", "max_attempts"):
+        if settings.get(key) is not None:
+            options[key] = settings[key]
+    return "s3://" + "/".join(parts), options

@@ -22,10 +22,19 @@ import tarfile
 from pathlib import Path
 from typing import IO, BinaryIO, Iterator
 
-from eternia_backup import hookimpl
-from eternia_backup.errors import ArchiveError, SourceError, UnreadableFileError
-from eternia_backup.fsutil import read_xattrs, xattr_namespaces_kept
-from eternia_backup.providers import Archiver, ArchiveReader, EntryWriter, Member, SourceWarnings
+from eternia_backup.api import (
+    ArchiveError,
+    Archiver,
+    ArchiveReader,
+    EntryWriter,
+    Member,
+    SourceError,
+    SourceWarnings,
+    UnreadableFileError,
+    hookimpl,
+    read_xattrs,
+    xattr_namespaces_kept,
+)
 
 _COPY_BUFSIZE = 1024 * 1024
 _ZEROS = bytes(_COPY_BUFSIZE)  # what a hole reads as, shared, never written to
@@ -400,10 +409,38 @@ class _TarReader(ArchiveReader):
         f = self.tar.extractfile(self._current)
         if f is None:
             raise ArchiveError(f"member {member.name!r} has no data")
-        return f
+        return _MemberStream(f, member.name)
 
     def close(self) -> None:
         self.tar.close()
+
+
+class _MemberStream:
+    """A member's data; a cut archive is an ArchiveError here too (tarfile raises ReadError mid-member)."""
+
+    def __init__(self, f, name: str):
+        self._f = f
+        self._name = name
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except (tarfile.TarError, EOFError) as exc:
+            raise ArchiveError(f"archive is truncated or damaged in member {self._name!r}: {exc}") from exc
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _member(info: tarfile.TarInfo) -> Member:

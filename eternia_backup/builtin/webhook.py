@@ -16,8 +16,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 
-from eternia_backup import __version__, hookimpl
-from eternia_backup.redact import redact_text
+from eternia_backup.api import __version__, hookimpl, redact_text
 
 log = logging.getLogger("eternia_backup.notify.webhook")
 

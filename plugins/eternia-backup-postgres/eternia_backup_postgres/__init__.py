@@ -20,13 +20,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
-from eternia_backup import hookimpl, process
-from eternia_backup.builtin.command import stderr_tail
-from eternia_backup.errors import RestoreError, SourceError
-from eternia_backup.fsutil import remove_tree
-from eternia_backup.plans import DirectorySwapPlan
-from eternia_backup.providers import RestorePlan, Source, SourceOptions
-from eternia_backup.redact import redact_text, remember
+from eternia_backup.api import (
+    DirectorySwapPlan,
+    RestoreError,
+    RestorePlan,
+    Source,
+    SourceError,
+    SourceOptions,
+    child_env,
+    hookimpl,
+    redact_text,
+    remember_secret,
+    remove_tree,
+    run_process,
+    stderr_tail,
+)
 
 DUMP_NAME = "dump.pgcustom"
 
@@ -47,7 +55,7 @@ def split_password(dsn: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(dsn)
     if parts.scheme not in ("postgres", "postgresql") or parts.password is None:
         return dsn, {}
-    remember(parts.password)
+    remember_secret(parts.password)
     netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
     return urlunsplit(parts._replace(netloc=netloc)), {"PGPASSWORD": parts.password}
 
@@ -55,14 +63,25 @@ def split_password(dsn: str) -> tuple[str, dict[str, str]]:
 class PostgresSource(Source):
     type_name = "postgres"
     options_model = PostgresOptions
+    restore_plan_types = (DirectorySwapPlan,)  # PgRestorePlan is one pg_restore transaction: nothing to resume
 
     def describe(self):
         return {"type": self.type_name, "name": self.name, "dsn": redact_text(split_password(self.options.dsn)[0])}
 
-    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], *, what: str, error: type[Exception], stdout=None) -> None:
+        """Run a client tool through the framework, so a stopping scheduler can cancel it; raise ``error`` on failure."""
         dsn, env = split_password(self.options.dsn)
-        return subprocess.run([*args, f"--dbname={dsn}"], env=process.child_env(env), stderr=subprocess.PIPE,
-                              timeout=self.options.timeout, **kwargs)
+        try:
+            status, stderr = run_process([*args, f"--dbname={dsn}"], shell=False, stdout=stdout,
+                                         timeout=self.options.timeout, env=child_env(env))
+        except FileNotFoundError as exc:
+            raise error(f"source {self.name!r}: {exc.filename} not found; install the PostgreSQL client tools") \
+                from exc
+        except subprocess.TimeoutExpired as exc:
+            raise error(f"source {self.name!r}: {args[0]} ran longer than timeout: {self.options.timeout} s "
+                        f"and was stopped{what}") from exc
+        if status != 0:
+            raise error(f"source {self.name!r}: {args[0]} exited with status {status}{what}: {stderr_tail(stderr)}")
 
     def backup(self, writer) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="eternia-pg-"))
@@ -70,15 +89,7 @@ class PostgresSource(Source):
             dump = workdir / DUMP_NAME
             started = time.time()
             with open(dump, "wb") as out:
-                try:
-                    proc = self._run([self.options.pg_dump, "--format=custom"], stdout=out,
-                                     stdin=subprocess.DEVNULL)
-                except FileNotFoundError as exc:
-                    raise SourceError(f"source {self.name!r}: {exc.filename} not found; install the PostgreSQL "
-                                      "client tools") from exc
-            if proc.returncode != 0:
-                raise SourceError(f"source {self.name!r}: pg_dump exited with status {proc.returncode}: "
-                                  f"{stderr_tail(proc.stderr)}")
+                self._run([self.options.pg_dump, "--format=custom"], what="", error=SourceError, stdout=out)
             with open(dump, "rb") as f:
                 writer.add_stream(DUMP_NAME, f, os.fstat(f.fileno()).st_size, mode=0o600, mtime=started)
         finally:
@@ -113,11 +124,8 @@ class PgRestorePlan(RestorePlan):
         if not dump.is_file():
             raise RestoreError(f"source {self.source.name!r}: the backup holds no {DUMP_NAME}")
         opts = self.source.options
-        proc = self.source._run([opts.pg_restore, "--clean", "--if-exists", "--no-owner", "--single-transaction",
-                                 "--exit-on-error", str(dump)], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise RestoreError(f"source {self.source.name!r}: pg_restore exited with status {proc.returncode} "
-                               f"(the database was left as it was): {stderr_tail(proc.stderr)}")
+        self.source._run([opts.pg_restore, "--clean", "--if-exists", "--no-owner", "--single-transaction",
+                          "--exit-on-error", str(dump)], what=" (the database was left as it was)", error=RestoreError)
 
     def discard(self) -> None:
         if self.staging_dir.name != "eternia-pg-not-prepared":

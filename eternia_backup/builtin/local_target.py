@@ -1,0 +1,152 @@
+"""Built-in target: a directory on this machine (plain paths and ``file://`` URLs).
+
+A file is visible under its final name only when it is complete: it is written
+under a temporary name in the same directory (``.<name>.<host>.<pid>.tmp``),
+fsynced, renamed, and the directory is fsynced. Files are 0600 and directories
+0700 whatever the umask, each missing parent included: a world-writable parent
+would let anyone move backups away.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from eternia_backup.api import (
+    AtomicWrite,
+    LocalPaths,
+    StoredFile,
+    Target,
+    fsync_dir,
+    hookimpl,
+    make_private_dirs,
+    temp_name,
+)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class LocalAtomicWrite(AtomicWrite):
+    def __init__(self, directory: Path, filename: str):
+        self.final = directory / filename
+        self.tmp = directory / temp_name(filename)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._done = False
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class LocalTarget(Target, LocalPaths):
+    """A directory on local disk."""
+
+    protocols = ("file", "local")
+
+    def __init__(self, name: str, url: str, options: dict[str, Any]):
+        super().__init__(name, url, options)
+        path = url.split("://", 1)[1] if "://" in url else url
+        self._root = Path(path).expanduser().absolute()
+        self._dir_ready = False
+
+    @property
+    def root_path(self) -> Path:
+        return self._root
+
+    def file_url(self, filename: str) -> str:
+        return str(self._root / filename)
+
+    def check(self) -> None:
+        if self._dir_ready:
+            return
+        path = self._root
+        try:
+            make_private_dirs(path, DIR_MODE)
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path} is not a directory")
+            st = path.stat()
+            if statmod.S_IMODE(st.st_mode) != DIR_MODE and st.st_uid == os.getuid():
+                os.chmod(path, DIR_MODE)
+        except Exception as exc:
+            raise self.error_for("create the directory", exc) from exc
+        self._dir_ready = True
+
+    def list(self) -> list[StoredFile]:
+        root = self._root
+        try:
+            if not root.exists():
+                return []
+            if not root.is_dir():
+                raise NotADirectoryError(f"{root} is not a directory; fix the target's path")
+            files = []
+            with os.scandir(root) as entries:
+                for e in entries:
+                    try:
+                        if not e.is_file(follow_symlinks=False):
+                            continue
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed while listed
+                    files.append(StoredFile(e.name, st.st_size, st.st_mtime))
+            return files
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self.error_for("list", exc) from exc
+
+    def open_write(self, filename: str) -> AtomicWrite:
+        self.check()
+        try:
+            return LocalAtomicWrite(self._root, filename)
+        except Exception as exc:
+            raise self.error_for("write", exc, filename) from exc
+
+    def open_read(self, filename: str) -> BinaryIO:
+        try:
+            return open(self._root / filename, "rb")
+        except Exception as exc:
+            raise self.error_for("read", exc, filename) from exc
+
+    def size(self, filename: str) -> int:
+        try:
+            return os.stat(self._root / filename).st_size
+        except Exception as exc:
+            raise self.error_for("stat", exc, filename) from exc
+
+    def delete(self, filename: str) -> None:
+        try:
+            os.unlink(self._root / filename)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self.error_for("delete", exc, filename) from exc
+
+
+@hookimpl
+def eternia_register_targets(register):
+    register(LocalTarget)

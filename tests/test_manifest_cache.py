@@ -1,0 +1,225 @@
+"""Listing many backups in S3: one LIST, not one request per backup, and always what the manifests say.
+
+A counting HTTP proxy sits between the real CLI and the real SeaweedFS server,
+so the tests count the requests a command makes. 200 backups are made from one
+real backup by copying its archive and rewriting its manifest under new ids
+(the server cannot tell them from backups made one by one).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import http.server
+import json
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+BACKUPS = 200
+
+pytestmark = pytest.mark.slow  # S3 scale: hundreds of objects and CLI runs per test
+
+
+class CountingProxy:
+    """Forwards every request to ``upstream`` unchanged (Host included, so signatures hold) and counts it."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.split("://", 1)[1]
+        self.requests: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+
+            def _forward(self):
+                body = self._body()
+                proxy.requests.append((self.command, self.path))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                # A HEAD answer has no body but says the object's length.
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def take(self) -> Counter:
+        """What was asked since the last take: {(method, kind)}, kind 'manifest', 'list' or 'other'."""
+        taken, self.requests = self.requests, []
+        counts: Counter = Counter()
+        for method, path in taken:
+            kind = "manifest" if path.split("?")[0].endswith(".manifest.json") else \
+                "list" if "list-type=2" in path or (method == "GET" and path.count("/") == 1 and "?" in path) \
+                else "other"
+            counts[(method, kind)] += 1
+        return counts
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(s3_server):
+    p = CountingProxy(s3_server.endpoint)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def many(app, s3_env, s3_bucket, s3_server, proxy):
+    """A config whose only target is S3 (through the proxy), holding BACKUPS backups."""
+    config = app / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {
+        "sources": [{"type": "directory", "name": "files", "path": "state/files"}],
+        "targets": [{"name": "cloud", "url": f"s3://{s3_bucket}/prod",
+                     "options": {"client_kwargs": {"endpoint_url": proxy.endpoint}}}],
+        "retention_days": 100000}}))
+    made = run_cli("create", "--json", config=config)
+    assert made.returncode == 0, made.stderr
+    first = json.loads(made.stdout)["backup_id"]
+    fs = s3_server.client()
+    manifest_key = next(k for k in fs.find(s3_bucket) if k.endswith(".manifest.json"))
+    archive_key = next(k for k in fs.find(s3_bucket) if ".tar" in k and not k.rsplit("/", 1)[1].startswith("."))
+    manifest = fs.cat_file(manifest_key).decode()
+    for i in range(1, BACKUPS):
+        new = f"2020{(i // 28) % 12 + 1:02d}{i % 28 + 1:02d}T{i % 24:02d}0000Z-{uuid.uuid4().hex[:6]}"
+        fs.call_s3("copy_object", Bucket=s3_bucket, Key=archive_key.split("/", 1)[1].replace(first, new),
+                   CopySource={"Bucket": s3_bucket, "Key": archive_key.split("/", 1)[1]})
+        fs.pipe_file(manifest_key.replace(first, new), manifest.replace(first, new).encode())
+    proxy.take()
+    return config, fs, manifest_key.rsplit("/", 1)[0]
+
+
+def ids(proc) -> list[str]:
+    assert proc.returncode == 0, proc.stderr
+    return sorted(b["backup_id"] for b in json.loads(proc.stdout)["backups"])
+
+
+def manifest_gets(counts: Counter) -> int:
+    return counts[("GET", "manifest")] + counts[("HEAD", "manifest")]
+
+
+def test_list_reads_each_manifest_once_then_only_lists(many, proxy):
+    config, _, _ = many
+    first = ids(run_cli("list", "--json", config=config))
+    assert len(first) == BACKUPS
+    counts = proxy.take()
+    assert manifest_gets(counts) == BACKUPS  # one GET each, no HEAD before it
+    assert counts[("HEAD", "manifest")] == 0
+
+    for command in (["list", "--json"], ["status", "--json"], ["cleanup", "--dry-run", "--json"]):
+        proc = run_cli(*command, config=config)
+        assert proc.returncode == 0, proc.stderr
+        counts = proxy.take()
+        assert manifest_gets(counts) == 0, (command, counts)
+        assert sum(counts.values()) <= 6, (command, counts)  # the bucket check, LIST pages, unfinished uploads
+    assert ids(run_cli("list", "--json", config=config)) == first
+
+
+def test_the_listing_follows_the_manifests_not_the_cache(many, proxy):
+    config, fs, prefix = many
+    before = ids(run_cli("list", "--json", config=config))
+    proxy.take()
+
+    # A manifest removed by someone else: gone from the listing.
+    gone = before[3]
+    fs.rm_file(next(k for k in fs.find(prefix) if gone in k and k.endswith(".manifest.json")))
+    # A manifest rewritten in place (new bytes, same name): read again, and its problem shown.
+    damaged = before[5]
+    key = next(k for k in fs.find(prefix) if damaged in k and k.endswith(".manifest.json"))
+    raw = json.loads(fs.cat_file(key))
+    raw["archive"]["size"] += 1
+    fs.pipe_file(key, json.dumps(raw).encode())
+    # A new backup: listed.
+    made = run_cli("create", "--json", config=config)
+    assert made.returncode == 0, made.stderr
+    new = json.loads(made.stdout)["backup_id"]
+
+    listed = json.loads(run_cli("list", "--json", config=config).stdout)["backups"]
+    assert sorted(b["backup_id"] for b in listed) == sorted(set(before) - {gone} | {new})
+    assert next(b for b in listed if b["backup_id"] == damaged)["state"] == "damaged"
+    assert next(b for b in listed if b["backup_id"] == new)["state"] == "ok"
+    assert manifest_gets(proxy.take()) <= 2  # the rewritten manifest and the new one, once each
+    assert ids(run_cli("list", "--json", config=config)) == sorted(set(before) - {gone} | {new})
+    assert manifest_gets(proxy.take()) == 0
+
+
+def test_a_corrupted_or_missing_cache_is_rebuilt_from_the_manifests(many, proxy):
+    config, _, _ = many
+    before = ids(run_cli("list", "--json", config=config))
+    cache_files = list(Path(os.environ["XDG_STATE_HOME"]).glob("**/manifest-cache/*.json"))
+    assert cache_files, "no cache written"
+    for f in cache_files:
+        f.write_text('{"version": 1, "url": "s3://x", "entries": {"a": 1}')  # cut off
+    proxy.take()
+    assert ids(run_cli("list", "--json", config=config)) == before
+    assert manifest_gets(proxy.take()) == BACKUPS
+    for f in cache_files:
+        f.unlink()
+    assert ids(run_cli("list", "--json", config=config)) == before
+    assert manifest_gets(proxy.take()) == BACKUPS
+    assert ids(run_cli("list", "--json", config=config)) == before
+    assert manifest_gets(proxy.take()) == 0
+
+
+def test_concurrent_listings_agree_and_leave_a_usable_cache(many, proxy):
+    config, _, _ = many
+    results = [None] * 4
+
+    def run(i):
+        results[i] = run_cli("list", "--json", config=config)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    listings = [ids(r) for r in results]
+    assert all(len(x) == BACKUPS for x in listings) and all(x == listings[0] for x in listings)
+    proxy.take()
+    assert ids(run_cli("list", "--json", config=config)) == listings[0]
+    assert manifest_gets(proxy.take()) == 0
