@@ -36,7 +36,7 @@ from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .progress import NO_PROGRESS, Progress, ProgressReader
 from .manifest_cache import ManifestCache
-from .providers import ConditionalWrites, LocalPaths, Source, Target, UploadCleanup, local_path_of
+from .providers import LocalPaths, Source, Target, UploadCleanup, local_path_of
 from .state import StateStore
 from .storage import split_protocol
 from .timefmt import iso_utc
@@ -457,7 +457,7 @@ class BackupManager:
 
         self.lease_target = None
         for t in self.targets:
-            if isinstance(t, LocalPaths) or not isinstance(t, ConditionalWrites):
+            if isinstance(t, LocalPaths):
                 continue  # a lease is for targets shared by several hosts
             try:
                 supported = probe_conditional_writes(t)
