@@ -101,6 +101,11 @@ class _Checker(EntryWriter):
     def add_file(self, relpath, path, *, stat=None):
         self.problem = invariant_problem(path)
 
+    def _unexpected(self, *args, **kwargs):
+        raise AssertionError("the sqlite source writes one file and nothing else")
+
+    add_directory = add_stream = add_symlink = _unexpected
+
 
 def measure(directory: Path, mode: str, size_mib: float) -> dict:
     db = directory / f"bench-{mode}.db"
