@@ -10,6 +10,7 @@ plain directory source warns about the database at ``config check`` and ``create
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -260,3 +261,27 @@ def test_a_database_switched_to_wal_during_the_copy_is_not_taken_from_its_file(t
         conn.conn.close()
     assert invariant_problem(tmp_path / "copy.db") is None
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == ["copy.db"]
+
+
+def test_the_temporary_copy_is_removed_by_shrinking_it_first(tmp_path, monkeypatch):
+    """remove_copy frees a large copy in steps (so the application's fsyncs never wait for one huge free)."""
+    from eternia_backup.builtin import sqlite as sqlite_source
+
+    monkeypatch.setattr(sqlite_source, "SHRINK_STEP", 1 << 20)
+    monkeypatch.setattr(sqlite_source, "SHRINK_PAUSE", 0)
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(os.urandom(5 * (1 << 20) + 123))
+    sizes = []
+    real = os.ftruncate
+    monkeypatch.setattr(sqlite_source.os, "ftruncate", lambda fd, n: (sizes.append(n), real(fd, n))[1])
+    sqlite_source.remove_copy(copy)
+    assert not copy.exists()
+    assert sizes == [4 * (1 << 20) + 123, 3 * (1 << 20) + 123, 2 * (1 << 20) + 123, (1 << 20) + 123, 123]
+
+    # A link in its place is removed, never followed; a missing copy is no error.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 100)
+    copy.symlink_to(victim)
+    sqlite_source.remove_copy(copy)
+    assert not copy.is_symlink() and victim.read_bytes() == b"x" * 100
+    sqlite_source.remove_copy(copy)

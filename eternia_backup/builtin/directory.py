@@ -292,7 +292,7 @@ class DirectorySource(Source):
         if mode == "warn":
             log.warning("%s", self._sqlite_advice(relpath))
             return False
-        from eternia_backup.builtin.sqlite import snapshot
+        from eternia_backup.builtin.sqlite import remove_copy, snapshot
 
         if self._sqlite_workdir is None:
             self._sqlite_workdir = Path(tempfile.mkdtemp(prefix="eternia-dir-sqlite-"))
@@ -306,7 +306,7 @@ class DirectorySource(Source):
             raise SourceError(f"source {self.name!r}: cannot snapshot SQLite database {path}: {exc}") from exc
         finally:
             for p in self._sqlite_workdir.iterdir():
-                p.unlink()
+                remove_copy(p)
         return True
 
     def _sqlite_advice(self, relpath: str) -> str:
