@@ -158,12 +158,9 @@ def _read_manifest(target: Target, fname: str, data: bytes | None = None) -> tup
                                "the store returns unreliable data") from None
 
 
-# Manifests read at once from a remote target: one request each, mostly waiting.
-READ_CONCURRENCY = 16
-
-
 def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCache | None) -> dict[str, bytes | Exception]:
-    """The bytes of each manifest (or the error reading it): from the cache, else read concurrently."""
+    """The bytes of each manifest (or the error reading it): from the cache, else read (concurrently
+    where the target allows: one request each, mostly waiting)."""
     found: dict[str, bytes | Exception] = {}
     missing = []
     for s in stored:
@@ -179,8 +176,8 @@ def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCa
         except EterniaBackupError as exc:
             return exc
 
-    if len(missing) > 1 and not isinstance(target, LocalPaths):
-        with ThreadPoolExecutor(max_workers=min(READ_CONCURRENCY, len(missing))) as pool:
+    if len(missing) > 1 and target.read_concurrency > 1:
+        with ThreadPoolExecutor(max_workers=min(target.read_concurrency, len(missing))) as pool:
             results = list(pool.map(read, missing))
     else:
         results = [read(s) for s in missing]

@@ -341,6 +341,11 @@ class Target(abc.ABC):
 
     #: URL protocols served (``("s3", "s3a")``); ``"*"`` means any protocol fsspec opens.
     protocols: ClassVar[tuple[str, ...]]
+    #: How many small files (manifests) the framework may read from this target
+    #: at once when listing it. 1 for a store that holds one connection per
+    #: client (ftp:// servers limit them); a store that answers requests in
+    #: parallel (S3) saves most of a listing's time with more.
+    read_concurrency: ClassVar[int] = 1
 
     def __init__(self, name: str, url: str, options: dict[str, Any]):
         self.name = name

@@ -340,6 +340,7 @@ class S3AtomicWrite(AtomicWrite):
 
 class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
     protocols = ("s3", "s3a")
+    read_concurrency = 16  # manifests read at once when listing: S3 answers requests in parallel
 
     def __init__(self, name: str, url: str, options: dict[str, Any]):
         options = dict(options)
@@ -416,7 +417,6 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
         self._dir_ready = True
 
     def list(self):
-        self.fs.invalidate_cache(self.root)
         try:
             self._check_bucket()
         except Exception as exc:
