@@ -325,7 +325,7 @@ def _backup_source(source: Source, section, progress: Progress) -> None:
 
 
 def run_backup(*, name: str, environment: str, sources: list[Source], targets: list[Target],
-               archiver: Archiver, compression: Compression, level: int | None, hook,
+               archiver: Archiver, compression: Compression, level: int | None, pm,
                config=None, progress: "Progress | Callable[[int], None] | None" = None,
                now: datetime | None = None, guard: Callable[[], None] | None = None,
                cancel=None, encryptor=None) -> BackupResult:
@@ -348,7 +348,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     fan = _FanOut({}, failures, by_name)
     encrypting = None
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
-    call_lifecycle(hook.eternia_backup_started, backup_id=backup_id, config=config)
+    call_lifecycle(pm, "eternia_backup_started", backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
 
     try:
@@ -390,7 +390,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         if encrypting is not None:
             encrypting.abort()
         fan.abort_all()
-        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
+        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
         raise
@@ -402,7 +402,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True))  # then the slow ones
     except BaseException as exc:
         fan.abort_all()
-        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=exc, result=None)
+        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         raise
     result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
     if failures:
@@ -412,12 +412,12 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
             result,
         )
-        call_lifecycle(hook.eternia_backup_failed, backup_id=backup_id, error=error, result=result)
+        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=error, result=result)
         raise error
     log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
     if result.warning_count:
         log.warning("backup %s: made with %d warning(s); the manifest lists them", backup_id, result.warning_count)
-    call_lifecycle(hook.eternia_backup_succeeded, result=result)
+    call_lifecycle(pm, "eternia_backup_succeeded", result=result)
     return result
 
 

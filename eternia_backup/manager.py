@@ -177,7 +177,7 @@ class BackupManager:
                 name=self.config.name, environment=self.config.environment,
                 sources=list(self.sources.values()), targets=self.targets,
                 archiver=self.archiver, compression=self.compression, level=self.config.compression_level,
-                hook=self.pm.hook, config=self.config, progress=progress, guard=guard, cancel=cancel,
+                pm=self.pm, config=self.config, progress=progress, guard=guard, cancel=cancel,
                 encryptor=self._encryptor(),
             )
         except BackupFailedError as exc:
@@ -360,7 +360,7 @@ class BackupManager:
         try:
             result = restore.restore_copy(
                 copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
-                dry_run=dry_run, registry=self.registry, hook=self.pm.hook, confirm=confirm,
+                dry_run=dry_run, registry=self.registry, pm=self.pm, confirm=confirm,
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
                 keep_setid=keep_setid, progress=progress,
             )
@@ -433,7 +433,7 @@ class BackupManager:
             for t in self.targets
         ])
         if not dry_run:
-            call_lifecycle(self.pm.hook.eternia_cleanup_finished, result=result)
+            call_lifecycle(self.pm, "eternia_cleanup_finished", result=result)
         return result
 
     def cleanup_old_backups(self) -> int:

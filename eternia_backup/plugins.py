@@ -18,7 +18,6 @@ import importlib
 import inspect
 import logging
 import os
-import weakref
 from typing import Any
 
 import pluggy
@@ -122,9 +121,18 @@ class Registry:
         return provided.cls
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus what loading found: where each plugin came from, and what failed."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.failures: list[PluginFailure] = []  # for `plugins` and unknown-provider errors
+        self.distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+
+
 def distribution_of(pm: pluggy.PluginManager, plugin: str) -> tuple[str, str]:
     """(distribution name, version) a plugin came from; ("?", "?") for one added by code."""
-    return getattr(pm, "eternia_distributions", {}).get(plugin, ("?", "?"))
+    return getattr(pm, "distributions", {}).get(plugin, ("?", "?"))
 
 
 def blocked_plugins() -> set[str]:
@@ -137,17 +145,15 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
     Raises :class:`PluginError` when a plugin fails to import or implements a
     hook that matches no specification.
     """
-    pm = pluggy.PluginManager(PROJECT)
+    pm = PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.eternia_failures = []  # PluginFailure, for `plugins` and unknown-provider errors
-    pm.eternia_distributions = {}  # plugin name -> (distribution, version)
     for name in blocked_plugins():
         pm.set_blocked(name)
     for modname in BUILTIN_PLUGINS:
         if pm.is_blocked(modname):
             continue
         _register(pm, importlib.import_module(modname), modname)
-        pm.eternia_distributions[modname] = ("eternia-backup", __version__)
+        pm.distributions[modname] = ("eternia-backup", __version__)
     if load_entry_points:
         _load_entry_points(pm)
     for plugin in extra_plugins:
@@ -156,13 +162,7 @@ def get_plugin_manager(*, load_entry_points: bool = True, extra_plugins: tuple[A
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}; check the hook's spelling against eternia_backup.hookspecs") from exc
-    for caller in vars(pm.hook).values():
-        _managers[id(caller)] = pm
     return pm
-
-
-# hook caller -> its plugin manager, for call_lifecycle (a HookCaller does not know its manager)
-_managers: "weakref.WeakValueDictionary[int, pluggy.PluginManager]" = weakref.WeakValueDictionary()
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> None:
@@ -185,41 +185,34 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             plugin = ep.load()
         except Exception as exc:  # ImportError, or anything its import runs into
             failure = PluginFailure(ep.name, ep.value, dist[0], dist[1], f"{type(exc).__name__}: {exc}")
-            pm.eternia_failures.append(failure)
+            pm.failures.append(failure)
             log.warning("%s", failure.describe())
             continue
         log.debug("plugin %r loaded from entry point %s (%s %s)", ep.name, ep.value, *dist)
         _register(pm, plugin, ep.name)
-        pm.eternia_distributions[ep.name] = dist
+        pm.distributions[ep.name] = dist
 
 
-def call_lifecycle(hook_caller: pluggy.HookCaller, **kwargs: Any) -> None:
-    """Call a lifecycle hook so that no implementation can change the outcome.
+def call_lifecycle(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> None:
+    """Call the lifecycle hook named ``hook`` so that no implementation can change the outcome.
 
     Each plugin's implementation is called through pluggy on its own (a subset
     hook caller holding only that plugin), in pluggy's order: one that raises is
     logged with its plugin's name and the traceback, and the others still run.
     """
-    pm = _managers.get(id(hook_caller))
-    if pm is None:  # not built by get_plugin_manager: one guarded call
-        try:
-            hook_caller(**kwargs)
-        except Exception:
-            log.exception("a plugin's %s hook failed; carrying on", hook_caller.name)
-        return
-    plugins = [impl.plugin for impl in reversed(hook_caller.get_hookimpls())]
     everyone = pm.get_plugins()
-    for plugin in dict.fromkeys(plugins):  # a plugin with a wrapper and an impl is called once
+    implementers = [impl.plugin for impl in reversed(getattr(pm.hook, hook).get_hookimpls())]
+    for plugin in dict.fromkeys(implementers):  # a plugin with a wrapper and an impl is called once
         others = [p for p in everyone if p is not plugin]
         try:
-            pm.subset_hook_caller(hook_caller.name, remove_plugins=others)(**kwargs)
+            pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
         except Exception:
-            log.exception("plugin %r: %s hook failed; carrying on", pm.get_name(plugin), hook_caller.name)
+            log.exception("plugin %r: %s hook failed; carrying on", pm.get_name(plugin), hook)
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Ask every plugin for its providers, in registration order."""
-    registry = Registry(getattr(pm, "eternia_failures", ()))
+    registry = Registry(getattr(pm, "failures", ()))
     hooks = (
         ("source", pm.hook.eternia_register_sources, "type_name", Source),
         ("archiver", pm.hook.eternia_register_archivers, "format_name", Archiver),

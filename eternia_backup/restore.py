@@ -53,7 +53,7 @@ class RestoreResult:
 
 
 def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list[str] | None,
-                 to: Path | None, dry_run: bool, registry, hook,
+                 to: Path | None, dry_run: bool, registry, pm,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
                  journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
                  progress: Progress = NO_PROGRESS) -> RestoreResult:
@@ -98,15 +98,15 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                 check_checksum(copy, manifest, ProgressReader(f, progress))
             log.info("restore %s: size and sha256 verified", copy.backup_id)
             if dry_run:
-                call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
+                call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
                                destination=to, dry_run=True)
-                call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
+                call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
                 return result
             _check_open_files(plans, force)
             if confirm is not None and any(p.replaces_existing() for p in plans.values()):
                 if not confirm(changes):
                     raise RestoreError("restore cancelled; nothing was changed")
-            call_lifecycle(hook.eternia_restore_started, backup_id=copy.backup_id, sources=names,
+            call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
                            destination=to, dry_run=False)
             try:
                 _stage(copy, path, plans, archiver, compression, identities,
@@ -118,7 +118,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                 _commit_all(plans)
                 committed = True
             except BaseException as exc:
-                call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=exc, result=None)
+                call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=exc, result=None)
                 if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
                     raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
                                        "the current state was left as it was") from exc
@@ -130,7 +130,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
         if journal_path is not None:
             journal.remove(journal_path)  # finished or rolled back
-    call_lifecycle(hook.eternia_restore_finished, backup_id=copy.backup_id, error=None, result=result)
+    call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
 

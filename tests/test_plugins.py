@@ -630,7 +630,7 @@ def test_hook_eternia_cleanup_finished(write_config, app):
     mgr = manager(write_config(retention_days=7), recorder)
     old = run_backup(name=mgr.config.name, environment=mgr.config.environment,
                      sources=list(mgr.sources.values()), targets=mgr.targets, archiver=mgr.archiver,
-                     compression=mgr.compression, level=None, hook=mgr.pm.hook, config=mgr.config,
+                     compression=mgr.compression, level=None, pm=mgr.pm, config=mgr.config,
                      now=datetime.now(timezone.utc) - timedelta(days=30))
     new = mgr.create_backup()
 
