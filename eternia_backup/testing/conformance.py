@@ -221,7 +221,7 @@ class TargetConformance:
             target.size("missing.bin")
         for err in (read_err.value, size_err.value):
             assert isinstance(err, StorageError) and isinstance(err, EterniaBackupError)
-            assert repr(target.name) in str(err) or target.name in str(err), str(err)
+            assert repr(target.name) in str(err), str(err)  # "target 'name': ..."
             assert "missing.bin" in str(err)
 
     def test_a_dead_writers_leftover_is_removed_by_cleanup(self, target, tmp_path):
