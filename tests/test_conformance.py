@@ -215,3 +215,65 @@ def test_download_copies_and_verifies(manager, tmp_path):
     assert path.name == result.manifest.archive.file
     assert path.stat().st_size == result.manifest.archive.size
     assert (tmp_path / "dl" / result.manifest.filename).exists()
+
+
+# -- a store that connects when opened, and never answers -------------------------------
+
+
+class SilentServer:
+    """Accepts TCP connections on loopback and never says a word (an FTP server that hangs)."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)  # held open, never answered
+
+    def close(self):
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+def test_an_unreachable_ftp_target_fails_its_operations_once_each_command_and_the_local_copy_is_kept(app):
+    import time
+
+    from conftest import run_cli_in_process as run_cli
+
+    server = SilentServer()
+    try:
+        config = app / "eternia-backup.yaml"
+        config.write_text(
+            "backup:\n  storage_path: backups\n  sources: [{type: directory, name: files, path: state/files}]\n"
+            f"  targets: [{{name: f, url: 'ftp://127.0.0.1:{server.port}/x',\n"
+            "              options: {username: u, password: ftp-secret-1234, timeout: 1}}]\n")
+        for command, status, says in ((["list"], 1, "target 'f' could not be listed"),
+                                      (["create"], 1, "kept on: local")):
+            before = len(server.accepted)
+            started = time.monotonic()
+            proc = run_cli(*command, config=config)
+            took = time.monotonic() - started
+            assert proc.returncode == status, proc.stderr
+            assert says in proc.stderr and "timed out" in proc.stderr and "unexpected" not in proc.stderr
+            assert "ftp-secret-1234" not in proc.stderr + proc.stdout
+            # one connection timeout per command, not one per operation
+            assert len(server.accepted) - before == 1, command
+            assert took < 5, (command, took)
+        listed = run_cli("list", "--json", config=config)
+        assert len(json.loads(listed.stdout)["backups"]) == 1  # the local copy
+    finally:
+        server.close()

@@ -9,6 +9,7 @@ temporary name is removed if anything fails.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -23,6 +24,11 @@ from eternia_backup.api import (
     split_protocol,
     temp_name,
 )
+
+
+# Seconds before a store that could not be reached is tried again: one command
+# waits for one connection timeout, not one per operation; a scheduler tries again later.
+RECONNECT_AFTER = 60.0
 
 
 class FsspecAtomicWrite(AtomicWrite):
@@ -76,9 +82,17 @@ class FsspecTarget(Target):
         import fsspec  # only when such a target is configured: it costs start-up time
 
         self.protocol = split_protocol(url)
-        fs_options = {k: v for k, v in options.items() if not k.startswith("eternia_")}
+        self._fs_options = {k: v for k, v in options.items() if not k.startswith("eternia_")}
+        self._fs = None
+        self._unreached: tuple[float, OSError] | None = None
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(url, **fs_options)
+            self.fs, self.root = fsspec.core.url_to_fs(url, **self._fs_options)
+        except OSError as exc:
+            # A store that connects when opened (ftp://) and cannot be reached now:
+            # operations fail as a StorageError saying why (the other targets keep
+            # working), and connecting is tried again after RECONNECT_AFTER.
+            self._unreached = (time.monotonic(), exc)
+            self.root = fsspec.get_filesystem_class(self.protocol)._strip_protocol(url)
         except (ImportError, ValueError) as exc:
             hint = " (install eternia-backup[s3])" if self.protocol in ("s3", "s3a") else ""
             raise ConfigError(f"target {name!r}: cannot open {redact_text(url)}: {exc}{hint}") from None
@@ -99,12 +113,28 @@ class FsspecTarget(Target):
         instance cache, which would hand back the shared one.
         """
         shared = self._fs
+        if shared is None:  # not reached when configured
+            shared = self._connect()
         if shared.async_impl or threading.current_thread() is self._owner:
             return shared
         fs = getattr(self._threads, "fs", None)
         if fs is None:
             fs = self._threads.fs = type(shared)(**shared.storage_options, skip_instance_cache=True)
         return fs
+
+    def _connect(self):
+        """Connect now, unless the last try failed less than RECONNECT_AFTER ago (then fail at once, as it did)."""
+        import fsspec
+
+        if self._unreached is not None and time.monotonic() - self._unreached[0] < RECONNECT_AFTER:
+            raise self._unreached[1]
+        try:
+            self.fs = fsspec.core.url_to_fs(self.url, **self._fs_options)[0]
+        except OSError as exc:
+            self._unreached = (time.monotonic(), exc)
+            raise
+        self._unreached = None
+        return self._fs
 
     @fs.setter
     def fs(self, value) -> None:
@@ -115,6 +145,8 @@ class FsspecTarget(Target):
         return f"{self.root}/{filename}"
 
     def file_url(self, filename: str) -> str:
+        if self._fs is None:  # never reached: no filesystem to ask (and error messages need this)
+            return redact_text(f"{self.url.rstrip('/')}/{filename}")
         url = self.fs.unstrip_protocol(self.join(filename))
         host = urlsplit(self.url).hostname
         if host and host not in url:  # ftp://: the host is in the filesystem's options, not in its paths
@@ -142,6 +174,8 @@ class FsspecTarget(Target):
 
     def _forget_listings(self) -> None:
         """Drop the filesystem's listings cache: other processes write here too (ftp:// caches every ls)."""
+        if self._fs is None:
+            return  # not connected yet: nothing cached, and no reason to try connecting here
         try:
             self.fs.invalidate_cache(self.root)
         except Exception:
