@@ -398,7 +398,7 @@ class BackupManager:
                 hashing = verify.HashingReader(ProgressReader(src, progress))
                 while chunk := hashing.read(1024 * 1024):
                     writer.write(chunk)
-            verify._compare(copy, manifest, hashing)
+            verify.compare_checksum(copy, manifest, hashing)
             writer.commit()
         except BaseException:
             writer.abort()

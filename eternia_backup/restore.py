@@ -2,14 +2,18 @@
 
 Order of work, so that nothing live changes until everything is known good:
 
-1. the archive's size and sha256 are checked against the manifest (a remote
-   archive is first copied into a private temporary file);
+1. the archive's size on the target is checked against the manifest;
 2. each selected source gets a restore plan, which stages into a hidden
-   directory beside its destination; members are checked (:mod:`.safety`) and
-   the expansion is capped by the manifest's recorded size;
-3. only then are the plans committed, reversible ones first; if one fails,
+   directory beside its destination, as the archive streams from the target
+   (read once, local or remote: no temporary copy of the archive); members are
+   checked (:mod:`.safety`), the expansion is capped by the manifest's recorded
+   size, and the stored bytes are hashed as they are read;
+3. only when the whole archive was read and its size and sha256 match the
+   manifest are the plans committed, reversible ones first; if one fails,
    those already committed are rolled back;
 4. what was replaced is removed once every plan committed.
+
+A dry run reads the archive once too, to check its sha256, and stages nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from . import journal
 from .catalog import BackupCopy
-from .errors import EterniaBackupError, IntegrityError, RestoreError, StorageError, UsageError
+from .errors import (
+    ArchiveError,
+    EterniaBackupError,
+    IntegrityError,
+    RestoreError,
+    StorageError,
+    UsageError,
+)
 from .fsutil import processes_using, remove_empty_dirs
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
@@ -32,7 +41,7 @@ from .progress import NO_PROGRESS, Progress, ProgressReader
 from .providers import RestorePlan, Source, local_path_of
 from .safety import Extractor, MemberChecker
 from .storage import describe_os_error
-from .verify import Content, HashingReader, check_checksum, check_size, keys_for
+from .verify import Content, HashingReader, check_checksum, check_size, compare_checksum, keys_for
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -91,38 +100,37 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             p.refuse_mount_points()
     created_to = to is not None and not to.exists()
     committed = False
+    if dry_run:
+        progress.phase("verify", manifest.archive.size)
+        _check_stored_bytes(copy, progress)
+        log.info("restore %s: size and sha256 verified", copy.backup_id)
+        call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
+                       destination=to, dry_run=True)
+        call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
+        return result
     try:
-        with _local_archive(copy, progress) as path:
-            progress.phase("verify", manifest.archive.size)
-            with open(path, "rb") as f:
-                check_checksum(copy, manifest, ProgressReader(f, progress))
-            log.info("restore %s: size and sha256 verified", copy.backup_id)
-            if dry_run:
-                call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
-                               destination=to, dry_run=True)
-                call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
-                return result
-            _check_open_files(plans, force)
-            if confirm is not None and any(p.replaces_existing() for p in plans.values()):
-                if not confirm(changes):
-                    raise RestoreError("restore cancelled; nothing was changed")
-            call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
-                           destination=to, dry_run=False)
-            try:
-                _stage(copy, path, plans, archiver, compression, identities,
-                       keep_setid=_setid_allowed(keep_setid, to), progress=progress)
-                if journal_path is not None:  # the next run finishes the swaps if this process dies
-                    journal.write(journal_path, copy.backup_id,
-                                  [journal.entry_for(p, getattr(sources.get(n), "type_name", None))
-                                   for n, p in plans.items()])
-                _commit_all(plans)
-                committed = True
-            except BaseException as exc:
-                call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=exc, result=None)
-                if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
-                    raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
-                                       "the current state was left as it was") from exc
-                raise
+        _check_open_files(plans, force)
+        if confirm is not None and any(p.replaces_existing() for p in plans.values()):
+            if not confirm(changes):
+                raise RestoreError("restore cancelled; nothing was changed")
+        call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
+                       destination=to, dry_run=False)
+        try:
+            _stage(copy, plans, archiver, compression, identities,
+                   keep_setid=_setid_allowed(keep_setid, to), progress=progress)
+            log.info("restore %s: staged; size and sha256 verified", copy.backup_id)
+            if journal_path is not None:  # the next run finishes the swaps if this process dies
+                journal.write(journal_path, copy.backup_id,
+                              [journal.entry_for(p, getattr(sources.get(n), "type_name", None))
+                               for n, p in plans.items()])
+            _commit_all(plans)
+            committed = True
+        except BaseException as exc:
+            call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=exc, result=None)
+            if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
+                raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
+                                   "the current state was left as it was") from exc
+            raise
     finally:
         for p in plans.values():
             p.discard()
@@ -157,38 +165,31 @@ def _check_open_files(plans: dict[str, RestorePlan], force: bool) -> None:
                            "nothing was changed")
 
 
-class _local_archive:
-    """The archive as a local file: the copy itself, or a private temporary download."""
+def _open_archive(copy: BackupCopy):
+    """The stored archive, opened for one sequential read (a store's errors become StorageErrors)."""
+    try:
+        return copy.target.open_read(copy.manifest.archive.file)
+    except EterniaBackupError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{copy.describe()}: opening the archive failed: {describe_os_error(exc)}; "
+                           "nothing was changed") from exc
 
-    def __init__(self, copy: BackupCopy, progress: Progress = NO_PROGRESS):
-        self.copy = copy
-        self.progress = progress
-        self.tmpdir: Path | None = None
 
-    def __enter__(self) -> Path:
-        manifest = self.copy.manifest
-        local = local_path_of(self.copy.target, manifest.archive.file)
-        if local is not None:
-            return local
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
-        path = self.tmpdir / manifest.archive.file
-        log.debug("restore %s: downloading %s", self.copy.backup_id, self.copy.url)
-        self.progress.phase("download", manifest.archive.size)
+def _reading_failed(copy: BackupCopy, exc: OSError) -> StorageError:
+    """A store's file object failing mid-read with its own errors (EIO, a reset connection)."""
+    return StorageError(f"{copy.describe()}: reading the archive failed: {describe_os_error(exc)}; "
+                        "nothing was changed")
+
+
+def _check_stored_bytes(copy: BackupCopy, progress: Progress) -> None:
+    with _open_archive(copy) as raw:
         try:
-            with self.copy.target.open_read(manifest.archive.file) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(ProgressReader(src, self.progress), dst, 1024 * 1024)
-        except BaseException as exc:
-            self.__exit__()  # not called when __enter__ raises: remove the partial download here
-            if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
-                # a store's file object fails mid-read with its own errors (EIO, reset connections)
-                raise StorageError(f"{self.copy.describe()}: downloading the archive failed: "
-                                   f"{describe_os_error(exc)}; nothing was changed") from exc
-            raise
-        return path
-
-    def __exit__(self, *exc) -> None:
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            check_checksum(copy, copy.manifest, ProgressReader(raw, progress))
+        except OSError as exc:
+            if isinstance(exc, EterniaBackupError):
+                raise
+            raise _reading_failed(copy, exc) from exc
 
 
 def _setid_allowed(asked: bool, to: Path | None) -> bool:
@@ -203,9 +204,16 @@ def _setid_allowed(asked: bool, to: Path | None) -> bool:
     return True
 
 
-def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver, compression,
+def _stage(copy: BackupCopy, plans: dict[str, RestorePlan], archiver, compression,
            identities: list | None = None, *, keep_setid: bool = False,
            progress: Progress = NO_PROGRESS) -> None:
+    """Extract the selected sources into their staging places in one read of the archive.
+
+    The stored bytes are hashed as they stream in; the staged trees count only
+    once the size and sha256 matched the manifest at the end. When reading or
+    unpacking fails half way, the rest is read and hashed so that a damaged
+    archive is reported as such rather than by whatever the damage broke first.
+    """
     manifest = copy.manifest
     progress.phase("restore", manifest.archive.size)
     for p in plans.values():
@@ -213,30 +221,51 @@ def _stage(copy: BackupCopy, path: Path, plans: dict[str, RestorePlan], archiver
     where = copy.describe()
     checker = MemberChecker([s.name for s in manifest.sources], where=where)
     extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
-    with open(path, "rb") as raw:
+    with _open_archive(copy) as raw:
         hashing = HashingReader(ProgressReader(raw, progress))
-        content = Content(hashing, manifest, compression, identities, where)
+        content = Content(hashing, manifest, compression, identities, where, read_ahead=True)
         try:
-            reader = archiver.reader(content)
-            for member in reader:
-                source, rel = checker.check(member)
-                extractor.add(source, rel, member, reader)
-                progress.file_done()
-            checker.finish()
-            extractor.finish()
-            content.finish()
+            try:
+                reader = archiver.reader(content)
+                for member in reader:
+                    source, rel = checker.check(member)
+                    extractor.add(source, rel, member, reader)
+                    progress.file_done()
+                checker.finish()
+                extractor.finish()
+                content.finish()
+            finally:
+                extractor.close()  # waits for the writers still busy
             hashing.drain()
+        except IntegrityError as exc:  # unsafe members, a wrong key or altered ciphertext
+            _explain_damage(copy, hashing, content, exc)
+            raise
+        except ArchiveError as exc:
+            _explain_damage(copy, hashing, content, exc)
+            raise IntegrityError(f"{where}: {exc}") from exc
         except EterniaBackupError:
             raise
         except OSError as exc:
+            if hashing.failed:
+                raise _reading_failed(copy, exc) from exc
             raise RestoreError(f"restore of {copy.backup_id} failed while staging: {exc.strerror or exc}; "
                                "the current state was left as it was") from exc
         except Exception as exc:  # zstd, gzip, lzma and tarfile each raise their own
+            _explain_damage(copy, hashing, content, exc)
             raise IntegrityError(f"{where}: archive cannot be read: {exc}") from exc
         finally:
             content.close()
-    if hashing.sha.hexdigest() != manifest.archive.sha256:
-        raise IntegrityError(f"{where}: the archive changed while it was restored; nothing was changed")
+    compare_checksum(copy, manifest, hashing)
+
+
+def _explain_damage(copy: BackupCopy, hashing: HashingReader, content: Content, exc: BaseException) -> None:
+    """Raise the checksum mismatch instead of ``exc`` when the stored bytes differ from the manifest's."""
+    content.close()
+    try:
+        hashing.drain()
+    except OSError as read_error:
+        raise _reading_failed(copy, read_error) from exc
+    compare_checksum(copy, copy.manifest, hashing)
 
 
 def _commit_all(plans: dict[str, RestorePlan]) -> None:

@@ -16,6 +16,7 @@ unless the caller asked to keep them (``--keep-setid``: as root, in place).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import posixpath
@@ -24,10 +25,12 @@ from pathlib import Path
 
 from .errors import UnsafeArchiveError
 from .providers import Member
+from .writepool import WritePool
 
 log = logging.getLogger("eternia_backup.restore")
 
 _COPY = 1024 * 1024
+_POOLED_SIZE = 1024 * 1024  # files up to this size are written by the WritePool
 _MAX_HOPS = 64  # symlinks followed while resolving one link (Linux stops at 40, macOS at 32)
 
 
@@ -160,7 +163,7 @@ class Extractor:
     :meth:`finish` logs one warning line saying how many and where.
     """
 
-    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False):
+    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False, pooled: bool = True):
         self.staging = staging
         self.where = where
         self.keep_setid = keep_setid
@@ -170,6 +173,11 @@ class Extractor:
         self.xattr_namespaces = ("user.", "trusted.", "security.") if self.root_is_owner else ("user.",)
         self.stripped: list[str] = []  # members whose setid bits were stripped
         self.xattr_failures: list[str] = []  # "member: name (reason)"
+        self.made_dirs: set[Path] = set()  # staging directories known to exist (no mkdir per file)
+        # Files up to _POOLED_SIZE are read here and written by the pool; larger ones
+        # stream through this thread. Symlinks are made in finish(), after the pool is
+        # drained, so no write can go through one.
+        self.pool = WritePool() if pooled else None
 
     def _path(self, source: str, rel: str) -> Path:
         return self.staging[source] / rel if rel else self.staging[source]
@@ -181,22 +189,33 @@ class Extractor:
         if m.kind == "dir":
             if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
                 raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} is a directory and also another entry")
-            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._make_dir(dest)
             self.dirs.append((dest, m))
         elif m.kind == "file":
-            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._write(dest, reader.open_member(m), m)
+            self._make_dir(dest.parent)
+            if self.pool is not None and m.size <= _POOLED_SIZE:
+                data = _read_all(reader.open_member(m), m.size)
+                self.pool.submit(self._write, len(data), dest, io.BytesIO(data), m)
+            else:
+                self._write(dest, reader.open_member(m), m)
         elif m.kind == "hardlink":
+            if self.pool is not None:
+                self.pool.wait_all()  # the file it links to is written
             self._link(source, dest, m)
         elif m.kind == "symlink":
             self.links.append((dest, m))
+
+    def _make_dir(self, path: Path) -> None:
+        if path not in self.made_dirs:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.made_dirs.add(path)
 
     def _link(self, source: str, dest: Path, m: Member) -> None:
         """A hard link to an earlier file of the same source (MemberChecker made sure of both)."""
         lsource, lrel = split_member(m.linkname)
         if lsource != source:
             raise UnsafeArchiveError(f"{self.where}: refused: hardlink {m.name!r} leaves its source")
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._make_dir(dest.parent)
         try:
             # Staging holds no symlink yet (they are made in finish()), so no
             # component of either path can lead elsewhere.
@@ -217,14 +236,15 @@ class Extractor:
             fd = os.open(dest, flags, 0o600)
         except FileExistsError:
             raise UnsafeArchiveError(f"{self.where}: refused: member {m.name!r} appears twice") from None
-        with os.fdopen(fd, "wb") as out:
-            size = _write_sparse(out, src)
-            out.truncate(size)  # a file ending in a hole gets its length
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            size, ends_in_hole = _write_sparse(out, src)
+            if ends_in_hole:
+                out.truncate(size)  # a file ending in a hole gets its length
             if self.root_is_owner:
-                os.fchown(out.fileno(), m.uid, m.gid)  # first: chown clears setid bits and capabilities
-            self._set_xattrs(out.fileno(), m)
-            os.fchmod(out.fileno(), self._mode(m))
-        _set_mtime(dest, m)
+                os.fchown(fd, m.uid, m.gid)  # first: chown clears setid bits and capabilities
+            self._set_xattrs(fd, m)
+            os.fchmod(fd, self._mode(m))
+            _set_mtime(fd, m)
 
     def _set_xattrs(self, target, m: Member) -> None:
         """Restore what the filesystem and our rights allow; a refusal is a warning, not a failure."""
@@ -247,6 +267,8 @@ class Extractor:
                 self.xattr_failures.append(f"{m.name}: {name} ({exc.strerror})")
 
     def finish(self) -> None:
+        if self.pool is not None:
+            self.pool.wait_all()
         for dest, m in self.links:
             if os.path.lexists(dest):
                 raise UnsafeArchiveError(f"{self.where}: refused: symlink {m.name!r} would replace another entry")
@@ -264,6 +286,11 @@ class Extractor:
             _set_mtime(dest, m)
         self._report()
 
+    def close(self) -> None:
+        """Stop the writes still queued and wait for those under way (after a failure too)."""
+        if self.pool is not None:
+            self.pool.close()
+
     def _report(self) -> None:
         """One warning line per kind of thing not restored as archived."""
         if self.stripped:
@@ -275,37 +302,64 @@ class Extractor:
                         self.where, len(self.xattr_failures), "; ".join(self.xattr_failures[:3]))
 
 
-def _set_mtime(path: Path, m: Member) -> None:
+def _read_all(src, size: int) -> bytes:
+    parts = []
+    while size > 0 and (chunk := src.read(size)):
+        parts.append(chunk)
+        size -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _set_mtime(path: Path | int, m: Member) -> None:
     ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
-    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+    if isinstance(path, int):
+        os.utime(path, ns=(ns, ns))  # an open file
+    else:
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
 
 
-def _write_sparse(out, src) -> int:
-    """Copy ``src`` into ``out``, seeking over all-zero blocks so they stay holes; returns the size.
+def _write_sparse(out, src) -> tuple[int, bool]:
+    """Copy ``src`` into ``out``, seeking over all-zero blocks so they stay holes.
+
+    Returns the size and whether the file ends in a hole (then it needs a truncate to get its length).
 
     A 2 GiB file with 8 KiB of data is restored with ~8 KiB on disk. Whole
     zero chunks are skipped with one comparison (memcmp); others are split
     into 4 KiB blocks, and runs of data blocks are written at once.
     """
-    size = 0
+    size, hole_at_end = 0, False
     while chunk := src.read(_COPY):
         n = len(chunk)
         if _ZERO_CHUNK.startswith(chunk):  # all zeros (a memcmp, no copy)
             out.seek(n, os.SEEK_CUR)
+            hole_at_end = True
+        elif n < _BLOCK:  # no whole block: nothing to skip
+            _write_all(out, chunk)
+            hole_at_end = False
         else:
-            _write_blocks(out, memoryview(chunk))
+            hole_at_end = _write_blocks(out, memoryview(chunk))
         size += n
-    return size
+    return size, hole_at_end
 
 
-def _write_blocks(out, view: memoryview) -> None:
+def _write_all(out, data) -> None:
+    """``out`` is unbuffered: a write may take only part (a full disk, a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def _write_blocks(out, view: memoryview) -> bool:
+    """Write ``view``, seeking over its all-zero 4 KiB blocks; True when it ends in one."""
     start = 0  # first byte of the pending run of data
     for off in range(0, len(view), _BLOCK):
         block = view[off:off + _BLOCK]
         if len(block) == _BLOCK and _ZERO_CHUNK.startswith(block):
             if off > start:
-                out.write(view[start:off])
+                _write_all(out, view[start:off])
             out.seek(_BLOCK, os.SEEK_CUR)
             start = off + _BLOCK
     if start < len(view):
-        out.write(view[start:])
+        _write_all(out, view[start:])
+        return False
+    return True

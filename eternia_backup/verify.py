@@ -33,9 +33,15 @@ class HashingReader:
         self.inner = inner
         self.sha = hashlib.sha256()
         self.size = 0
+        #: reading ``inner`` raised (a store's error, not the archive's)
+        self.failed = False
 
     def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
+        try:
+            data = self.inner.read(n)
+        except BaseException:
+            self.failed = True
+            raise
         self.sha.update(data)
         self.size += len(data)
         return data
@@ -105,10 +111,11 @@ def check_checksum(copy: BackupCopy, manifest: Manifest, stream: BinaryIO) -> No
     """Hash a whole archive stream and compare with the manifest."""
     reader = HashingReader(stream)
     reader.drain()
-    _compare(copy, manifest, reader)
+    compare_checksum(copy, manifest, reader)
 
 
-def _compare(copy: BackupCopy, manifest: Manifest, reader: HashingReader) -> None:
+def compare_checksum(copy: BackupCopy, manifest: Manifest, reader: HashingReader) -> None:
+    """Raise IntegrityError unless what ``reader`` read has the manifest's size and sha256."""
     if reader.size != manifest.archive.size:
         raise IntegrityError(
             f"{copy.describe()}: read {reader.size} bytes, the manifest says {manifest.archive.size} (truncated or altered)"
@@ -124,7 +131,8 @@ class Content:
     the HashingReader underneath may be drained safely.
     """
 
-    def __init__(self, hashing: HashingReader, manifest: Manifest, compression, identities: list | None, where: str):
+    def __init__(self, hashing: HashingReader, manifest: Manifest, compression, identities: list | None, where: str,
+                 *, read_ahead: bool = False):
         self.decrypting = None
         source = hashing
         if manifest.encryption:
@@ -132,6 +140,12 @@ class Content:
 
             self.decrypting = source = DecryptingReader(hashing, identities or [])
         self.stream = LimitedReader(compression.decompressor(source), manifest.archive.content_size, where)
+        #: with ``read_ahead``, a thread reads, hashes and decompresses while the caller works
+        self.ahead = None
+        if read_ahead:
+            from .readahead import ReadAhead
+
+            self.ahead = self.stream = ReadAhead(self.stream)
 
     def read(self, n: int = -1) -> bytes:
         return self.stream.read(n)
@@ -142,12 +156,16 @@ class Content:
     def finish(self) -> None:
         while self.stream.read(_CHUNK):
             pass
+        if self.ahead is not None:
+            self.ahead.close()
         if self.decrypting is not None:
             while self.decrypting.read(_CHUNK):
                 pass
             self.decrypting.close()
 
     def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
         if self.decrypting is not None:
             self.decrypting.close()
 
@@ -212,11 +230,11 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
                 # A checksum mismatch explains a broken stream best.
                 content.close()
                 hashing.drain()
-                _compare(copy, manifest, hashing)
+                compare_checksum(copy, manifest, hashing)
                 if isinstance(exc, ArchiveError):
                     raise IntegrityError(f"{copy.describe()}: {exc}") from exc
                 raise IntegrityError(f"{copy.describe()}: archive cannot be read: {exc}") from exc
-            _compare(copy, manifest, hashing)
+            compare_checksum(copy, manifest, hashing)
             expected = sum(s.entries for s in manifest.sources)
             if entries != expected:
                 raise IntegrityError(f"{copy.describe()}: archive holds {entries} entries, the manifest says {expected}")

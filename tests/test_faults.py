@@ -51,7 +51,9 @@ class Faults:
     ``read_error_after``: archive reads raise EIO after this many bytes;
     ``delay``: seconds every call (and every read of a chunk) takes;
     ``misread_manifest``: filename pattern -> (how, count): the next ``count`` reads of
-    a matching manifest come back with one bit flipped (``"flip"``) or cut in half (``"short"``).
+    a matching manifest come back with one bit flipped (``"flip"``) or cut in half (``"short"``);
+    ``archive_bytes_read`` counts what archive reads returned, and ``on_archive_read``
+    (if set) is called after each of them.
     """
 
     def __init__(self) -> None:
@@ -63,6 +65,8 @@ class Faults:
         self.delay = 0.0
         self.calls: list[str] = []
         self.slept = 0.0
+        self.archive_bytes_read = 0
+        self.on_archive_read = None
 
     def clear(self) -> None:
         self.__init__()
@@ -100,6 +104,10 @@ class FaultyReader:
             b[f.flip_at - self.pos] ^= 0x01
             data = bytes(b)
         self.pos += len(data)
+        if self.archive:
+            f.archive_bytes_read += len(data)
+            if f.on_archive_read is not None:
+                f.on_archive_read()
         return data
 
     def readinto(self, b) -> int:
@@ -286,6 +294,22 @@ def assert_refused_and_nothing_written(mgr, app, backup_id, private_tmp, exc_typ
     assert sorted(p.name for p in (app / "state").iterdir()) == sorted(n for n in live if "/" not in n)
     assert list(private_tmp.iterdir()) == [], "the download was left in the temporary directory"
     return str(restored.value)
+
+
+def test_restore_streams_a_remote_archive_once_without_a_temporary_copy(remote, app, private_tmp):
+    """The archive is read once, hashed while it is extracted; no copy of it goes to the temporary directory."""
+    mgr, store, backup_id, backed_up = remote
+    size = archive_size(store)
+    faults = FAULTS["remote"]
+    in_tmp: list[list[str]] = []
+    faults.on_archive_read = lambda: in_tmp.append([p.name for p in private_tmp.rglob("*")])
+    mgr.restore_backup(backup_id, to=app / "restored")
+    assert faults.archive_bytes_read == size
+    assert in_tmp and all(names == [] for names in in_tmp), in_tmp[-1]
+    assert tree(app / "restored" / "files") == backed_up
+    faults.archive_bytes_read = 0
+    mgr.restore_backup(backup_id, dry_run=True)  # a dry run reads it once too, to check the sha256
+    assert faults.archive_bytes_read == size
 
 
 # -- reads that lie --------------------------------------------------------------------------

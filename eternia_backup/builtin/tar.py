@@ -385,12 +385,61 @@ class _TarWriter:
         self.tar.close()
 
 
+class _ForwardReader:
+    """A stream that tarfile can read in its plain ``"r:"`` mode: ``tell()`` and forward ``seek()``.
+
+    tarfile's stream mode (``"r|"``) re-reads everything through a 10 KiB buffer
+    with a join per read (~1 s of 20 when restoring 1 GiB). In ``"r:"`` mode it
+    reads headers and data straight from its file object and seeks past what it
+    skips; seeking forward here reads and drops. Seeking backwards is refused:
+    nothing in reading a tar in order needs it.
+    """
+
+    def __init__(self, inner: IO[bytes]):
+        self.inner = inner
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        n = self.inner.readinto(b)
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.pos
+        elif whence != 0:
+            raise OSError("a tar stream can only move forward")
+        if offset < self.pos:
+            raise OSError(f"a tar stream cannot go back from {self.pos} to {offset}")
+        while self.pos < offset:
+            if not self.read(min(offset - self.pos, _COPY_BUFSIZE)):
+                break  # the end: tarfile's next read finds it
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 class _TarReader(ArchiveReader):
     def __init__(self, fileobj: IO[bytes]):
+        self.stream = _ForwardReader(fileobj)
         try:
-            self.tar = tarfile.open(fileobj=fileobj, mode="r|", encoding="utf-8", errors="surrogateescape")
+            self.tar = tarfile.open(fileobj=self.stream, mode="r:", encoding="utf-8", errors="surrogateescape")
         except tarfile.TarError as exc:
             raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        except EOFError as exc:
+            raise ArchiveError("archive is truncated: it ends in the middle of a member") from exc
         self._current: tarfile.TarInfo | None = None
 
     def __iter__(self) -> Iterator[Member]:
@@ -405,11 +454,15 @@ class _TarReader(ArchiveReader):
             raise ArchiveError("archive is truncated: it ends in the middle of a member") from exc
 
     def open_member(self, member: Member) -> BinaryIO:
-        assert self._current is not None and self._current.name == member.name
-        f = self.tar.extractfile(self._current)
-        if f is None:
-            raise ArchiveError(f"member {member.name!r} has no data")
-        return _MemberStream(f, member.name)
+        info = self._current
+        assert info is not None and info.name == member.name
+        if info.sparse is not None or not info.isreg():
+            f = self.tar.extractfile(info)
+            if f is None:
+                raise ArchiveError(f"member {member.name!r} has no data")
+            return _MemberStream(f, member.name)
+        self.stream.seek(info.offset_data)
+        return _DataStream(self.stream, info.size, member.name)
 
     def close(self) -> None:
         self.tar.close()
@@ -435,6 +488,38 @@ class _MemberStream:
 
     def close(self) -> None:
         self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _DataStream:
+    """A plain member's data, read straight from the archive stream (no tarfile layers)."""
+
+    def __init__(self, stream: _ForwardReader, size: int, name: str):
+        self._stream = stream
+        self._left = size
+        self._name = name
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._stream.read(self._left if n is None or n < 0 else min(n, self._left))
+        if not data:
+            raise ArchiveError(f"archive is truncated in member {self._name!r}: it ends {self._left} bytes early")
+        self._left -= len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
 
     def __enter__(self):
         return self
