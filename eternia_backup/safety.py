@@ -163,7 +163,7 @@ class Extractor:
     :meth:`finish` logs one warning line saying how many and where.
     """
 
-    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False, pooled: bool = True):
+    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False, pooled: bool = False):
         self.staging = staging
         self.where = where
         self.keep_setid = keep_setid
