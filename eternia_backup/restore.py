@@ -225,17 +225,14 @@ def _stage(copy: BackupCopy, plans: dict[str, RestorePlan], archiver, compressio
         hashing = HashingReader(ProgressReader(raw, progress))
         content = Content(hashing, manifest, compression, identities, where, read_ahead=True)
         try:
-            try:
-                reader = archiver.reader(content)
-                for member in reader:
-                    source, rel = checker.check(member)
-                    extractor.add(source, rel, member, reader)
-                    progress.file_done()
-                checker.finish()
-                extractor.finish()
-                content.finish()
-            finally:
-                extractor.close()  # waits for the writers still busy
+            reader = archiver.reader(content)
+            for member in reader:
+                source, rel = checker.check(member)
+                extractor.add(source, rel, member, reader)
+                progress.file_done()
+            checker.finish()
+            extractor.finish()
+            content.finish()
             hashing.drain()
         except IntegrityError as exc:  # unsafe members, a wrong key or altered ciphertext
             _explain_damage(copy, hashing, content, exc)

@@ -16,7 +16,6 @@ unless the caller asked to keep them (``--keep-setid``: as root, in place).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import posixpath
@@ -25,12 +24,10 @@ from pathlib import Path
 
 from .errors import UnsafeArchiveError
 from .providers import Member
-from .writepool import WritePool
 
 log = logging.getLogger("eternia_backup.restore")
 
 _COPY = 1024 * 1024
-_POOLED_SIZE = 1024 * 1024  # files up to this size are written by the WritePool
 _MAX_HOPS = 64  # symlinks followed while resolving one link (Linux stops at 40, macOS at 32)
 
 
@@ -163,7 +160,7 @@ class Extractor:
     :meth:`finish` logs one warning line saying how many and where.
     """
 
-    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False, pooled: bool = False):
+    def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False):
         self.staging = staging
         self.where = where
         self.keep_setid = keep_setid
@@ -174,10 +171,6 @@ class Extractor:
         self.stripped: list[str] = []  # members whose setid bits were stripped
         self.xattr_failures: list[str] = []  # "member: name (reason)"
         self.made_dirs: set[Path] = set()  # staging directories known to exist (no mkdir per file)
-        # Files up to _POOLED_SIZE are read here and written by the pool; larger ones
-        # stream through this thread. Symlinks are made in finish(), after the pool is
-        # drained, so no write can go through one.
-        self.pool = WritePool() if pooled else None
 
     def _path(self, source: str, rel: str) -> Path:
         return self.staging[source] / rel if rel else self.staging[source]
@@ -193,14 +186,8 @@ class Extractor:
             self.dirs.append((dest, m))
         elif m.kind == "file":
             self._make_dir(dest.parent)
-            if self.pool is not None and m.size <= _POOLED_SIZE:
-                data = _read_all(reader.open_member(m), m.size)
-                self.pool.submit(self._write, len(data), dest, io.BytesIO(data), m)
-            else:
-                self._write(dest, reader.open_member(m), m)
+            self._write(dest, reader.open_member(m), m)
         elif m.kind == "hardlink":
-            if self.pool is not None:
-                self.pool.wait_all()  # the file it links to is written
             self._link(source, dest, m)
         elif m.kind == "symlink":
             self.links.append((dest, m))
@@ -267,8 +254,6 @@ class Extractor:
                 self.xattr_failures.append(f"{m.name}: {name} ({exc.strerror})")
 
     def finish(self) -> None:
-        if self.pool is not None:
-            self.pool.wait_all()
         for dest, m in self.links:
             if os.path.lexists(dest):
                 raise UnsafeArchiveError(f"{self.where}: refused: symlink {m.name!r} would replace another entry")
@@ -286,11 +271,6 @@ class Extractor:
             _set_mtime(dest, m)
         self._report()
 
-    def close(self) -> None:
-        """Stop the writes still queued and wait for those under way (after a failure too)."""
-        if self.pool is not None:
-            self.pool.close()
-
     def _report(self) -> None:
         """One warning line per kind of thing not restored as archived."""
         if self.stripped:
@@ -300,14 +280,6 @@ class Extractor:
         if self.xattr_failures:
             log.warning("%s: %d extended attribute(s) could not be restored, e.g. %s",
                         self.where, len(self.xattr_failures), "; ".join(self.xattr_failures[:3]))
-
-
-def _read_all(src, size: int) -> bytes:
-    parts = []
-    while size > 0 and (chunk := src.read(size)):
-        parts.append(chunk)
-        size -= len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _set_mtime(path: Path | int, m: Member) -> None:
