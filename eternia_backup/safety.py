@@ -77,8 +77,8 @@ class MemberChecker:
             raise self.refuse(f"member {m.name!r} appears twice")
         self.seen.add((source, rel))
         parent = rel
-        while parent:
-            parent = posixpath.dirname(parent)
+        while parent and self.symlinks:
+            parent = parent.rpartition("/")[0]
             if (source, parent) in self.symlinks:
                 raise self.refuse(f"member {m.name!r} would be written through the symlink {source}/{parent}")
         if m.kind == "other:device":
@@ -106,7 +106,9 @@ class MemberChecker:
             self.files.add((source, rel))
         parent = rel
         while parent:
-            parent = posixpath.dirname(parent)
+            parent = parent.rpartition("/")[0]
+            if (source, parent) in self.parents:
+                break  # and so are its own parents
             self.parents.add((source, parent))
         return source, rel
 
