@@ -143,7 +143,10 @@ def eternia_backup_failed(backup_id: str, error: BaseException, result: BackupRe
 
 @hookspec
 def eternia_restore_started(backup_id: str, sources: list[str], destination: Path | None, dry_run: bool) -> None:
-    """A restore passed verification and is about to stage and swap state (also for a dry run).
+    """A restore is about to stage and swap state (also for a dry run, after the archive was checked).
+
+    The archive's size matched its manifest; its sha256 is checked while it is
+    staged, and nothing live changes unless it matches.
 
     :param backup_id: the backup being restored.
     :param sources: names of the sources being restored.
