@@ -225,15 +225,22 @@ class Extractor:
             fd = os.open(dest, flags, 0o600)
         except FileExistsError:
             raise UnsafeArchiveError(f"{self.where}: refused: member {m.name!r} appears twice") from None
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            size, ends_in_hole = _write_sparse(out, src)
-            if ends_in_hole:
-                out.truncate(size)  # a file ending in a hole gets its length
+        try:
+            if m.size < _BLOCK:  # no whole block that could be a hole: one write (most files of a tree)
+                _write_all_fd(fd, src, m.size)
+            else:
+                with os.fdopen(fd, "wb", buffering=0, closefd=False) as out:
+                    size, ends_in_hole = _write_sparse(out, src)
+                    if ends_in_hole:
+                        out.truncate(size)  # a file ending in a hole gets its length
             if self.root_is_owner:
                 os.fchown(fd, m.uid, m.gid)  # first: chown clears setid bits and capabilities
-            self._set_xattrs(fd, m)
+            if m.xattrs:
+                self._set_xattrs(fd, m)
             os.fchmod(fd, self._mode(m))
             _set_mtime(fd, m)
+        finally:
+            os.close(fd)
 
     def _set_xattrs(self, target, m: Member) -> None:
         """Restore what the filesystem and our rights allow; a refusal is a warning, not a failure."""
@@ -314,6 +321,18 @@ def _write_sparse(out, src) -> tuple[int, bool]:
             hole_at_end = _write_blocks(out, memoryview(chunk))
         size += n
     return size, hole_at_end
+
+
+def _write_all_fd(fd: int, src, size: int) -> None:
+    """Copy the ``size`` bytes of a small member with plain writes."""
+    while size > 0:
+        chunk = src.read(size)
+        if not chunk:
+            break
+        size -= len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _write_all(out, data) -> None:

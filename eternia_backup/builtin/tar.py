@@ -363,6 +363,9 @@ def pax_time(ns: int) -> str:
 
 def ns_from_pax(text: str) -> int | None:
     """Nanoseconds of a pax time record (``1700000000.123456789``), or None if it is not one."""
+    sec, dot, frac = text.partition(".")
+    if sec.isdigit() and sec.isascii() and (not dot or (frac.isdigit() and frac.isascii())):
+        return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])  # the usual case, without Decimal
     try:
         value = decimal.Decimal(text)
     except decimal.InvalidOperation:
@@ -478,12 +481,12 @@ class _ReadInfo(tarfile.TarInfo):
         read.append(buf)
         pax = None
         if buf[156:157] == tarfile.XHDTYPE:
-            header = _ustar(cls, buf)
-            if header is None or header.size > 1024 * 1024:
+            size = _pax_size(buf)
+            if size is None or size > 1024 * 1024:
                 return None
-            data = stream.read(header._block(header.size))
+            data = stream.read(-(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
             read.append(data)
-            pax = _pax_records(data[:header.size]) if len(data) >= header.size else None
+            pax = _pax_records(data[:size]) if len(data) >= size else None
             if pax is None:
                 return None
             buf = stream.read(tarfile.BLOCKSIZE)
@@ -540,6 +543,18 @@ def _ustar(cls, buf: bytes) -> "tarfile.TarInfo | None":
     if prefix:
         info.name = prefix + "/" + info.name
     return info
+
+
+def _pax_size(buf: bytes) -> int | None:
+    """The size of a pax header's records (its name and times are of no use), checksum checked."""
+    if len(buf) != tarfile.BLOCKSIZE or buf[124] >= 0x80:
+        return None
+    try:
+        chksum = int(buf[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    return size if chksum == 256 + sum(buf[:148]) + sum(buf[156:]) else None
 
 
 def _text(field: bytes) -> str:
