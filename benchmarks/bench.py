@@ -177,6 +177,7 @@ class Bench:
         self.data = tmp / "data"
         self.input_bytes = 0
         self.ids: dict[str, str] = {}
+        self.load_max = 0.0  # the 1-minute load average seen after each run: other work shows here
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Bench:
                     if c.size:
                         r["output_bytes"] = c.size()
                     c.runs.append(r)
+                    self.load_max = max(self.load_max, os.getloadavg()[0])
                     log(f"   [{rep + 1}] {c.name:<34} {r['seconds']:7.2f} s  {r['peak_rss_mib']:6.0f} MiB")
                 except Exception as exc:  # a failed run is reported, the others go on
                     c.error = str(exc).strip()[-600:]
@@ -513,6 +515,7 @@ class Bench:
                 continue
             getattr(self, "scenario_" + name.replace("-", "_"))()
         info["loadavg_end"] = os.getloadavg()
+        info["loadavg_1min_max"] = round(self.load_max, 2)
         return {"machine": info, "args": {"size": self.args.size, "tiny": self.args.tiny, "repeat": self.args.repeat,
                                           "list_backups": self.args.list_backups, "only": sorted(only)},
                 "dataset": getattr(self, "made", None), "tiny_dataset": getattr(self, "tiny_made", None),
@@ -546,8 +549,10 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['cpu']}; Python {m['python']}, {m['os']}; "
         f"{m['date']}; load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}, "
-        f"at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])}.",
-        f"eternia-backup {m['eternia_backup']} (commit {m['commit']}); " +
+        f"at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])}; highest 1-minute load seen after a run "
+        f"{m.get('loadavg_1min_max', '?')}" + (" (above the core count: other work shared the machine, figures are noisy)"
+                                               if m.get("loadavg_1min_max", 0) > (m["cores"] or 1) else "") + ".",
+        f"eternia-backup {m['eternia_backup']} (checkout at commit {m['commit']}); " +
         "; ".join(f"{k}: {v or 'not installed'}" for k, v in t.items()) + ".",
         "",
     ]
@@ -633,7 +638,9 @@ def main() -> int:
     finally:
         bench.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    report["command"] = "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report["command"] = ("python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
+    if len(sys.argv) == 1:
+        report["command"] += " (defaults: --size 1G --tiny 300000 --repeat 3 --list-backups 1000)"
     md = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     for r in report["scenarios"].values():
