@@ -165,71 +165,9 @@ def generate_state(root: Path, size_mib: int, seed: int = 7) -> dict:
     return made
 
 
-# -- measuring a child -------------------------------------------------------------------
+# -- measuring a child: benchmarks/measure.py ---------------------------------------------
 
-
-def _status_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in KiB; VmHWM is its peak RSS since its last exec."""
-    rss = hwm = 0
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, hwm
-
-
-def run_measured(cmd, *, env=None, shell: bool = False, interval: float = 0.02) -> dict:
-    """Run cmd; wall seconds, the largest process's peak RSS, and the tree's peak RSS.
-
-    The per-process peak is the kernel's own high-water mark (VmHWM), read every
-    ``interval`` seconds while the process lives. Not ``ru_maxrss`` from wait4: on Linux
-    that also counts the RSS the child had before its exec, i.e. a copy of this script.
-    """
-    import psutil
-
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            executable="/bin/bash" if shell else None)
-    hwm: dict[tuple[int, str], int] = {}
-    peak_tree = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak_tree
-        while not done.is_set():
-            try:
-                root = psutil.Process(proc.pid)
-                procs = [root] + root.children(recursive=True)
-            except psutil.Error:
-                procs = []
-            tree = 0
-            for q in procs:
-                rss, high = _status_kib(q.pid)
-                tree += rss
-                try:
-                    key = (q.pid, q.name())
-                except psutil.Error:
-                    continue
-                hwm[key] = max(hwm.get(key, 0), high)
-            peak_tree = max(peak_tree, tree)
-            done.wait(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    seconds = time.monotonic() - start
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
-    largest = max(hwm.items(), key=lambda kv: kv[1], default=((0, "?"), 0))
-    return {"seconds": seconds, "peak_rss_mib": largest[1] / 1024, "largest_process": largest[0][1],
-            "tree_peak_mib": peak_tree / 1024, "stdout": out.decode(errors="replace").strip()}
+from measure import _status_kib, run_measured  # noqa: E402,F401  (benchmarks/ is sys.path[0])
 
 
 def du(path: Path) -> int:
