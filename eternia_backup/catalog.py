@@ -32,6 +32,7 @@ from .manifest import (
     manifest_name_for,
 )
 from .manifest_cache import ManifestCache
+from .manifest_index import ManifestIndex, wants_index
 from .providers import LocalPaths, StoredFile, Target
 from .storage import parse_temp_name
 
@@ -158,9 +159,14 @@ def _read_manifest(target: Target, fname: str, data: bytes | None = None) -> tup
                                "the store returns unreliable data") from None
 
 
-def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCache | None) -> dict[str, bytes | Exception]:
-    """The bytes of each manifest (or the error reading it): from the cache, else read (concurrently
-    where the target allows: one request each, mostly waiting)."""
+def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCache | None,
+                     index: ManifestIndex | None = None) -> tuple[dict[str, bytes | Exception], int]:
+    """The bytes of each manifest (or the error reading it), and how many were read one by one.
+
+    From the local cache, else from the target's index object (when more than
+    one is missing), else read (concurrently where the target allows: one
+    request each, mostly waiting).
+    """
     found: dict[str, bytes | Exception] = {}
     missing = []
     for s in stored:
@@ -169,6 +175,16 @@ def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCa
             missing.append(s)
         else:
             found[s.name] = data
+    if index is not None and len(missing) > 1:
+        index.load()
+        still = []
+        for s in missing:
+            data = index.get(s)
+            if data is None:
+                still.append(s)
+            else:
+                found[s.name] = data
+        missing = still
 
     def read(s: StoredFile) -> bytes | Exception:
         try:
@@ -183,14 +199,17 @@ def _fetch_manifests(target: Target, stored: list[StoredFile], cache: ManifestCa
         results = [read(s) for s in missing]
     for s, result in zip(missing, results):
         found[s.name] = result
-    return found
+    return found, len(missing)
 
 
-def list_target(target: Target, name: str, cache: ManifestCache | None = None) -> TargetListing:
+def list_target(target: Target, name: str, cache: ManifestCache | None = None, *,
+                update_index: bool = True) -> TargetListing:
     """Every backup of series ``name`` on ``target``; raises StorageError if listing fails.
 
     With a ``cache``, manifests read before (same name, size and ETag) are not
-    read again, and the others are remembered once they parsed.
+    read again, and the others are remembered once they parsed. A remote
+    target's index object (:mod:`.manifest_index`) is used the same way, and
+    rewritten when it saved too little (not with ``update_index=False``).
     """
     files = {f.name: f for f in target.list()}
     log.debug("target %r: %d file(s) listed at %s", target.name, len(files), target.file_url(""))
@@ -201,7 +220,9 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None) -
         m = MANIFEST_RE.match(fname)
         if m and fname.startswith(name + "-") and m["stem"] == f"{name}-{m['id']}":
             wanted.append((fname, m))
-    fetched = _fetch_manifests(target, [files[f] for f, _ in wanted], cache)
+    index = ManifestIndex(target, name, files) if wants_index(target) else None
+    fetched, read_one_by_one = _fetch_manifests(target, [files[f] for f, _ in wanted], cache, index)
+    good: dict[str, tuple[StoredFile, bytes]] = {}  # manifests that parsed, for the index
     for fname, m in wanted:
         copy = BackupCopy(target, m["id"], fname, None)
         try:
@@ -209,6 +230,7 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None) -
             if isinstance(data, Exception):
                 raise data
             manifest, data = _read_manifest(target, fname, data)
+            good[fname] = (files[fname], data)
             if cache is not None and cache.get(files[fname]) is None:
                 cache.put(files[fname], data)  # it parsed: worth keeping
         except IntegrityError as exc:
@@ -238,6 +260,8 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None) -
     leftovers = [f for n, f in files.items() if n not in claimed and _is_leftover_of(n, name)]
     if cache is not None:
         cache.save({f for f, _ in wanted})
+    if index is not None and update_index:
+        index.maybe_save(good, read_one_by_one)
     return TargetListing(target, copies, leftovers, files)
 
 

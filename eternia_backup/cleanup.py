@@ -182,7 +182,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
     report = TargetCleanup(target.name)
     now = now or datetime.now(timezone.utc)
     try:
-        listing = list_target(target, name, cache)
+        listing = list_target(target, name, cache, update_index=not dry_run)  # a dry run writes nothing
     except EterniaBackupError as exc:
         report.error = f"listing failed, nothing deleted: {exc}"
         report.unlisted = True

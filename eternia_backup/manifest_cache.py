@@ -28,11 +28,25 @@ log = logging.getLogger("eternia_backup.catalog")
 CACHE_VERSION = 1
 
 
-def _key(stored: StoredFile) -> list | None:
+def key_of(stored: StoredFile) -> list | None:
     """What must match for cached bytes to be the stored file's; None when the listing cannot tell."""
     if stored.size is None or (stored.etag is None and stored.mtime is None):
         return None
     return [stored.size, stored.etag, None if stored.etag else stored.mtime]
+
+
+def bytes_match(stored: StoredFile, data: bytes) -> bool:
+    """Whether ``data`` can be the stored file's bytes: its size, and its MD5 where the ETag is one.
+
+    A single PUT's ETag is the MD5 of its bytes; a multipart or KMS-encrypted
+    object's is not, and then the size (with the ETag in the key) is all we have.
+    """
+    if len(data) != stored.size:
+        return False
+    etag = (stored.etag or "").strip('"')
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
+    return True
 
 
 class ManifestCache:
@@ -59,19 +73,15 @@ class ManifestCache:
 
     def get(self, stored: StoredFile) -> bytes | None:
         entry = self.entries.get(stored.name)
-        key = _key(stored)
+        key = key_of(stored)
         if entry is None or key is None or entry.get("key") != key:
             return None
         return entry["data"].encode()
 
     def put(self, stored: StoredFile, data: bytes) -> None:
-        key = _key(stored)
-        if key is None or len(data) != stored.size:
+        key = key_of(stored)
+        if key is None or not bytes_match(stored, data):
             return
-        etag = (stored.etag or "").strip('"')
-        if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) \
-                and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
-            return  # a single PUT's ETag is the MD5 of its bytes: these bytes were misread
         try:
             text = data.decode()
         except UnicodeDecodeError:

@@ -3,7 +3,9 @@
 A counting HTTP proxy sits between the real CLI and the real SeaweedFS server,
 so the tests count the requests a command makes. 200 backups are made from one
 real backup by copying its archive and rewriting its manifest under new ids
-(the server cannot tell them from backups made one by one).
+(the server cannot tell them from backups made one by one). Two caches save
+requests: the manifests already read on this machine (the state directory),
+and the index object beside the manifests for a machine that has not listed yet.
 """
 
 from __future__ import annotations
@@ -134,6 +136,19 @@ def many(app, s3_env, s3_bucket, s3_server, proxy):
     return config, fs, manifest_key.rsplit("/", 1)[0]
 
 
+INDEX = "eternia-backup.index.json.zst"
+
+
+def index_requests(proxy_requests: list[tuple[str, str]], method: str) -> int:
+    return sum(1 for m, path in proxy_requests if m == method and path.split("?")[0].endswith(INDEX))
+
+
+def fresh_machine(tmp_path: Path) -> dict:
+    """The environment of a machine that never listed this bucket: an empty state directory."""
+    d = tmp_path / f"machine-{uuid.uuid4().hex[:6]}"
+    return {"XDG_STATE_HOME": str(d)}
+
+
 def ids(proc) -> list[str]:
     assert proc.returncode == 0, proc.stderr
     return sorted(b["backup_id"] for b in json.loads(proc.stdout)["backups"])
@@ -189,21 +204,100 @@ def test_the_listing_follows_the_manifests_not_the_cache(many, proxy):
 
 
 def test_a_corrupted_or_missing_cache_is_rebuilt_from_the_manifests(many, proxy):
-    config, _, _ = many
+    config, fs, prefix = many
     before = ids(run_cli("list", "--json", config=config))
     cache_files = list(Path(os.environ["XDG_STATE_HOME"]).glob("**/manifest-cache/*.json"))
     assert cache_files, "no cache written"
     for f in cache_files:
         f.write_text('{"version": 1, "url": "s3://x", "entries": {"a": 1}')  # cut off
+    fs.rm_file(f"{prefix}/{INDEX}")  # and no index to fall back on
     proxy.take()
     assert ids(run_cli("list", "--json", config=config)) == before
     assert manifest_gets(proxy.take()) == BACKUPS
     for f in cache_files:
         f.unlink()
+    fs.rm_file(f"{prefix}/{INDEX}")
     assert ids(run_cli("list", "--json", config=config)) == before
     assert manifest_gets(proxy.take()) == BACKUPS
     assert ids(run_cli("list", "--json", config=config)) == before
     assert manifest_gets(proxy.take()) == 0
+
+
+def test_a_new_machine_lists_from_the_index_object(many, proxy, tmp_path):
+    """The first listing writes the index beside the manifests; a machine with an empty cache reads it."""
+    config, fs, prefix = many
+    before = ids(run_cli("list", "--json", config=config))
+    assert index_requests(proxy.requests, "PUT") == 1
+    assert fs.exists(f"{prefix}/{INDEX}")
+    proxy.take()
+    for command in (["list", "--json"], ["status", "--json"], ["cleanup", "--dry-run", "--json"]):
+        proc = run_cli(*command, config=config, env=fresh_machine(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        requests = list(proxy.requests)
+        counts = proxy.take()
+        assert manifest_gets(counts) == 0, (command, counts)
+        assert index_requests(requests, "GET") == 1 and index_requests(requests, "PUT") == 0
+        assert sum(counts.values()) <= 7, (command, counts)  # the index, the bucket check, LIST pages, uploads
+        if command[0] == "list":
+            assert ids(proc) == before
+
+
+def test_the_index_object_is_only_a_cache(many, proxy, tmp_path):
+    """Forged or damaged entries are not believed: the manifests are read instead, and the index rewritten."""
+    import zstandard
+
+    config, fs, prefix = many
+    before = json.loads(run_cli("list", "--json", config=config).stdout)["backups"]
+    raw = json.loads(zstandard.ZstdDecompressor().decompress(fs.cat_file(f"{prefix}/{INDEX}")))
+    name, entry = sorted(raw["entries"].items())[0]
+    forged = json.loads(entry["data"])
+    forged["archive"]["size"] += 1  # the listing would call that backup damaged
+    entry["data"] = json.dumps(forged)[: len(entry["data"])].ljust(len(entry["data"]))  # same size
+    fs.pipe_file(f"{prefix}/{INDEX}", zstandard.ZstdCompressor().compress(json.dumps(raw).encode()))
+    proxy.take()
+    listed = json.loads(run_cli("list", "--json", config=config, env=fresh_machine(tmp_path)).stdout)["backups"]
+    assert [(b["backup_id"], b["state"]) for b in listed] == [(b["backup_id"], b["state"]) for b in before]
+    assert manifest_gets(proxy.take()) == 1  # the forged one, from its manifest
+
+    fs.pipe_file(f"{prefix}/{INDEX}", b"not an index at all")
+    listed = json.loads(run_cli("list", "--json", config=config, env=fresh_machine(tmp_path)).stdout)["backups"]
+    assert [(b["backup_id"], b["state"]) for b in listed] == [(b["backup_id"], b["state"]) for b in before]
+    requests = list(proxy.requests)
+    assert manifest_gets(proxy.take()) == BACKUPS
+    assert index_requests(requests, "PUT") == 1  # rebuilt from the manifests
+    run_cli("list", "--json", config=config, env=fresh_machine(tmp_path))
+    assert manifest_gets(proxy.take()) == 0
+
+
+def test_the_index_follows_new_and_removed_backups(many, proxy, tmp_path):
+    config, fs, prefix = many
+    before = ids(run_cli("list", "--json", config=config))
+    # Three new backups: a new machine reads just those three manifests, and leaves the index as it is.
+    made = [json.loads(run_cli("create", "--json", config=config).stdout)["backup_id"] for _ in range(3)]
+    proxy.take()
+    assert ids(run_cli("list", "--json", config=config, env=fresh_machine(tmp_path))) == sorted(before + made)
+    requests = list(proxy.requests)
+    assert manifest_gets(proxy.take()) == 3
+    assert index_requests(requests, "PUT") == 0
+    # Twelve removed (by hand): the listing follows the manifests, and the stale index is rewritten.
+    gone = before[:12]
+    for backup_id in gone:
+        fs.rm_file(next(k for k in fs.find(prefix) if backup_id in k and k.endswith(".manifest.json")))
+    expected = sorted(set(before + made) - set(gone))
+    assert ids(run_cli("list", "--json", config=config, env=fresh_machine(tmp_path))) == expected
+    requests = list(proxy.requests)
+    proxy.take()
+    assert index_requests(requests, "PUT") == 1
+    assert ids(run_cli("list", "--json", config=config, env=fresh_machine(tmp_path))) == expected
+    assert manifest_gets(proxy.take()) == 0
+
+
+def test_a_dry_run_writes_no_index(many, proxy, tmp_path):
+    config, fs, prefix = many
+    proc = run_cli("cleanup", "--dry-run", "--json", config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert index_requests(proxy.requests, "PUT") == 0
+    assert not fs.exists(f"{prefix}/{INDEX}")
 
 
 def test_concurrent_listings_agree_and_leave_a_usable_cache(many, proxy):
