@@ -61,14 +61,15 @@ _TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spac
 _MAX_ID = 8 ** 7  # octal fields of 8 and 12 bytes (7 and 11 digits)
 _MAX_NUM = 8 ** 11
 _pax_blocks: dict[int, bytes] = {}
+_HAVE_XATTRS = hasattr(os, "listxattr")  # not on macOS and the BSDs
 
 
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
     """One ustar block (fields known to fit), as tarfile's ``_create_header`` makes it."""
-    head = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0" % (name + _NUL100[len(name):], mode, uid, gid, size, mtime)
-    link += _NUL100[len(link):]
-    chksum = sum(head) + kind[0] + sum(link) + _TAIL_SUM
-    return b"%s%06o\0 %s%s%s" % (head, chksum, kind, link, _USTAR_TAIL)
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    chksum = sum(name) + sum(numbers) + kind[0] + (sum(link) if link else 0) + _TAIL_SUM  # NULs add nothing
+    return b"%s%s%s%06o\0 %s%s%s%s" % (name, _NUL100[len(name):], numbers, chksum, kind, link, _NUL100[len(link):],
+                                       _USTAR_TAIL)
 
 
 def _pax(records: dict[str, str]) -> bytes:
@@ -151,7 +152,12 @@ class _SectionWriter(EntryWriter):
     def _records(mtime_ns: int | None, xattrs: dict[str, bytes] | None) -> dict[str, str]:
         pax = {}
         if mtime_ns is not None and mtime_ns % 1_000_000_000:
-            pax["mtime"] = pax_time(mtime_ns)  # exact; a float would keep ~100 ns
+            # exact; a float would keep ~100 ns
+            if mtime_ns > 0:
+                sec, frac = divmod(mtime_ns, 1_000_000_000)
+                pax["mtime"] = f"{sec}.{frac:09d}".rstrip("0")
+            else:
+                pax["mtime"] = pax_time(mtime_ns)
         if xattrs:
             for name, value in xattrs.items():
                 pax[_XATTR + name] = value.decode("utf-8", "surrogateescape")
@@ -202,7 +208,11 @@ class _SectionWriter(EntryWriter):
         if before.st_nlink > 1 and self._add_hardlink(relpath, before):
             return
         name = self._name(relpath)
-        pax = self._records(before.st_mtime_ns, self._xattrs(fd, relpath))
+        try:  # most files have no xattrs: one call says so
+            listed = os.listxattr(fd) if _HAVE_XATTRS else ()
+        except OSError:
+            listed = None  # read_xattrs says what it means
+        pax = self._records(before.st_mtime_ns, self._xattrs(fd, relpath) if listed or listed is None else None)
         size = before.st_size
         fields = (statmod.S_IMODE(before.st_mode), before.st_uid, before.st_gid)
         seconds = before.st_mtime_ns // 1_000_000_000
@@ -211,11 +221,7 @@ class _SectionWriter(EntryWriter):
         if size <= _SMALL_FILE and before.st_blocks * 512 >= size:  # small, no holes: one read
             data = os.pread(fd, size, 0) if size else b""
         if data is not None and len(data) == size:
-            tar = self.tar
-            tar.put(_header(name, tarfile.REGTYPE, *fields, size, seconds, "", pax))
-            if size:
-                tar.put(data)
-                tar.put(_pad(size))
+            self.tar.put(_header(name, tarfile.REGTYPE, *fields, size, seconds, "", pax) + data + _pad(size))
             self.size += size
             self.entries += 1
         else:  # large, sparse, or it shrank before it was read
