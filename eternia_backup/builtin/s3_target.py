@@ -6,6 +6,8 @@ On top of the generic fsspec target it:
   become an object only on commit, and are aborted on any failure, so a failed
   or interrupted upload never leaves an object under the final name (the s3fs
   trap of closing a file after an exception does not apply);
+* uploads the parts in a background thread while the archive is being made
+  (at most :data:`QUEUED_PARTS` parts wait for it: memory is bounded);
 * grows the part size as parts accumulate (8 MiB, doubling every 1,000 parts),
   so memory stays small for small archives and any archive up to S3's 5 TiB
   limit fits in 10,000 parts;
@@ -33,13 +35,16 @@ Credentials come from the standard AWS chain (environment, profile, IAM role).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -64,6 +69,10 @@ PART_DOUBLING_EVERY = 1000
 MAX_PART = 5 * 2**30
 MAX_PARTS = 10_000
 COMPLETE_ATTEMPTS = 4
+#: parts handed to the uploader thread that wait while it uploads another: with the part
+#: being filled and the one being uploaded, at most 3 parts are in memory (24 MiB for the
+#: first 1,000 parts, 48 MiB for the next 1,000 ...)
+QUEUED_PARTS = 1
 READ_BLOCK = 8 * 2**20
 
 # Defaults: an endpoint that accepts connections and never answers fails one
@@ -257,15 +266,27 @@ class S3AtomicWrite(AtomicWrite):
     file object has no public way to start the upload before the first part
     (so that a missing permission fails before any source is read) nor to grow
     the part size as parts accumulate.
+
+    Parts are uploaded by a background thread, so the archive is made while a
+    part uploads. Memory is bounded: the part being filled, at most
+    :data:`QUEUED_PARTS` part waiting (write() blocks while the queue is full)
+    and the part being uploaded, so at most 3 parts. A part that fails to
+    upload fails the next write() or commit() with its error; abort() stops the
+    thread (after the part in flight, if any) and then aborts the upload.
     """
 
     def __init__(self, target: "S3Target", filename: str):
         self.target = target
         self.filename = filename
         self.key = target._key(filename)
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any]] = []  # uploaded, in order (appended by the uploader thread)
         self.buffer = bytearray()
         self._done = False
+        self._sent = 0  # parts handed to the uploader
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUED_PARTS)
+        self._uploader: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self._stopping = False
         # The marker first: a crash between it and the upload leaves only a
         # marker, which cleanup removes like any temporary file.
         self.marker = temp_name(filename)
@@ -285,28 +306,74 @@ class S3AtomicWrite(AtomicWrite):
             log.info("target %r: could not remove the upload marker %s: %s", self.target.name, self.marker,
                      self.target.explain(exc, "delete"))
 
-    def _upload_part(self, data: bytes | bytearray) -> None:
-        number = len(self.parts) + 1
+    # -- the uploader thread --------------------------------------------------------
+
+    def _upload_parts(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._failed is not None or self._stopping:
+                continue  # drained, not uploaded: the writer must never block on a full queue
+            number, data = item
+            try:
+                out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
+                                             UploadId=self.upload_id, PartNumber=number, Body=data)
+                self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+            except BaseException as exc:  # raised in the writer's thread by the next write() or commit()
+                self._failed = exc
+
+    def _send(self, data: bytes) -> None:
+        """Hand a part to the uploader; blocks while QUEUED_PARTS wait already."""
+        self._raise_failure()
+        number = self._sent + 1
         if number > MAX_PARTS:
             raise StorageError(f"target {self.target.name!r}: {self.filename} is larger than S3 allows "
                                f"({max_archive_size()} bytes in {MAX_PARTS} parts)")
-        out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
-                                     UploadId=self.upload_id, PartNumber=number, Body=bytes(data))
-        self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+        if self._uploader is None:
+            self._uploader = threading.Thread(target=self._upload_parts, daemon=True,
+                                              name=f"eternia-upload-{self.target.name}")
+            self._uploader.start()
+        self._queue.put((number, data))
+        self._sent = number
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def drain(self) -> None:
+        """Wait until every part handed to the uploader is uploaded (or one failed: raised here)."""
+        if self._uploader is not None:
+            self._queue.put(None)
+            self._uploader.join()
+            self._uploader = None
+        self._raise_failure()
+
+    def _stop_uploader(self) -> None:
+        if self._uploader is None:
+            return
+        self._stopping = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._queue.put(None)
+        self._uploader.join()  # after the part in flight: aborting under it might leave that part stored
+        self._uploader = None
+
+    # -- AtomicWrite --------------------------------------------------------------------
 
     def write(self, data) -> int:
+        self._raise_failure()
         self.buffer += data
-        size = part_size(len(self.parts))
+        size = part_size(self._sent)
         while len(self.buffer) >= size:
-            self._upload_part(memoryview(self.buffer)[:size])
+            self._send(bytes(memoryview(self.buffer)[:size]))
             del self.buffer[:size]
-            size = part_size(len(self.parts))
+            size = part_size(self._sent)
         return len(data)
 
     def commit(self) -> None:
-        if self.buffer or not self.parts:
-            self._upload_part(self.buffer)  # the last part may be small (or empty, when it is the only one)
+        if self.buffer or not self._sent:
+            self._send(bytes(self.buffer))  # the last part may be small (or empty, when it is the only one)
             self.buffer = bytearray()
+        self.drain()
         for attempt in range(COMPLETE_ATTEMPTS):
             try:
                 self.target.fs.call_s3("complete_multipart_upload", Bucket=self.target.bucket, Key=self.key,
@@ -328,6 +395,7 @@ class S3AtomicWrite(AtomicWrite):
             return
         self._done = True
         self.buffer = bytearray()
+        self._stop_uploader()
         try:
             self.target.fs.call_s3("abort_multipart_upload", Bucket=self.target.bucket, Key=self.key,
                                    UploadId=self.upload_id)
