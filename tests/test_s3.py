@@ -240,7 +240,7 @@ def test_an_upload_grows_its_parts_and_is_one_object_only_after_commit(s3_env, s
 
 
 def test_parts_upload_in_the_background_with_a_bounded_queue(s3_env, s3_bucket, monkeypatch):
-    """write() returns while a part uploads; it blocks only when QUEUED_PARTS more wait (memory bound)."""
+    """write() returns while parts upload; it waits while PARTS_AT_ONCE are not yet uploaded (memory bound)."""
     from eternia_backup.builtin import s3_target
 
     monkeypatch.setattr(s3_target, "part_size", lambda done: 5 * 2**20)
@@ -266,9 +266,9 @@ def test_parts_upload_in_the_background_with_a_bounded_queue(s3_env, s3_bucket, 
     producer.start()
     try:
         time.sleep(1.0)
-        # one part in flight (held), QUEUED_PARTS waiting, one being filled: the writer waits
+        # PARTS_AT_ONCE parts in flight (held), one being filled: the writer waits
         assert not done.is_set()
-        assert writer._sent == 1 + s3_target.QUEUED_PARTS
+        assert writer._sent == s3_target.PARTS_AT_ONCE
         assert len(writer.buffer) <= 5 * 2**20 + 2**20
     finally:
         gate.set()
