@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import tarfile
 
 import pytest
 import zstandard
@@ -52,3 +53,29 @@ class TestNone(CompressionConformance):
     @pytest.fixture
     def compression(self):
         return NoCompression()
+
+
+@pytest.mark.parametrize("name, kind, mode, uid, gid, size, mtime, linkname, pax", [
+    ("src/a.txt", tarfile.REGTYPE, 0o644, 1000, 1000, 5, 1_700_000_000, "", {}),
+    ("src/a.txt", tarfile.REGTYPE, 0o4755, 0, 0, 0, 0, "", {"mtime": "1700000000.123456789"}),
+    ("src/dir", tarfile.DIRTYPE, 0o755, 1, 2, 0, 1_700_000_000, "", {"mtime": "1.5", "SCHILY.xattr.user.a": "b"}),
+    ("src/" + "x" * 96, tarfile.REGTYPE, 0o600, 0, 0, 1, 1, "", {}),  # 100 characters: fits
+    ("src/" + "x" * 97, tarfile.REGTYPE, 0o600, 0, 0, 1, 1, "", {}),  # 101: a pax path record
+    ("src/dir" + "y" * 93, tarfile.DIRTYPE, 0o700, 0, 0, 0, 1, "", {}),  # 100 + "/": a pax path record
+    ("src/ünï.txt", tarfile.REGTYPE, 0o600, 0, 0, 3, 1, "", {}),
+    ("src/bad\udcff", tarfile.REGTYPE, 0o600, 0, 0, 3, 1, "", {}),  # not UTF-8: hdrcharset=BINARY
+    ("src/l", tarfile.SYMTYPE, 0o777, 0, 0, 0, 1, "../" + "t" * 120, {}),
+    ("src/h", tarfile.LNKTYPE, 0o644, 0, 0, 0, 1, "src/a.txt", {"mtime": "9.000000001"}),
+    ("src/big", tarfile.REGTYPE, 0o644, 2**21 + 5, 2**30, 8**11, -5, "", {}),  # numbers that need pax
+    ("src/x", tarfile.REGTYPE, 0o644, 0, 0, 1, 1, "", {"SCHILY.xattr.user.bin": "\udcff\x00"}),
+    ("src/x", tarfile.REGTYPE, 0o644, 0, 0, 1, 1, "", {"SCHILY.xattr.user.n": "v" * 600}),  # 3-digit length
+])
+def test_headers_are_what_tarfile_writes(name, kind, mode, uid, gid, size, mtime, linkname, pax):
+    """The writer builds headers itself (for speed): byte for byte tarfile's PAX_FORMAT headers."""
+    from eternia_backup.builtin.tar import _header
+
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.size, info.mtime = kind, mode, uid, gid, size, mtime
+    info.linkname, info.uname, info.gname, info.pax_headers = linkname, "", "", dict(pax)
+    assert _header(name, kind, mode, uid, gid, size, mtime, linkname, pax) == \
+        info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")

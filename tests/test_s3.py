@@ -7,11 +7,13 @@ multipart upload never becomes an object and is cleaned up.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,6 +224,7 @@ def test_an_upload_grows_its_parts_and_is_one_object_only_after_commit(s3_env, s
     writer = target.open_write("big.tar.zst")
     for i in range(0, len(data), 2**20):
         writer.write(data[i:i + 2**20])
+    writer.drain()  # parts are uploaded by a background thread: wait for those handed to it
     assert [p["PartNumber"] for p in writer.parts] == [1, 2, 3]  # 5 + 6 + 7 MiB uploaded, 2 MiB buffered
     assert [f.name for f in target.list() if not f.name.startswith(".")] == []
     uploads = target.incomplete_uploads()
@@ -234,6 +237,82 @@ def test_an_upload_grows_its_parts_and_is_one_object_only_after_commit(s3_env, s
     assert (third["PartsCount"], third["ContentLength"], last["ContentLength"]) == (4, 7 * 2**20, 2 * 2**20)
     assert target.incomplete_uploads() == []
     assert [f.name for f in target.list()] == ["big.tar.zst"]  # the creator marker is gone too
+
+
+def test_parts_upload_in_the_background_with_a_bounded_queue(s3_env, s3_bucket, monkeypatch):
+    """write() returns while parts upload; it waits while PARTS_AT_ONCE are not yet uploaded (memory bound)."""
+    from eternia_backup.builtin import s3_target
+
+    monkeypatch.setattr(s3_target, "part_size", lambda done: 5 * 2**20)
+    target = s3_target.S3Target("cloud", f"s3://{s3_bucket}/queue", {})
+    writer = target.open_write("a.tar.zst")
+    gate, call_s3 = threading.Event(), target.fs.call_s3
+
+    def held(method, *args, **kwargs):
+        if method == "upload_part":
+            assert gate.wait(60)
+        return call_s3(method, *args, **kwargs)
+
+    target.fs.call_s3 = held
+    data = os.urandom(30 * 2**20)
+    done = threading.Event()
+
+    def produce():
+        for i in range(0, len(data), 2**20):
+            writer.write(data[i:i + 2**20])
+        done.set()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        time.sleep(1.0)
+        # PARTS_AT_ONCE parts in flight (held), one being filled: the writer waits
+        assert not done.is_set()
+        assert writer._sent == s3_target.PARTS_AT_ONCE
+        assert len(writer.buffer) <= 5 * 2**20 + 2**20
+    finally:
+        gate.set()
+    producer.join(60)
+    assert done.is_set()
+    writer.commit()
+    assert target.read_bytes("a.tar.zst") == data
+    assert target.incomplete_uploads() == []
+
+
+def test_a_part_failing_in_the_background_fails_the_target_and_leaves_nothing(app, s3_server, s3_bucket,
+                                                                                monkeypatch):
+    """An upload_part error in the uploader thread fails the S3 target (a StorageError naming it) on a
+    later write or the commit; the upload is aborted, the local copy is kept."""
+    from eternia_backup.builtin import s3_target
+    from eternia_backup.errors import BackupFailedError
+    from eternia_backup.manager import BackupManager
+
+    (app / "state" / "files" / "big.bin").write_bytes(os.urandom(24 * 2**20))  # several 5 MiB parts
+    monkeypatch.setattr(s3_target, "part_size", lambda done: 5 * 2**20)
+    for k, v in creds().items():
+        monkeypatch.setenv(k, v)
+    config = cloud_config(app, s3_bucket, s3_server.endpoint)
+    manager = BackupManager.from_config(config)
+    (cloud,) = [t for t in manager.targets if t.name == "cloud"]
+    call_s3, threads = cloud.fs.call_s3, set()
+
+    def failing(method, *args, **kwargs):
+        if method == "upload_part":
+            threads.add(threading.current_thread().name)
+            if kwargs["PartNumber"] == 2:
+                raise OSError(errno.ECONNRESET, "connection reset by peer (injected)")
+        return call_s3(method, *args, **kwargs)
+
+    cloud.fs.call_s3 = failing
+    with pytest.raises(BackupFailedError, match="target 'cloud'.*injected") as raised:
+        manager.create_backup()
+    assert threads == {"eternia-upload-cloud"}  # the parts went up from the uploader thread
+    result = raised.value.result
+    assert [c.target for c in result.copies] == ["local"] and list(result.failures) == ["cloud"]
+    fs = s3_server.client()
+    assert not fs.call_s3("list_multipart_uploads", Bucket=s3_bucket).get("Uploads")
+    assert keys(s3_server, s3_bucket) == []  # no object, no marker
+    assert not [t for t in threading.enumerate() if t.name.startswith("eternia-upload-")]
 
 
 # -- interrupted uploads: a real process, a real server --------------------------------

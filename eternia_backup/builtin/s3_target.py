@@ -6,6 +6,9 @@ On top of the generic fsspec target it:
   become an object only on commit, and are aborted on any failure, so a failed
   or interrupted upload never leaves an object under the final name (the s3fs
   trap of closing a file after an exception does not apply);
+* uploads the parts in background threads while the archive is being made,
+  :data:`PARTS_AT_ONCE` at a time (memory is bounded: that many parts and the
+  one being filled);
 * grows the part size as parts accumulate (8 MiB, doubling every 1,000 parts),
   so memory stays small for small archives and any archive up to S3's 5 TiB
   limit fits in 10,000 parts;
@@ -38,8 +41,10 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -64,6 +69,10 @@ PART_DOUBLING_EVERY = 1000
 MAX_PART = 5 * 2**30
 MAX_PARTS = 10_000
 COMPLETE_ATTEMPTS = 4
+#: parts handed to the uploader threads and not yet uploaded: with the part being filled, at
+#: most 3 parts are in memory (24 MiB for the first 1,000 parts, 48 MiB for the next 1,000 ...).
+#: Uploading 563 MiB to SeaweedFS on loopback: one stream 7.8-10.4 s, two 6.9 s, three 6.8 s.
+PARTS_AT_ONCE = 2
 READ_BLOCK = 8 * 2**20
 
 # Defaults: an endpoint that accepts connections and never answers fails one
@@ -257,15 +266,28 @@ class S3AtomicWrite(AtomicWrite):
     file object has no public way to start the upload before the first part
     (so that a missing permission fails before any source is read) nor to grow
     the part size as parts accumulate.
+
+    Parts are uploaded by background threads, :data:`PARTS_AT_ONCE` at a time,
+    so the archive is made while parts upload. Memory is bounded: the part being
+    filled and at most PARTS_AT_ONCE parts handed over and not yet uploaded
+    (write() waits for a slot), so at most 3 parts. A part that fails to upload
+    fails the next write() or commit() with its error; abort() stops the threads
+    (after the parts in flight) and then aborts the upload.
     """
 
     def __init__(self, target: "S3Target", filename: str):
         self.target = target
         self.filename = filename
         self.key = target._key(filename)
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any]] = []  # uploaded (appended by the uploader threads, in any order)
         self.buffer = bytearray()
         self._done = False
+        self._sent = 0  # parts handed to the uploaders
+        self._queue: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(PARTS_AT_ONCE)  # parts handed over and not yet uploaded
+        self._uploaders: list[threading.Thread] = []
+        self._failed: BaseException | None = None
+        self._stopping = False
         # The marker first: a crash between it and the upload leaves only a
         # marker, which cleanup removes like any temporary file.
         self.marker = temp_name(filename)
@@ -285,28 +307,77 @@ class S3AtomicWrite(AtomicWrite):
             log.info("target %r: could not remove the upload marker %s: %s", self.target.name, self.marker,
                      self.target.explain(exc, "delete"))
 
-    def _upload_part(self, data: bytes | bytearray) -> None:
-        number = len(self.parts) + 1
+    # -- the uploader threads ---------------------------------------------------------
+
+    def _upload_parts(self) -> None:
+        while (item := self._queue.get()) is not None:
+            number, data = item
+            try:
+                if self._failed is None and not self._stopping:
+                    out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
+                                                 UploadId=self.upload_id, PartNumber=number, Body=data)
+                    self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+            except BaseException as exc:  # raised in the writer's thread by the next write() or commit()
+                self._failed = exc
+            finally:
+                del item, data  # the part's memory goes before the slot is given back
+                self._slots.release()
+
+    def _send(self, data: bytes) -> None:
+        """Hand a part to the uploaders; waits while PARTS_AT_ONCE are not yet uploaded."""
+        self._raise_failure()
+        number = self._sent + 1
         if number > MAX_PARTS:
             raise StorageError(f"target {self.target.name!r}: {self.filename} is larger than S3 allows "
                                f"({max_archive_size()} bytes in {MAX_PARTS} parts)")
-        out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
-                                     UploadId=self.upload_id, PartNumber=number, Body=bytes(data))
-        self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+        if not self._uploaders:
+            self._uploaders = [threading.Thread(target=self._upload_parts, daemon=True,
+                                                name=f"eternia-upload-{self.target.name}")
+                               for _ in range(PARTS_AT_ONCE)]
+            for thread in self._uploaders:
+                thread.start()
+        self._slots.acquire()
+        self._queue.put((number, data))
+        self._sent = number
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _end_uploaders(self) -> None:
+        for _ in self._uploaders:
+            self._queue.put(None)
+        for thread in self._uploaders:
+            thread.join()
+        self._uploaders = []
+
+    def drain(self) -> None:
+        """Wait until every part handed to the uploaders is uploaded (or one failed: raised here)."""
+        self._end_uploaders()
+        self._raise_failure()
+
+    def _stop_uploaders(self) -> None:
+        self._stopping = True  # parts still queued are dropped, not uploaded
+        self._end_uploaders()  # after the parts in flight: aborting under them might leave them stored
+
+    # -- AtomicWrite --------------------------------------------------------------------
 
     def write(self, data) -> int:
+        self._raise_failure()
         self.buffer += data
-        size = part_size(len(self.parts))
+        size = part_size(self._sent)
         while len(self.buffer) >= size:
-            self._upload_part(memoryview(self.buffer)[:size])
+            self._send(bytes(memoryview(self.buffer)[:size]))
             del self.buffer[:size]
-            size = part_size(len(self.parts))
+            size = part_size(self._sent)
         return len(data)
 
     def commit(self) -> None:
-        if self.buffer or not self.parts:
-            self._upload_part(self.buffer)  # the last part may be small (or empty, when it is the only one)
+        if self.buffer or not self._sent:
+            self._send(bytes(self.buffer))  # the last part may be small (or empty, when it is the only one)
             self.buffer = bytearray()
+        self.drain()
+        self.parts.sort(key=lambda p: p["PartNumber"])
         for attempt in range(COMPLETE_ATTEMPTS):
             try:
                 self.target.fs.call_s3("complete_multipart_upload", Bucket=self.target.bucket, Key=self.key,
@@ -328,6 +399,7 @@ class S3AtomicWrite(AtomicWrite):
             return
         self._done = True
         self.buffer = bytearray()
+        self._stop_uploaders()
         try:
             self.target.fs.call_s3("abort_multipart_upload", Bucket=self.target.bucket, Key=self.key,
                                    UploadId=self.upload_id)

@@ -6,9 +6,13 @@ by benchmarks/memory.py). A pax header is written only when needed: a non-ASCII 
 long name, an mtime with a fractional second (kept to the nanosecond), extended
 attributes (``SCHILY.xattr.*``, as GNU tar writes them). Hardlinks are written
 once and then as link members (LNKTYPE); sparse files are GNU sparse 1.0
-members, as ``tar --format=posix -S`` writes them: holes are neither read nor stored. The archive is written with ``tarfile`` in plain ``"w"``
-mode onto a stream that reports ``tell()``; stream mode ("w|") re-slices its
-buffer and was 2.7x slower.
+members, as ``tar --format=posix -S`` writes them: holes are neither read nor stored.
+
+The writer builds the headers itself (:func:`_header`, byte for byte what
+``tarfile`` writes in PAX format; anything unusual is left to ``tarfile``) and
+gathers small writes: at 300,000 tiny files, tarfile's per-member work (a TarInfo
+copy, its dict, three writes through the whole pipeline) was most of the time.
+The archive is read back with ``tarfile``.
 """
 
 from __future__ import annotations
@@ -39,38 +43,97 @@ from eternia_backup.api import (
 _COPY_BUFSIZE = 1024 * 1024
 _ZEROS = bytes(_COPY_BUFSIZE)  # what a hole reads as, shared, never written to
 _XATTR = "SCHILY.xattr."  # GNU tar's and star's pax records for extended attributes
+_BLOCK = tarfile.BLOCKSIZE
+#: files up to this size are read in one call and their data gathered with the headers
+_SMALL_FILE = 64 * 1024
+#: small writes (headers, small files, padding) are joined into writes of about this size:
+#: each write goes through the byte counter, the compressor and the fan-out to the targets
+_GATHER = 256 * 1024
 
 
-class _TarInfo(tarfile.TarInfo):
-    """A TarInfo whose pax extended-header blocks are reused.
+# -- headers ------------------------------------------------------------------------
 
-    With an exact mtime, nearly every file gets a pax header, and building its
-    ustar block (the same for every record size) made archiving 20,000 small
-    files 45% slower (4.3 s -> 6.2 s). The block depends only on its type and
-    size, so it is built once per size.
-    """
+_NUL100 = bytes(100)
+# after the link name: magic and version, empty uname and gname (no owner-name lookups),
+# no device numbers, no prefix (long names go in pax records), the block's padding
+_USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
+_MAX_ID = 8 ** 7  # octal fields of 8 and 12 bytes (7 and 11 digits)
+_MAX_NUM = 8 ** 11
+_pax_blocks: dict[int, bytes] = {}
+_HAVE_XATTRS = hasattr(os, "listxattr")  # not on macOS and the BSDs
 
-    _pax_blocks: dict[tuple, bytes] = {}
 
-    @classmethod
-    def _create_header(cls, info, *args):
-        if info.get("name") != "././@PaxHeader" or len(info) != 4:
-            return super()._create_header(info, *args)
-        key = (info["type"], info["size"], info["magic"], *args)
-        block = cls._pax_blocks.get(key)
-        if block is None:
-            block = super()._create_header(info, *args)
-            if len(cls._pax_blocks) < 4096:  # one per record size seen: bounded
-                cls._pax_blocks[key] = block
-        return block
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
+    """One ustar block (fields known to fit), as tarfile's ``_create_header`` makes it."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    chksum = sum(name) + sum(numbers) + kind[0] + (sum(link) if link else 0) + _TAIL_SUM  # NULs add nothing
+    return b"%s%s%s%06o\0 %s%s%s%s" % (name, _NUL100[len(name):], numbers, chksum, kind, link, _NUL100[len(link):],
+                                       _USTAR_TAIL)
+
+
+def _pax(records: dict[str, str]) -> bytes:
+    """A pax extended header with its records; UnicodeEncodeError when a value needs
+    ``hdrcharset=BINARY`` (left to tarfile)."""
+    out = []
+    for key, value in records.items():
+        k, v = key.encode("utf-8"), value.encode("utf-8")
+        length = len(k) + len(v) + 3  # ' ', '=', '\n' and the length's own digits
+        p = 0
+        while (n := length + len(str(p))) != p:
+            p = n
+        out.append(b"%d %s=%s\n" % (p, k, v))
+    data = b"".join(out)
+    # The pax header's own block depends only on the records' size: built once per size.
+    block = _pax_blocks.get(len(data))
+    if block is None:
+        block = _ustar(b"././@PaxHeader", 0, 0, 0, len(data), 0, tarfile.XHDTYPE, b"")
+        if len(_pax_blocks) < 4096:
+            _pax_blocks[len(data)] = block
+    return block + data + bytes(-len(data) % _BLOCK)
+
+
+def _header(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+            linkname: str, pax: dict[str, str]) -> bytes:
+    """A member's header blocks, byte for byte what ``TarInfo.tobuf(PAX_FORMAT)`` gives
+    (tests/test_format_conformance.py compares them); tarfile builds the unusual ones."""
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    if (name.isascii() and len(name) <= 100 and linkname.isascii() and len(linkname) <= 100
+            and 0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID and 0 <= size < _MAX_NUM and 0 <= mtime < _MAX_NUM):
+        try:
+            records = _pax(pax) if pax else b""
+        except UnicodeEncodeError:
+            pass
+        else:
+            return records + _ustar(name.encode("ascii"), mode & 0o7777, uid, gid, size, mtime, kind,
+                                    linkname.encode("ascii"))
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid = kind, mode & 0o7777, uid, gid
+    info.size, info.mtime, info.linkname = size, mtime, linkname
+    info.uname = info.gname = ""
+    info.pax_headers = dict(pax)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+_NUL512 = bytes(_BLOCK)
+
+
+def _pad(size: int) -> bytes:
+    return _NUL512[: -size % _BLOCK]
+
+
+class _EndOfData(OSError):
+    """A stream gave fewer bytes than the size its header declares."""
 
 
 class _SectionWriter(EntryWriter):
     """Writes one source's entries under ``<source>/``; counts size and entries."""
 
     exact_metadata = True
+    str_paths = True  # add_file takes the path as a str too
 
-    def __init__(self, tar: tarfile.TarFile, source: str):
+    def __init__(self, tar: "_TarWriter", source: str):
         self.tar = tar
         self.prefix = source
         self.size = 0
@@ -81,34 +144,36 @@ class _SectionWriter(EntryWriter):
         self.links: dict[tuple[int, int], str] = {}
         self.xattr_namespaces = xattr_namespaces_kept()
 
-    def _info(self, relpath: str, kind: bytes, *, mode: int, mtime: float, size: int = 0,
-              uid: int = 0, gid: int = 0, linkname: str = "", mtime_ns: int | None = None,
-              xattrs: dict[str, bytes] | None = None) -> tarfile.TarInfo:
+    def _name(self, relpath: str) -> str:
         relpath = relpath.strip("/")
-        info = _TarInfo(f"{self.prefix}/{relpath}" if relpath else self.prefix)
-        info.type = kind
-        info.mode = statmod.S_IMODE(mode)
-        info.mtime = int(mtime) if mtime_ns is None else mtime_ns // 1_000_000_000
-        if mtime_ns is not None and mtime_ns % 1_000_000_000:
-            info.pax_headers["mtime"] = pax_time(mtime_ns)  # exact; a float would keep ~100 ns
-        info.size = size
-        info.uid, info.gid = uid, gid
-        info.uname = info.gname = ""
-        info.linkname = linkname
-        for name, value in (xattrs or {}).items():
-            info.pax_headers[_XATTR + name] = value.decode("utf-8", "surrogateescape")
-        return info
+        return f"{self.prefix}/{relpath}" if relpath else self.prefix
 
-    def _add(self, info: tarfile.TarInfo, stream=None) -> None:
-        self.tar.addfile(info, stream)
-        # tarfile keeps every header it wrote (TarFile.members); nothing here
-        # reads them back, and at 400,000 files they cost ~170 MiB.
-        self.tar.members.clear()
+    @staticmethod
+    def _records(mtime_ns: int | None, xattrs: dict[str, bytes] | None) -> dict[str, str]:
+        pax = {}
+        if mtime_ns is not None and mtime_ns % 1_000_000_000:
+            # exact; a float would keep ~100 ns
+            if mtime_ns > 0:
+                sec, frac = divmod(mtime_ns, 1_000_000_000)
+                pax["mtime"] = f"{sec}.{frac:09d}".rstrip("0")
+            else:
+                pax["mtime"] = pax_time(mtime_ns)
+        if xattrs:
+            for name, value in xattrs.items():
+                pax[_XATTR + name] = value.decode("utf-8", "surrogateescape")
+        return pax
+
+    def _entry(self, relpath: str, kind: bytes, *, mode: int, mtime: float, uid: int = 0, gid: int = 0,
+               linkname: str = "", mtime_ns: int | None = None, xattrs: dict[str, bytes] | None = None) -> None:
+        """A member without data."""
+        seconds = int(mtime) if mtime_ns is None else mtime_ns // 1_000_000_000
+        self.tar.put(_header(self._name(relpath), kind, statmod.S_IMODE(mode), uid, gid, 0, seconds, linkname,
+                             self._records(mtime_ns, xattrs)))
+        self.entries += 1
 
     def add_directory(self, relpath, *, mode, mtime, uid=0, gid=0, mtime_ns=None, xattrs=None):
-        self._add(self._info(relpath, tarfile.DIRTYPE, mode=mode, mtime=mtime, uid=uid, gid=gid,
-                             mtime_ns=mtime_ns, xattrs=xattrs))
-        self.entries += 1
+        self._entry(relpath, tarfile.DIRTYPE, mode=mode, mtime=mtime, uid=uid, gid=gid, mtime_ns=mtime_ns,
+                    xattrs=xattrs)
 
     def add_file(self, relpath, path: Path, *, stat=None):
         """Archive a file as it is read; a living tree's surprises become warnings.
@@ -142,32 +207,54 @@ class _SectionWriter(EntryWriter):
             return
         if before.st_nlink > 1 and self._add_hardlink(relpath, before):
             return
-        info = self._info(relpath, tarfile.REGTYPE, mode=before.st_mode, mtime=0, mtime_ns=before.st_mtime_ns,
-                          size=before.st_size, uid=before.st_uid, gid=before.st_gid,
-                          xattrs=self._xattrs(fd, relpath))
-        stream = _FileStream(fd, before)
-        regions = _data_map(fd, before.st_size) if stream.sparse else None
-        if regions is not None:
-            stream = _SparseStream(fd, regions)
-            _make_sparse(info, regions, stream.map_block)
-        self._add_stream(info, stream, relpath)
-        info.name = _real_name(info)
+        name = self._name(relpath)
+        try:  # most files have no xattrs: one call says so
+            listed = os.listxattr(fd) if _HAVE_XATTRS else ()
+        except OSError:
+            listed = None  # read_xattrs says what it means
+        pax = self._records(before.st_mtime_ns, self._xattrs(fd, relpath) if listed or listed is None else None)
+        size = before.st_size
+        fields = (statmod.S_IMODE(before.st_mode), before.st_uid, before.st_gid)
+        seconds = before.st_mtime_ns // 1_000_000_000
+        padded = 0
+        data = None
+        if size <= _SMALL_FILE and before.st_blocks * 512 >= size:  # small, no holes: one read
+            data = os.pread(fd, size, 0) if size else b""
+        if data is not None and len(data) == size:
+            self.tar.put(_header(name, tarfile.REGTYPE, *fields, size, seconds, "", pax) + data + _pad(size))
+            self.size += size
+            self.entries += 1
+        else:  # large, sparse, or it shrank before it was read
+            stream = _FileStream(fd, before)
+            regions = _data_map(fd, size) if stream.sparse else None
+            stored_name = name
+            if regions is not None:
+                stream = _SparseStream(fd, regions)
+                # GNU tar, bsdtar and Python's tarfile read the real name and size from the
+                # pax records; the ustar name is a fixed ASCII placeholder, so a tar without
+                # sparse support extracts a harmless GNUSparseFile.0/... instead of a wrong file.
+                pax.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": name, "GNU.sparse.realsize": str(size)})
+                stored_name = "GNUSparseFile.0/" + _SPARSE_PLACEHOLDER
+                size = len(stream.map_block) + sum(length for _, length in regions)
+            self._add_stream(_header(stored_name, tarfile.REGTYPE, *fields, size, seconds, "", pax),
+                             stream, size, relpath)
+            padded = stream.padded
         after = os.fstat(fd)
-        if stream.padded:
-            self.warn(relpath, f"shrank while it was read: its last {stream.padded} bytes were archived as zeros")
+        if padded:
+            self.warn(relpath, f"shrank while it was read: its last {padded} bytes were archived as zeros")
         elif _changed(before, after):
             self.warn(relpath, "changed while it was read; archived as read, its contents may be inconsistent")
         if before.st_nlink > 1:
-            self.links[(before.st_dev, before.st_ino)] = info.name
+            self.links[(before.st_dev, before.st_ino)] = name
 
     def _add_hardlink(self, relpath: str, st: os.stat_result) -> bool:
         """A link member to the earlier member of the same inode, if there is one (tar's LNKTYPE)."""
         target = self.links.get((st.st_dev, st.st_ino))
         if target is None:
             return False
-        self._add(self._info(relpath, tarfile.LNKTYPE, mode=st.st_mode, mtime=0, mtime_ns=st.st_mtime_ns,
-                             uid=st.st_uid, gid=st.st_gid, linkname=target))
-        self.entries += 1
+        self._entry(relpath, tarfile.LNKTYPE, mode=st.st_mode, mtime=0, mtime_ns=st.st_mtime_ns,
+                    uid=st.st_uid, gid=st.st_gid, linkname=target)
         return True
 
     def _xattrs(self, target, relpath: str) -> dict[str, bytes]:
@@ -178,25 +265,22 @@ class _SectionWriter(EntryWriter):
             return {}
 
     def add_stream(self, relpath, stream: BinaryIO, size: int, *, mode=0o600, mtime):
-        info = self._info(relpath, tarfile.REGTYPE, mode=mode, mtime=mtime, size=size)
-        self._add_stream(info, stream, relpath)
+        header = _header(self._name(relpath), tarfile.REGTYPE, statmod.S_IMODE(mode), 0, 0, size, int(mtime), "", {})
+        self._add_stream(header, stream, size, relpath)
 
-    def _add_stream(self, info: tarfile.TarInfo, stream, what) -> None:
+    def _add_stream(self, header: bytes, stream, size: int, what) -> None:
         try:
-            self._add(info, stream)
-        except OSError as exc:
-            if "unexpected end of data" in str(exc):
-                raise SourceError(
-                    f"source {self.prefix!r}: {what} shrank while being read; "
-                    "stop writes to it during backups (use the source's before/after commands)"
-                ) from exc
-            raise
-        self.size += info.size
+            self.tar.put_member(header, stream, size)
+        except _EndOfData as exc:
+            raise SourceError(
+                f"source {self.prefix!r}: {what} shrank while being read; "
+                "stop writes to it during backups (use the source's before/after commands)"
+            ) from exc
+        self.size += size
         self.entries += 1
 
     def add_symlink(self, relpath, target, *, mtime, mtime_ns=None):
-        self._add(self._info(relpath, tarfile.SYMTYPE, mode=0o777, mtime=mtime, linkname=target, mtime_ns=mtime_ns))
-        self.entries += 1
+        self._entry(relpath, tarfile.SYMTYPE, mode=0o777, mtime=mtime, linkname=target, mtime_ns=mtime_ns)
 
 
 def _changed(before: os.stat_result, after: os.stat_result) -> bool:
@@ -296,24 +380,7 @@ def _data_map(fd: int, size: int) -> list[tuple[int, int]] | None:
     return regions
 
 
-def _make_sparse(info: tarfile.TarInfo, regions: list[tuple[int, int]], map_block: bytes) -> None:
-    """Turn ``info`` into a GNU sparse 1.0 member (what ``tar --format=posix -S`` writes).
-
-    GNU tar, bsdtar and Python's tarfile read the real name and size from the
-    pax records; the ustar name is a fixed ASCII placeholder, so a tar without
-    sparse support extracts a harmless ``GNUSparseFile.0/...`` instead of a wrong file.
-    """
-    info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                             "GNU.sparse.name": info.name, "GNU.sparse.realsize": str(info.size)})
-    info.name = "GNUSparseFile.0/" + _SPARSE_PLACEHOLDER
-    info.size = len(map_block) + sum(length for _, length in regions)
-
-
 _SPARSE_PLACEHOLDER = "sparse-file-see-GNU.sparse.name"
-
-
-def _real_name(info: tarfile.TarInfo) -> str:
-    return info.pax_headers.get("GNU.sparse.name", info.name)
 
 
 class _SparseStream:
@@ -376,16 +443,56 @@ def ns_from_pax(text: str) -> int | None:
 
 
 class _TarWriter:
+    """The archive stream: members' blocks, then the end-of-archive blocks, as tarfile writes them."""
+
     def __init__(self, fileobj: IO[bytes]):
-        self.tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT,
-                                encoding="utf-8", errors="surrogateescape")
-        self.tar.copybufsize = _COPY_BUFSIZE  # used by addfile's copy loop
+        self.out = fileobj
+        self.offset = 0
+        self._parts: list[bytes] = []
+        self._gathered = 0
+
+    def put(self, data: bytes) -> None:
+        """Small data: gathered, written with the next ones."""
+        self._parts.append(data)
+        self._gathered += len(data)
+        self.offset += len(data)
+        if self._gathered >= _GATHER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self._parts, self._gathered = [], 0
+            self.out.write(data)
+
+    def put_member(self, header: bytes, stream, size: int) -> None:
+        """A member's header and ``size`` bytes of ``stream``; _EndOfData if it gives fewer."""
+        self.put(header)
+        if size <= _SMALL_FILE:
+            data = stream.read(size) if size else b""
+            if len(data) < size:
+                raise _EndOfData("unexpected end of data")
+            self.put(data)
+        else:
+            self.flush()
+            left = size
+            while left:
+                want = min(left, _COPY_BUFSIZE)
+                data = stream.read(want)
+                if len(data) < want:
+                    raise _EndOfData("unexpected end of data")
+                self.out.write(data)
+                self.offset += want
+                left -= want
+        self.put(_pad(size))
 
     def section(self, source_name: str) -> _SectionWriter:
-        return _SectionWriter(self.tar, source_name)
+        return _SectionWriter(self, source_name)
 
     def close(self) -> None:
-        self.tar.close()
+        self.put(bytes(2 * _BLOCK))
+        self.put(bytes(-self.offset % tarfile.RECORDSIZE))
+        self.flush()
 
 
 class _ForwardReader:
