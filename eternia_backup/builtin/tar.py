@@ -600,7 +600,7 @@ class _ReadInfo(tarfile.TarInfo):
             read.append(buf)
         if buf[156:157] not in _PLAIN_TYPES:
             return None
-        info = _ustar(cls, buf)
+        info = _parse_ustar(cls, buf)
         if info is None:
             return None
         info.offset_data = stream.tell()
@@ -622,7 +622,7 @@ class _ReadInfo(tarfile.TarInfo):
         return info
 
 
-def _ustar(cls, buf: bytes) -> "tarfile.TarInfo | None":
+def _parse_ustar(cls, buf: bytes) -> "tarfile.TarInfo | None":
     """A plain ustar header block as tarfile's ``frombuf`` reads it; None for anything unusual."""
     if len(buf) != tarfile.BLOCKSIZE:
         return None
