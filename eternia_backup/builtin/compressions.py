@@ -15,6 +15,9 @@ import zstandard
 from eternia_backup.api import Compression, hookimpl
 
 
+JOB_SIZE = 4 * 1024 * 1024  # bytes each zstd worker compresses at a time
+
+
 class ZstdCompression(Compression):
     name = "zstd"
     extension = ".zst"
@@ -24,7 +27,12 @@ class ZstdCompression(Compression):
         # threads=-1: one worker per core; the pipeline's Python work is small.
         # write_checksum: without it a flipped byte decompresses silently into
         # wrong data (tests/test_format_conformance.py); 4 bytes per frame.
-        cctx = zstandard.ZstdCompressor(level=3 if level is None else level, threads=-1, write_checksum=True)
+        # job_size: zstd's default job at level 3 is 8 MiB per worker, with its
+        # buffers 119 MiB resident for 1 GiB; 4 MiB jobs hold 68 MiB, as fast
+        # (measured on 2 cores). The frames are the same standard zstd.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            3 if level is None else level, threads=-1, job_size=JOB_SIZE, write_checksum=True)
+        cctx = zstandard.ZstdCompressor(compression_params=params)
         return cctx.stream_writer(fileobj, closefd=False)
 
     def decompressor(self, fileobj):
