@@ -41,7 +41,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 3 -m "not slow"
 
-## bench: eternia-backup against tar+zstd, restic, borg, rclone (benchmarks/README.md; 25-35 min at the defaults)
+## bench: eternia-backup against tar+zstd, restic, borg, rclone (benchmarks/README.md; about 10 min at the defaults)
 ## BENCH_ARGS="--size 128M --tiny 20000 --repeat 1 --list-backups 100" for a quick look
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
