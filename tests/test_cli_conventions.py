@@ -111,8 +111,11 @@ def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
     config = tmp_path / "eternia-backup.yaml"
     config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "sources": [
         {"type": "command", "name": "slow", "command": "echo started >&2; sleep 60; echo done"}]}}))
+    # As from a terminal: SIGINT at its default even when the suite itself was started with it
+    # ignored (a background job of a non-interactive shell), which Python would then keep ignoring.
     proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "-c", str(config), "create", "-v"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     import psutil
 
     deadline = time.monotonic() + 60
