@@ -444,7 +444,7 @@ class Bench:
         rm(out)
 
     def scenario_list(self) -> None:
-        from s3proxy import CountingProxy
+        from eternia_backup.testing.s3proxy import CountingProxy
         self.start_s3()
         n = self.args.list_backups
         src = self.tmp / "list-src"

@@ -33,140 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 MIB = 1024 * 1024
 GOAL_MIB = 200  # the issue's bound for a 2 GiB backup: about 200 MB resident
 
-# Shares of the state, from a measured 1 GiB mix
-# (20,000 small files ~166 MiB, ~225 medium ~307 MiB, 300 MiB binary, 200 MiB log, 51 MiB db).
-SHARE = {"small": 0.16, "medium": 0.30, "binary": 0.29, "log": 0.20, "sqlite": 0.05}
-SMALL_PER_GIB = 20_000
-MEDIUM_PER_GIB = 225
-
-
-# -- the state ---------------------------------------------------------------------------
-
-
-def _random_text(rng: random.Random, n: int) -> str:
-    words = ["user", "order", "session", "token", "amount", "status", "ok", "pending", "eu-west",
-             "checkout", "cart", "refund", "shipping", "alpha", "beta", "gamma", "delta"]
-    out = []
-    size = 0
-    while size < n:
-        w = rng.choice(words) if rng.random() < 0.7 else os.urandom(4).hex()
-        out.append(w)
-        size += len(w) + 1
-    return " ".join(out)[:n]
-
-
-def generate_state(root: Path, size_mib: int, seed: int = 7) -> dict:
-    """Write the mixed state under root/files and root/app.db; returns what was made."""
-    rng = random.Random(seed)
-    total = size_mib * MIB
-    files = root / "files"
-    made = {"small_files": 0, "medium_files": 0, "bytes": 0}
-
-    # many small JSON documents, 1-16 KiB, in 100 directories
-    n_small = max(1, round(SMALL_PER_GIB * size_mib / 1024))
-    budget = SHARE["small"] * total
-    mean = budget / n_small
-    for i in range(n_small):
-        d = files / "docs" / f"{i % 100:02d}"
-        if i < 100:
-            d.mkdir(parents=True, exist_ok=True)
-        size = int(min(16 * 1024, max(1024, rng.uniform(0.12, 1.88) * mean)))
-        doc = {"id": i, "user": f"user-{rng.randrange(10**6)}", "score": rng.random(),
-               "tags": rng.sample(["a", "b", "c", "d", "e"], 2)}
-        doc["notes"] = _random_text(rng, max(0, size - len(json.dumps(doc)) - 12))
-        data = json.dumps(doc).encode()
-        (d / f"doc-{i:06d}.json").write_bytes(data)
-        made["bytes"] += len(data)
-    made["small_files"] = n_small
-
-    # medium files, half random, half compressible text
-    n_medium = max(2, round(MEDIUM_PER_GIB * size_mib / 1024))
-    each = int(SHARE["medium"] * total / n_medium)
-    (files / "media").mkdir(parents=True)
-    (files / "reports").mkdir(parents=True)
-    text_block = _random_text(rng, MIB).encode()
-    for i in range(n_medium):
-        if i % 2:
-            path, data = files / "media" / f"blob-{i:04d}.bin", os.urandom(each)
-        else:
-            path = files / "reports" / f"report-{i:04d}.txt"
-            reps = each // len(text_block) + 1
-            data = (f"report {i}\n".encode() + text_block * reps)[:each]
-        path.write_bytes(data)
-        made["bytes"] += len(data)
-    made["medium_files"] = n_medium
-
-    # one big binary, mostly random (85% random, 15% zero runs)
-    big = int(SHARE["binary"] * total)
-    with open(files / "model.bin", "wb") as f:
-        left = big
-        while left > 0:
-            n = min(MIB, left)
-            f.write(os.urandom(n) if rng.random() < 0.85 else bytes(n))
-            left -= n
-    made["bytes"] += big
-
-    # a log: 64 distinct 1 MiB blocks of lines, picked at random, each block numbered
-    blocks = []
-    for b in range(64):
-        lines = []
-        size = 0
-        while size < MIB:
-            line = (f"2024-06-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:"
-                    f"{rng.randint(0, 59):02d}.{rng.randint(0, 999):03d}Z {rng.choice(['INFO', 'INFO', 'WARN', 'DEBUG'])} "
-                    f"req={os.urandom(6).hex()} path=/api/{rng.choice(['orders', 'users', 'cart'])}/{rng.randint(1, 99999)} "
-                    f"status={rng.choice([200, 200, 200, 201, 404, 500])} ms={rng.randint(1, 900)}\n")
-            lines.append(line)
-            size += len(line)
-        blocks.append("".join(lines).encode()[:MIB])
-    log_size = int(SHARE["log"] * total)
-    with open(files / "app.log", "wb") as f:
-        written = 0
-        while written < log_size:
-            chunk = blocks[rng.randrange(64)][: log_size - written]
-            f.write(chunk)
-            written += len(chunk)
-    made["bytes"] += log_size
-
-    # a SQLite database of events with JSON payloads
-    db_target = int(SHARE["sqlite"] * total)
-    conn = sqlite3.connect(root / "app.db")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT, kind TEXT, payload TEXT)")
-    row = 0
-    while (root / "app.db").stat().st_size < db_target:
-        batch = [(f"2024-06-01T00:00:{row + k}", rng.choice(["login", "order", "logout"]),
-                  json.dumps({"n": row + k, "blob": os.urandom(150).hex(), "text": _random_text(rng, 200)}))
-                 for k in range(5000)]
-        conn.executemany("INSERT INTO events (ts, kind, payload) VALUES (?, ?, ?)", batch)
-        conn.commit()
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        row += len(batch)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    made["sqlite_rows"] = row
-    made["bytes"] += (root / "app.db").stat().st_size
-    made["files"] = sum(1 for p in files.rglob("*") if p.is_file()) + 1
-    return made
-
-
-# -- measuring a child: benchmarks/measure.py ---------------------------------------------
-
+from dataset import generate_state  # noqa: E402  (benchmarks/ is sys.path[0]): the mix of bench.py
 from measure import _status_kib, run_measured  # noqa: E402,F401  (benchmarks/ is sys.path[0])
 
 
@@ -218,7 +96,7 @@ def _run(tmp: Path, args) -> int:
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"generating {args.size_mib} MiB of state in {state} ...")
     t0 = time.monotonic()
-    made = generate_state(state, args.size_mib)
+    made = generate_state(state, args.size_mib * MIB)
     os.sync()  # its writeback must not land in the first measured step
     made["seconds"] = round(time.monotonic() - t0, 1)
     log(f"  {made['files']} files, {made['bytes'] / MIB:.0f} MiB in {made['seconds']}s")

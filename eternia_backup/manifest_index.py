@@ -57,7 +57,6 @@ class ManifestIndex:
         self.stored = files.get(self.name)
         self.entries: dict[str, dict] = {}
         self.loaded = False
-        self.used = 0  # manifests taken from it
         self.readable = self.stored is not None
 
     def load(self) -> None:
@@ -84,7 +83,6 @@ class ManifestIndex:
         data = entry["data"].encode()
         if not bytes_match(stored, data):
             return None
-        self.used += 1
         return data
 
     def maybe_save(self, manifests: dict[str, tuple[StoredFile, bytes]], read_one_by_one: int) -> None:

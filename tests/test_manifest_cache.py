@@ -10,9 +10,7 @@ and the index object beside the manifests for a machine that has not listed yet.
 
 from __future__ import annotations
 
-import http.client
 import os
-import http.server
 import json
 import threading
 import uuid
@@ -24,84 +22,11 @@ import yaml
 
 from conftest import run_cli
 
+from eternia_backup.testing.s3proxy import CountingProxy
+
 BACKUPS = 200
 
 pytestmark = pytest.mark.slow  # S3 scale: hundreds of objects and CLI runs per test
-
-
-class CountingProxy:
-    """Forwards every request to ``upstream`` unchanged (Host included, so signatures hold) and counts it."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream.split("://", 1)[1]
-        self.requests: list[tuple[str, str]] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0], 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass  # trailers
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-
-            def _forward(self):
-                body = self._body()
-                proxy.requests.append((self.command, self.path))
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
-                if body or self.command in ("PUT", "POST"):
-                    headers["Content-Length"] = str(len(body))
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                # A HEAD answer has no body but says the object's length.
-                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-                self.send_header("Content-Length", length)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def take(self) -> Counter:
-        """What was asked since the last take: {(method, kind)}, kind 'manifest', 'list' or 'other'."""
-        taken, self.requests = self.requests, []
-        counts: Counter = Counter()
-        for method, path in taken:
-            kind = "manifest" if path.split("?")[0].endswith(".manifest.json") else \
-                "list" if "list-type=2" in path or (method == "GET" and path.count("/") == 1 and "?" in path) \
-                else "other"
-            counts[(method, kind)] += 1
-        return counts
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 * :class:`SeaweedFS` (with :data:`ADMIN`, :data:`READER`, :func:`weed_binary`,
   :func:`free_ports`): a real S3 server on loopback, see :mod:`.seaweedfs`.
+* :class:`.s3proxy.CountingProxy`: counts the S3 requests a command makes.
 * The conformance kit (:mod:`.conformance`): pytest base classes a plugin's
   tests subclass, as s3fs subclasses ``fsspec.tests.abstract``:
   :class:`TargetConformance`, :class:`SourceConformance`,

@@ -1,7 +1,8 @@
 """A counting HTTP proxy in front of an S3 endpoint, to count the requests a command makes.
 
-The same idea as the proxy in tests/test_manifest_cache.py: every request is forwarded
-unchanged (Host included, so signatures hold) and recorded as (method, path).
+Every request is forwarded unchanged (Host included, so signatures hold) and recorded
+as (method, path); ``take()`` counts them by kind. Used by tests/test_manifest_cache.py
+and benchmarks/bench.py.
 """
 
 from __future__ import annotations
