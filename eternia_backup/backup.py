@@ -29,7 +29,9 @@ from typing import Callable
 
 from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
-from .manifest import ArchiveRecord, Manifest, SourceRecord, new_backup_id
+from .file_index import Cursor, IndexReader, IndexWriter, index_name
+from .increments import META_DIR, REMOVED_MEMBER, ChangeFilter, RemovedList, SourceIncrement, fingerprint
+from .manifest import ArchiveRecord, Manifest, SourceRecord, archive_stem, new_backup_id
 from .plugins import call_lifecycle
 from .progress import Progress, as_progress
 from .providers import Archiver, AtomicWrite, Compression, Source, Target, local_path_of
@@ -105,6 +107,42 @@ class BackupResult:
 
 
 BackupCancelled = process.Cancelled
+
+
+@dataclasses.dataclass
+class IncrementPlan:
+    """How a backup relates to earlier ones, when incremental backups are on.
+
+    Every such backup records a file index. With a ``parent`` it is incremental:
+    only what changed since the parent is archived; ``open_parent_index()`` reads
+    the parent's index (checked before this backup started).
+    """
+
+    parent: Manifest | None = None
+    open_parent_index: Callable[[], IndexReader] | None = None
+
+
+class _BaseSections:
+    """The parent's index, handed out source by source as the backup reaches each."""
+
+    def __init__(self, reader: IndexReader | None):
+        self.reader = reader
+        self.sections = reader.sections() if reader is not None else iter(())
+
+    def take(self, name: str, fp: str) -> Cursor | None:
+        """The parent's entries of source ``name``, if they are a valid base (same fingerprint)."""
+        for header, entries in self.sections:
+            if header["source"] == name:
+                if header.get("indexed") and header.get("fingerprint") == fp:
+                    return Cursor(entries)
+                log.info("source %r: no usable base in the parent backup (its configuration changed); "
+                         "archived whole", name)
+                return None
+        return None  # a source the parent did not have, or in another order: archived whole
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
 
 class _CountingWriter:
@@ -313,6 +351,22 @@ def estimated_size(sources: list[Source]) -> int | None:
     return total
 
 
+def _with_increment(source: Source, section, backup_id: str, index: IndexWriter | None, base: _BaseSections,
+                    removed: RemovedList | None):
+    """The writer the source writes into, and its increment counts (None without an index)."""
+    if index is None:
+        return section, None, None
+    fp = fingerprint(source)
+    diffable = bool(getattr(source, "supports_increments", False))
+    index.begin_source(source.name, source.type_name, fp, diffable)
+    if not diffable:
+        return section, SourceIncrement("whole"), None
+    cursor = base.take(source.name, fp) if removed is not None else None
+    counts = SourceIncrement("changes" if cursor is not None else "whole")
+    changes = ChangeFilter(section, source.name, backup_id, cursor, index, removed or RemovedList(), counts)
+    return changes, counts, changes
+
+
 def _backup_source(source: Source, section, progress: Progress) -> None:
     before, after = source.options.before, source.options.after
     if before:
@@ -328,13 +382,15 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                archiver: Archiver, compression: Compression, level: int | None, pm,
                config=None, progress: "Progress | Callable[[int], None] | None" = None,
                now: datetime | None = None, guard: Callable[[], None] | None = None,
-               cancel=None, encryptor=None) -> BackupResult:
+               cancel=None, encryptor=None, increment: IncrementPlan | None = None) -> BackupResult:
     """Make one backup on every target. Raises BackupFailedError if any target failed.
 
     ``guard()`` is called before anything is committed and may raise (a lost
     lease) to abandon the backup; ``cancel`` (an Event) abandons it between writes.
     ``progress`` (a :class:`~eternia_backup.progress.Progress`, or a callable
     taking a byte count) is told the bytes archived and the entries added.
+    ``increment`` (incremental backups on) records a file index, and with a
+    parent archives only what changed since it.
     """
     progress = as_progress(progress)
     started = time.monotonic()
@@ -347,6 +403,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     failures: dict[str, str] = {}
     fan = _FanOut({}, failures, by_name)
     encrypting = None
+    parent = increment.parent if increment is not None else None
+    index = IndexWriter(backup_id, encryptor) if increment is not None else None
+    removed = RemovedList() if parent is not None else None
+    base = _BaseSections(None)
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
     call_lifecycle(pm, "eternia_backup_started", backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
@@ -362,20 +422,34 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         compressor = compression.compressor(sink, level)
         counter = _CountingWriter(compressor, progress, cancel)
         records: list[SourceRecord] = []
+        if parent is not None:
+            base = _BaseSections(increment.open_parent_index())
         with archiver.writer(counter) as aw:
             for source in sources:
                 section = aw.section(source.name)
                 log.debug("backup %s: source %r (%s) starting", backup_id, source.name, source.type_name)
-                _backup_source(source, section, progress)
+                writer, counts, changes = _with_increment(source, section, backup_id, index, base, removed)
+                _backup_source(source, writer, progress)
+                if changes is not None:
+                    changes.finish()
                 warned = section.warnings
                 records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
                                             details=source.describe(), warnings=list(warned.items),
-                                            warning_count=warned.count))
+                                            warning_count=warned.count,
+                                            increment=counts.record() if counts is not None else None))
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
+            if removed is not None:  # the paths to delete after extracting this archive over its parent's state
+                removed.spool.seek(0)
+                aw.section(META_DIR).add_stream(REMOVED_MEMBER, removed.spool, removed.size, mode=0o600,
+                                                mtime=created.timestamp())
+        base.close()
         compressor.close()
         if encrypting is not None:
             encrypting.close()
+        files_index = None
+        if index is not None:
+            files_index = index.close(index_name(archive_stem(archive_file), encryptor is not None))
         if guard is not None:
             guard()
         manifest = Manifest(
@@ -385,10 +459,17 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             archive=ArchiveRecord(file=archive_file, format=archiver.format_name, compression=compression.name,
                                   size=fan.size, sha256=fan.sha.hexdigest(), content_size=counter.count),
             encryption=encryptor.record if encryptor is not None else None,
+            kind="incremental" if parent is not None else "full",
+            parent=parent.backup_id if parent is not None else None,
+            chain=(*parent.chain, parent.backup_id) if parent is not None else (),
+            files_index=files_index,
         )
     except BaseException as exc:
+        base.close()
         if encrypting is not None:
             encrypting.abort()
+        if index is not None:
+            index.discard()
         fan.abort_all()
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
@@ -397,13 +478,18 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
 
     finally:
         process.CANCEL.reset(cancel_token)
+        if removed is not None:
+            removed.close()
     try:
-        copies = _commit(manifest, fan, by_name, guard, list(fan.writers))  # the open ones first: local copies
-        copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True))  # then the slow ones
+        copies = _commit(manifest, fan, by_name, guard, list(fan.writers), index)  # the open ones first: local
+        copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index)  # then the slow ones
     except BaseException as exc:
         fan.abort_all()
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         raise
+    finally:
+        if index is not None:
+            index.discard()
     result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
     if failures:
         error = BackupFailedError(
@@ -434,7 +520,8 @@ def _open_targets(fan: _FanOut, targets: list[Target], archive_file: str) -> Non
         log.info("target %r is still opening; the backup goes on and hands it the archive when it opens", name)
 
 
-def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard, names: list[str]) -> list[Copy]:
+def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard, names: list[str],
+            index: IndexWriter | None = None) -> list[Copy]:
     archive_file = manifest.archive.file
     copies: list[Copy] = []
     for name in names:
@@ -451,6 +538,8 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
             for c in copies:  # the lease holder lost it: take back what this run committed
                 _delete_quietly(targets[c.target], manifest.filename)
                 _delete_quietly(targets[c.target], archive_file)
+                if manifest.files_index is not None:
+                    _delete_quietly(targets[c.target], manifest.files_index.file)
             raise
         try:
             writer.commit()
@@ -463,9 +552,13 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
             stored = target.size(archive_file)
             if stored != manifest.archive.size:
                 raise StorageError(f"stored archive is {stored} bytes, expected {manifest.archive.size}")
+            if index is not None:  # before the manifest: a backup exists only with everything it needs
+                index.store(target)
             target.write_bytes(manifest.filename, manifest.to_json())
         except BaseException as exc:
             _delete_quietly(target, archive_file)
+            if index is not None:
+                _delete_quietly(target, index.record.file)
             fan.writers.pop(name, None)
             fan.failures[name] = str(exc if isinstance(exc, EterniaBackupError) else target.error_for("commit", exc, archive_file))
             log.info("%s", fan.failures[name])

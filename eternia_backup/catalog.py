@@ -31,6 +31,7 @@ from .manifest import (
     is_backup_id,
     manifest_name_for,
 )
+from .chains import mark_broken_chains
 from .manifest_cache import ManifestCache
 from .manifest_index import ManifestIndex, wants_index
 from .providers import LocalPaths, StoredFile, Target
@@ -113,6 +114,8 @@ class BackupEntry:
             "state": self.state,
             "size": m.archive.size if m else None,
             "sources": [s.name for s in m.sources] if m else [],
+            "kind": m.kind if m else None,
+            "parent": m.parent if m else None,
             "environment": m.environment if m else None,
             "warning_count": m.warning_count if m else None,
             "copies": [{"target": c.target.name, "url": c.url, "state": c.state, "problem": c.problem}
@@ -235,20 +238,22 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None, *
                 cache.put(files[fname], data)  # it parsed: worth keeping
         except IntegrityError as exc:
             copy.problem = str(exc)
-            claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))
+            claimed.update(n for n in files if archive_stem(n) == m["stem"])
             copies.append(copy)
             continue
         except StorageError as exc:
             # Unknown, not damaged: it may be a good backup behind a passing error.
             copy.problem = f"manifest unreadable: {exc}"
             copy.unreadable = True
-            claimed.update(n for n in files if n.startswith(m["stem"] + ".tar"))
+            claimed.update(n for n in files if archive_stem(n) == m["stem"])
             copies.append(copy)
             continue
         copy.manifest = manifest
         if manifest.backup_id != m["id"] or manifest_name_for(manifest.archive.file) != fname:
             copy.problem = f"manifest {fname} describes another backup ({manifest.backup_id})"
         claimed.add(manifest.archive.file)
+        if manifest.files_index is not None:
+            claimed.add(manifest.files_index.file)
         stored = files.get(manifest.archive.file)
         if copy.problem is None:
             if stored is None:
@@ -256,7 +261,15 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None, *
             elif stored.size is not None and stored.size != manifest.archive.size:
                 copy.problem = (f"archive {manifest.archive.file} is {stored.size} bytes, "
                                 f"the manifest says {manifest.archive.size}")
+            elif manifest.files_index is not None:
+                stored_index = files.get(manifest.files_index.file)
+                if stored_index is None:
+                    copy.problem = f"file index {manifest.files_index.file} is missing"
+                elif stored_index.size is not None and stored_index.size != manifest.files_index.size:
+                    copy.problem = (f"file index {manifest.files_index.file} is {stored_index.size} bytes, "
+                                    f"the manifest says {manifest.files_index.size}")
         copies.append(copy)
+    mark_broken_chains(copies)
     leftovers = [f for n, f in files.items() if n not in claimed and _is_leftover_of(n, name)]
     if cache is not None:
         cache.save({f for f, _ in wanted})

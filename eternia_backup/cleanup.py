@@ -176,6 +176,12 @@ def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: floa
     return orphans
 
 
+def retention_candidates(copies) -> list[Candidate]:
+    """What retention judges: each copy's id, time, whether it is intact (its chain too), and its chain."""
+    return [Candidate(c.backup_id, c.created_at, c.ok, c.manifest.chain if c.manifest else ())
+            for c in copies if c.created_at is not None]
+
+
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
                    dry_run: bool, now: datetime | None = None, guard=None, cache=None) -> TargetCleanup:
     """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease)."""
@@ -195,8 +201,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         log.info("cleanup on target %r: %s", target.name, report.error)
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
-    candidates = [Candidate(c.backup_id, c.created_at, c.ok) for c in ours if c.created_at is not None]
-    plan = plan_retention(candidates, policy, now, tz)
+    plan = plan_retention(retention_candidates(ours), policy, now, tz)
     report.kept = plan.keep
     by_id = {c.backup_id: c for c in ours}
     for backup_id in plan.delete:
@@ -243,8 +248,14 @@ def _delete_backup(target: Target, copy, report: TargetCleanup) -> None:
     report.deleted.append(copy.backup_id)
     log.info("cleanup on target %r: deleted backup %s", target.name, copy.backup_id)
     # never through a manifest that names another backup's archive
-    if copy.archive_file and archive_stem(copy.archive_file) == archive_stem(copy.manifest_file):
+    stem = archive_stem(copy.manifest_file)
+    files = [copy.archive_file] if copy.archive_file else []
+    if copy.manifest is not None and copy.manifest.files_index is not None:
+        files.append(copy.manifest.files_index.file)
+    for filename in files:
+        if archive_stem(filename) != stem:
+            continue
         try:
-            target.delete(copy.archive_file)
+            target.delete(filename)
         except EterniaBackupError as exc:  # a leftover now; the next cleanup retries it
-            report.fail(copy.archive_file, str(exc))
+            report.fail(filename, str(exc))

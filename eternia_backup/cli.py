@@ -72,7 +72,7 @@ def _zone(mgr):
 def cmd_create(mgr, args) -> int:
     progress = _progress(args)
     try:
-        result = mgr.create_backup(progress=progress)
+        result = mgr.create_backup(progress=progress, full=args.full)
     finally:
         if progress is not None:
             progress.close()
@@ -84,7 +84,8 @@ def cmd_create(mgr, args) -> int:
             m = result.manifest
             files = sum(s.entries for s in m.sources)
             ratio = m.archive.content_size / m.archive.size if m.archive.size else 0.0
-            print(f"backup {result.backup_id}: {files} files, {_human_size(m.archive.content_size)} in, "
+            kind = f"incremental on top of {m.parent}, " if m.is_incremental else ""
+            print(f"backup {result.backup_id}: {kind}{files} files, {_human_size(m.archive.content_size)} in, "
                   f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s",
                   file=sys.stderr)
     if result.warning_count:
@@ -108,15 +109,16 @@ def cmd_list(mgr, args) -> int:
     from .catalog import unlisted_dicts
 
     entries = merge(listings)
+    base_only = mgr.kept_only_as_base(listings)
     if args.json:
-        _print_json({"backups": [e.to_dict() for e in entries], "errors": errors,
-                     "unlisted_targets": unlisted_dicts(errors)})
+        _print_json({"backups": [{**e.to_dict(), "kept_only_as_base": e.backup_id in base_only} for e in entries],
+                     "errors": errors, "unlisted_targets": unlisted_dicts(errors)})
     else:
         zone = _zone(mgr)
         if not entries and not errors:
             print("no backups yet; make one with `eternia-backup create`")
         elif entries:
-            rows = [("ID", "CREATED", "SIZE", "SOURCES", "STATE", "LOCATION")]
+            rows = [("ID", "CREATED", "KIND", "SIZE", "SOURCES", "STATE", "LOCATION")]
             for e in entries:
                 m = e.manifest
                 sources = ",".join(s.name for s in m.sources) if m else "?"
@@ -125,11 +127,14 @@ def cmd_list(mgr, args) -> int:
                 if not e.ok or e.state != "ok":
                     state += ": " + "; ".join(f"{c.target.name}: {c.problem.split(': ', 1)[-1]}"
                                               for c in e.copies if c.problem)
-                rows.append((e.backup_id, for_people(e.created_at, zone) if e.created_at else "?",
+                if e.backup_id in base_only:
+                    state += " (kept only as a base)"
+                kind = "?" if m is None else ("incr" if m.is_incremental else "full")
+                rows.append((e.backup_id, for_people(e.created_at, zone) if e.created_at else "?", kind,
                              _human_size(m.archive.size if m else None), sources, state, where))
-            widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            widths = [max(len(r[i]) for r in rows) for i in range(6)]
             for r in rows:
-                print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+                print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
         for name, err in errors.items():
             print(f"warning: target {name!r} could not be listed, its backups are not shown: {err}",
                   file=sys.stderr)
@@ -226,6 +231,8 @@ def cmd_download(mgr, args) -> int:
 
 
 def cmd_cleanup(mgr, args) -> int:
+    from .retention import only_as_base
+
     result = mgr.cleanup(dry_run=args.dry_run)
     if args.json:
         _print_json(result.to_dict())
@@ -234,6 +241,9 @@ def cmd_cleanup(mgr, args) -> int:
         for t in result.targets:
             for backup_id in t.deleted:
                 print(f"{verb} {backup_id} on {t.target}")
+            for backup_id, reasons in t.kept.items():
+                if only_as_base(reasons):
+                    print(f"kept {backup_id} on {t.target} only as a base ({', '.join(reasons)})")
             for o in t.orphans:
                 print(f"{t.target}: {_orphan_line(o)}; {_orphan_action(o, args.dry_run)}")
             if t.leftovers_removed:
@@ -472,7 +482,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("write a commented starter eternia-backup.yaml (never overwrites a file)",
              "eternia-backup init\n  eternia-backup init --path /etc/myapp/eternia-backup.yaml"),
     "create": ("make a backup now and print where it went",
-               "eternia-backup create\n  eternia-backup -c /etc/myapp/eternia-backup.yaml create --json"),
+               "eternia-backup create\n  eternia-backup create --full\n"
+               "  eternia-backup -c /etc/myapp/eternia-backup.yaml create --json"),
     "list": ("list backups on every target, newest first",
              "eternia-backup list\n  eternia-backup list --json | jq '.backups[0].backup_id'"),
     "restore": ("verify a backup and restore it (in place, or into --to DIR)",
@@ -524,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = _add_command(sub, "init")
     s.add_argument("--path", default="eternia-backup.yaml", metavar="FILE",
                    help="where to write it (default: ./eternia-backup.yaml)")
-    _add_command(sub, "create")
+    s = _add_command(sub, "create")
+    s.add_argument("--full", action="store_true",
+                   help="a full backup, also when archive.incremental is on (the next incrementals build on it)")
     _add_command(sub, "list")
 
     s = _add_command(sub, "restore")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from . import process, redact
 from .encryption import EncryptionSettings
+from .increments import Incremental
 from .errors import ConfigError
 
 CONFIG_ENV = "ETERNIA_BACKUP_CONFIG"
@@ -118,6 +119,34 @@ class TargetModel(_Model):
                                  examples=[{"client_kwargs": {"region_name": "eu-central-1"}}])
 
 
+def _full_every(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+    if isinstance(value, str):
+        from .increments import parse_duration
+
+        parse_duration(value)
+        return value.strip()
+    raise ValueError(f"{value!r} is neither a number of backups nor a duration")
+
+
+class IncrementalModel(_Model):
+    enabled: bool = _f("true or false", False,
+                       description="Archive only what changed since the previous backup (directory sources; "
+                       "dumps are archived whole each time). Every archive stays a plain tar.",
+                       examples=[True])
+    full_every: Annotated[int | str | None, BeforeValidator(_full_every)] = _f(
+        "a number of backups >= 1, or a duration such as 7d", None,
+        description="Make a full backup after this many incrementals, or once the last full one is this old "
+        "(7d, 12h, 2w). Default: only the first backup, and `create --full`, are full.", examples=[24, "7d"])
+
+
 class ArchiveModel(_Model):
     format: str = _f("an archive format such as tar", "tar",
                      description="How entries are packed into one stream (an archiver plugin).", examples=["tar"])
@@ -126,6 +155,9 @@ class ArchiveModel(_Model):
     level: Whole | None = _f("a whole number compression level", None,
                              description="Compression level (zstd -7..22, gzip and xz 0..9); default: the "
                              "compression's own (zstd 3, gzip 6, xz 6).", examples=[3])
+    incremental: IncrementalModel = _f("a mapping", default_factory=IncrementalModel,
+                                       description="Incremental backups; see below.",
+                                       examples=[{"enabled": True, "full_every": 24}])
 
 
 class RetentionModel(_Model):
@@ -344,6 +376,7 @@ class BackupConfig:
     state_dir: Path | None = None
     encrypt: bool = False
     encryption: "EncryptionSettings | None" = None
+    incremental: Incremental = Incremental()
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         """The effective config as plain data (what ``config show`` prints)."""
@@ -355,7 +388,10 @@ class BackupConfig:
             "timezone": self.timezone,
             "sources": [{"type": s.type, "name": s.name, **s.options} for s in self.sources],
             "targets": [{"name": t.name, "url": t.url, "options": dict(t.options)} for t in self.targets],
-            "archive": {"format": self.archive_format, "compression": self.compression, "level": self.compression_level},
+            "archive": {"format": self.archive_format, "compression": self.compression, "level": self.compression_level,
+                        "incremental": {"enabled": self.incremental.enabled,
+                                        "full_every": self.incremental.full_every
+                                        if self.incremental.full_after is None else self.incremental.text}},
             "retention": dataclasses.asdict(self.retention),
             "schedule": dataclasses.asdict(self.schedule),
             "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
@@ -594,7 +630,17 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         state_dir=state_dir,
         encrypt=enc.enabled,
         encryption=settings,
+        incremental=_incremental(model.archive.incremental),
     )
+
+
+def _incremental(model: IncrementalModel) -> Incremental:
+    from .increments import parse_duration
+
+    every = model.full_every
+    if isinstance(every, str):
+        return Incremental(model.enabled, None, parse_duration(every), every)
+    return Incremental(model.enabled, every, None)
 
 
 def _schedule(model: BackupModel) -> Schedule:

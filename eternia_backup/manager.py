@@ -156,8 +156,11 @@ class BackupManager:
     # -- operations ------------------------------------------------------------------
 
     def create_backup(self, *, progress: "Progress | Callable[[int], None] | None" = None, guard=None,
-                      cancel=None) -> backup_mod.BackupResult:
+                      cancel=None, full: bool = False) -> backup_mod.BackupResult:
         """Back up every source to every target; returns where the backup went.
+
+        With ``archive.incremental`` on, the backup holds only what changed since
+        the newest backup, unless ``full`` (or ``full_every`` says it is time).
 
         Raises :class:`BackupFailedError` (with ``.result``) when a target failed,
         and :class:`BackupInProgress` when another backup of this storage runs.
@@ -166,19 +169,34 @@ class BackupManager:
         """
         if self.lock.held:
             self.finish_interrupted_restore()  # never back up a half-restored state
-            return self._create(progress, guard, cancel)
+            return self._create(progress, guard, cancel, full)
         with self.lock.acquire("backup"):
             self.finish_interrupted_restore()
-            return self._create(progress, guard, cancel)
+            return self._create(progress, guard, cancel, full)
 
-    def _create(self, progress, guard, cancel) -> backup_mod.BackupResult:
+    def _increment_plan(self, full: bool, encryptor):
+        """Full or incremental, and on top of which backup (None when incremental backups are off)."""
+        from .chains import plan_increment
+
+        policy = self.config.incremental
+        if not policy.enabled:
+            return None
+        listings, errors = ([], {}) if full else self.listings()
+        return plan_increment(policy, full=full, entries=catalog.merge(listings), unlisted=errors,
+                              target_names=[t.name for t in self.targets], environment=self.config.environment,
+                              encryptor=encryptor, encryption_settings=self.config.encryption,
+                              now=datetime.now(timezone.utc))
+
+    def _create(self, progress, guard, cancel, full=False) -> backup_mod.BackupResult:
         try:
+            encryptor = self._encryptor()
+            increment = self._increment_plan(full, encryptor)
             result = backup_mod.run_backup(
                 name=self.config.name, environment=self.config.environment,
                 sources=list(self.sources.values()), targets=self.targets,
                 archiver=self.archiver, compression=self.compression, level=self.config.compression_level,
                 pm=self.pm, config=self.config, progress=progress, guard=guard, cancel=cancel,
-                encryptor=self._encryptor(),
+                encryptor=encryptor, increment=increment,
             )
         except BackupFailedError as exc:
             self._record(exc.result, {t.name: str(exc) for t in self.targets})
@@ -238,6 +256,18 @@ class BackupManager:
         if errors and not listings:
             raise StorageError("; ".join(errors.values()))
         return catalog.merge(listings)
+
+    def kept_only_as_base(self, listings: list[catalog.TargetListing]) -> set[str]:
+        """Ids of backups that retention keeps only because a kept incremental is built on them (on some target)."""
+        from .retention import only_as_base, plan_retention
+
+        found: set[str] = set()
+        now = datetime.now(timezone.utc)
+        for listing in listings:
+            ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == self.config.environment]
+            plan = plan_retention(cleanup.retention_candidates(ours), self.config.retention, now, self.tz)
+            found.update(i for i, reasons in plan.keep.items() if only_as_base(reasons))
+        return found
 
     def find_backup(self, backup: str, *, allow_older: bool = False,
                     allow_partial_listing: bool = False) -> catalog.BackupCopy:
@@ -307,7 +337,14 @@ class BackupManager:
             copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         except LatestDamagedError as exc:
             return verify.VerifyReport(exc.backup_id, "", False, str(exc))
-        report = verify.verify_copy(copy, self.registry, self.config.encryption, progress)
+        try:
+            links = self.chain_of(copy)
+        except IntegrityError as exc:
+            return verify.VerifyReport(copy.backup_id, copy.url, False, str(exc))
+        if links:
+            report = verify.verify_chain(links, self.registry, self.config.encryption, progress)
+        else:
+            report = verify.verify_copy(copy, self.registry, self.config.encryption, progress)
         report.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         if not report.ok and backup == "latest" and not allow_older:
             report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
@@ -357,12 +394,13 @@ class BackupManager:
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
                  allow_partial_listing, progress) -> restore.RestoreResult:
         copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
+        links = self.chain_of(copy)
         try:
             result = restore.restore_copy(
                 copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
                 dry_run=dry_run, registry=self.registry, pm=self.pm, confirm=confirm,
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
-                keep_setid=keep_setid, progress=progress,
+                keep_setid=keep_setid, progress=progress, links=links,
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
             from .encryption import DecryptionError
@@ -372,6 +410,19 @@ class BackupManager:
             raise
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         return result
+
+    def chain_of(self, copy: catalog.BackupCopy) -> list[catalog.BackupCopy] | None:
+        """The copies of an incremental backup's chain on its own target (full first, ``copy`` last); None for a full one.
+
+        Raises IntegrityError naming a link that is missing or damaged there.
+        """
+        manifest = copy.manifest
+        if manifest is None or copy.problem or not manifest.is_incremental:
+            return None
+        from .chains import chain_copies
+
+        listing = catalog.list_target(copy.target, manifest.name, self.manifest_cache(copy.target))
+        return chain_copies(copy, listing.copies)
 
     @property
     def journal_path(self) -> Path:

@@ -16,7 +16,12 @@ from typing import Any
 from .errors import IntegrityError
 
 FORMAT = "eternia-backup-manifest"
+#: full backups keep version 1, which every release reads; an incremental backup is
+#: version 2, so that a release that knows no chains refuses it instead of
+#: restoring only the changes
 FORMAT_VERSION = 1
+INCREMENTAL_FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION)
 MANIFEST_SUFFIX = ".manifest.json"
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
 # <name>-<YYYYmmddTHHMMSSZ>-<hex>.<archiver ext>[.<compression ext>][.age]
@@ -52,6 +57,19 @@ class SourceRecord:
     #: what could not be archived faithfully: the first ones as {path, problem}, and how many in all
     warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
     warning_count: int = 0
+    #: in a backup that records a file index: ``{"mode": "changes" | "whole", "changed": n,
+    #: "unchanged": n, "removed": n, "removed_paths": [first ones]}``; "whole" for a source
+    #: archived entirely (it cannot be diffed, or there was no base for it)
+    increment: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    """A stored object of the backup beside its archive (the file index)."""
+
+    file: str
+    size: int
+    sha256: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +94,21 @@ class Manifest:
     sources: tuple[SourceRecord, ...]
     archive: ArchiveRecord
     encryption: dict[str, Any] | None = None
-    format_version: int = FORMAT_VERSION
+    #: "full" or "incremental"; an incremental holds only what changed since ``parent``
+    kind: str = "full"
+    parent: str | None = None
+    #: the backups this one needs, oldest (the full one) first, ending with ``parent``
+    chain: tuple[str, ...] = ()
+    #: the per-source file index recorded with this backup (the next incremental's base)
+    files_index: FileRecord | None = None
+
+    @property
+    def format_version(self) -> int:
+        return INCREMENTAL_FORMAT_VERSION if self.kind == "incremental" else FORMAT_VERSION
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.kind == "incremental"
 
     @property
     def filename(self) -> str:
@@ -91,6 +123,16 @@ class Manifest:
         return sum(s.warning_count for s in self.sources)
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.kind != "full" or self.files_index is not None:
+            extra = {"kind": self.kind, "parent": self.parent, "chain": list(self.chain),
+                     "files_index": dataclasses.asdict(self.files_index) if self.files_index else None}
+        sources = []
+        for s in self.sources:
+            d = dataclasses.asdict(s)
+            if d["increment"] is None:
+                del d["increment"]
+            sources.append(d)
         return {
             "format": FORMAT,
             "format_version": self.format_version,
@@ -101,9 +143,10 @@ class Manifest:
             "environment": self.environment,
             "host": self.host,
             "framework_version": self.framework_version,
-            "sources": [dataclasses.asdict(s) for s in self.sources],
+            "sources": sources,
             "archive": dataclasses.asdict(self.archive),
             "encryption": self.encryption,
+            **extra,
         }
 
     def to_json(self) -> bytes:
@@ -119,7 +162,7 @@ class Manifest:
         try:
             if raw.get("format") != FORMAT:
                 raise ValueError(f"not an eternia-backup manifest (format {raw.get('format')!r})")
-            if raw.get("format_version") != FORMAT_VERSION:
+            if raw.get("format_version") not in SUPPORTED_VERSIONS:
                 raise ValueError(
                     f"format_version {raw.get('format_version')!r} is not supported by this version; upgrade eternia-backup"
                 )
@@ -138,15 +181,38 @@ class Manifest:
                 SourceRecord(name=_str(s["name"]), type=_str(s["type"]), size=_int(s["size"]),
                              entries=_int(s["entries"]), details=dict(s.get("details") or {}),
                              warnings=_warnings(s.get("warnings") or []),
-                             warning_count=_int(s.get("warning_count", 0)))
+                             warning_count=_int(s.get("warning_count", 0)),
+                             increment=_increment(s.get("increment")))
                 for s in raw["sources"]
             )
+            kind = raw.get("kind", "full")
+            if kind not in ("full", "incremental"):
+                raise ValueError(f"kind {kind!r} is neither 'full' nor 'incremental'")
+            if (kind == "incremental") != (raw.get("format_version") == INCREMENTAL_FORMAT_VERSION):
+                raise ValueError(f"a {kind} backup cannot have format_version {raw.get('format_version')!r}")
+            chain = tuple(_str(c) for c in raw.get("chain") or ())
+            parent = raw.get("parent")
+            if kind == "incremental":
+                if not chain or parent != chain[-1] or not all(is_backup_id(c) for c in chain):
+                    raise ValueError("an incremental backup needs a chain of backup ids ending with its parent")
+            elif parent is not None or chain:
+                raise ValueError("a full backup has no parent")
+            index = raw.get("files_index")
+            files_index = None
+            if index is not None:
+                files_index = FileRecord(file=_str(index["file"]), size=_int(index["size"]),
+                                         sha256=_sha(index["sha256"]))
+                if "/" in files_index.file or archive_stem(files_index.file) != archive_stem(record.file):
+                    raise ValueError(f"file index name {files_index.file!r} does not belong to {record.file!r}")
+            if kind == "incremental" and files_index is None:
+                raise ValueError("an incremental backup has no file index")
             return cls(
                 backup_id=backup_id, name=_str(raw["name"]),
                 created_at=parse_time(raw["created_at"]), finished_at=parse_time(raw["finished_at"]),
                 environment=_str(raw["environment"]), host=_str(raw["host"]),
                 framework_version=_str(raw["framework_version"]), sources=sources,
                 archive=record, encryption=raw.get("encryption"),
+                kind=kind, parent=parent, chain=chain, files_index=files_index,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -169,6 +235,16 @@ def _warnings(v: Any) -> list[dict[str, str]]:
     if not isinstance(v, list):
         raise TypeError(f"expected a list of warnings, got {v!r}")
     return [{"path": _str(w["path"]), "problem": _str(w["problem"])} for w in v]
+
+
+def _increment(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or v.get("mode") not in ("changes", "whole"):
+        raise TypeError(f"expected an increment record, got {v!r}")
+    for key in ("changed", "unchanged", "removed"):
+        _int(v.get(key, 0))
+    return dict(v)
 
 
 def _sha(v: Any) -> str:

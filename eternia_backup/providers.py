@@ -149,6 +149,13 @@ class Source(abc.ABC):
     #: The :class:`RestorePlan` classes this source's ``restore_plan`` returns:
     #: the restore journal finds a plan's ``resume`` here after a crash.
     restore_plan_types: ClassVar[tuple[type["RestorePlan"], ...]] = ()
+    #: True when an incremental backup may archive only what changed in this source.
+    #: Such a source adds its entries in path order (a directory, then its children
+    #: sorted by name) and passes ``stat=`` (an ``os.lstat`` result) to ``add_file``:
+    #: the framework compares size, mtime_ns, ctime_ns, inode and mode with the
+    #: parent backup's file index and skips unchanged files. Other sources (dumps)
+    #: are archived whole in every backup.
+    supports_increments: ClassVar[bool] = False
 
     #: The framework's own storage on this machine (local targets' directories, the
     #: state directory with its lock, journal and status files), as absolute paths.

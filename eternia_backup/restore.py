@@ -14,6 +14,12 @@ Order of work, so that nothing live changes until everything is known good:
 4. what was replaced is removed once every plan committed.
 
 A dry run reads the archive once too, to check its sha256, and stages nothing.
+
+An incremental backup is restored from its chain in the same single staged
+pass: every link's archive (full first) streams through the same extractor,
+which takes from each only the paths whose version the restored backup holds
+(its file index says which archive that is); each archive's size and sha256 are
+checked, and nothing is swapped in unless every link matched.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import journal
+from . import file_index, journal
 from .catalog import BackupCopy
 from .errors import (
     ArchiveError,
+    BackupNotFoundError,
     EterniaBackupError,
     IntegrityError,
     RestoreError,
@@ -35,6 +42,7 @@ from .errors import (
     UsageError,
 )
 from .fsutil import processes_using, remove_empty_dirs
+from .increments import OriginFilter, is_meta_member
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
@@ -65,10 +73,15 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                  to: Path | None, dry_run: bool, registry, pm,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
                  journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
-                 progress: Progress = NO_PROGRESS) -> RestoreResult:
+                 progress: Progress = NO_PROGRESS, links: list[BackupCopy] | None = None) -> RestoreResult:
+    """Restore ``copy``; ``links`` is its chain on the same target, full first and ``copy`` last
+    (:func:`eternia_backup.chains.chain_copies`), for an incremental backup."""
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
+    if manifest.is_incremental and not links:
+        raise IntegrityError(f"{copy.describe()} is incremental and its chain was not found; nothing was changed")
+    links = links or [copy]
     in_backup = [s.name for s in manifest.sources]
     names = list(selected) if selected else in_backup
     for n in names:
@@ -81,10 +94,11 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             "unknown where they go; restore with --to DIR"
         )
 
-    check_size(copy, manifest)
-    identities = keys_for(manifest, encryption)  # before anything: no key, no restore
-    archiver = registry.archiver(manifest.archive.format)()
-    compression = registry.compression(manifest.archive.compression)()
+    for link in links:  # every archive of the chain is there, whole, and can be opened: else nothing changes
+        check_size(link, link.manifest)
+    identities = {link.backup_id: keys_for(link.manifest, encryption) for link in links}  # no key, no restore
+    if manifest.is_incremental:
+        check_index(copy, identities[copy.backup_id])
 
     plans: dict[str, RestorePlan] = {}
     for n in names:
@@ -101,9 +115,11 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     created_to = to is not None and not to.exists()
     committed = False
     if dry_run:
-        progress.phase("verify", manifest.archive.size)
-        _check_stored_bytes(copy, progress)
-        log.info("restore %s: size and sha256 verified", copy.backup_id)
+        progress.phase("verify", sum(link.manifest.archive.size for link in links))
+        for link in links:
+            _check_stored_bytes(link, progress)
+        log.info("restore %s: size and sha256 verified%s", copy.backup_id,
+                 f" (and of the {len(links) - 1} backup(s) it is built on)" if len(links) > 1 else "")
         call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
                        destination=to, dry_run=True)
         call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
@@ -116,8 +132,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
         call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
                        destination=to, dry_run=False)
         try:
-            _stage(copy, plans, archiver, compression, identities,
-                   keep_setid=_setid_allowed(keep_setid, to), progress=progress)
+            _stage_chain(links, plans, registry, identities, encryption,
+                         keep_setid=_setid_allowed(keep_setid, to), progress=progress)
             log.info("restore %s: staged; size and sha256 verified", copy.backup_id)
             if journal_path is not None:  # the next run finishes the swaps if this process dies
                 journal.write(journal_path, copy.backup_id,
@@ -204,10 +220,49 @@ def _setid_allowed(asked: bool, to: Path | None) -> bool:
     return True
 
 
-def _stage(copy: BackupCopy, plans: dict[str, RestorePlan], archiver, compression,
-           identities: list | None = None, *, keep_setid: bool = False,
+def check_index(copy: BackupCopy, identities: list | None) -> None:
+    """Check the stored file index of ``copy`` against its manifest (size, sha256) before it is relied on."""
+    record = copy.manifest.files_index
+    try:
+        size = copy.target.size(record.file)
+    except BackupNotFoundError:
+        raise IntegrityError(f"{copy.describe()}: file index {record.file} is missing; nothing was changed") from None
+    if size != record.size:
+        raise IntegrityError(f"{copy.describe()}: file index {record.file} is {size} bytes, the manifest says "
+                             f"{record.size}; nothing was changed")
+    file_index.check_stored(copy.target, record, identities, copy.describe())
+
+
+def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registry, identities: dict,
+                 encryption=None, *, keep_setid: bool = False, progress: Progress = NO_PROGRESS) -> None:
+    """Stage the restored backup (the last link) from every archive of its chain, oldest first."""
+    restored = links[-1]
+    manifest = restored.manifest
+    progress.phase("restore", sum(link.manifest.archive.size for link in links))
+    for p in plans.values():
+        p.prepare()
+    where = restored.describe()
+    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
+    for link in links:
+        wanted = None
+        if manifest.is_incremental:
+            wanted = OriginFilter(
+                lambda: file_index.IndexReader(restored.target, manifest.files_index,
+                                               identities[restored.backup_id], where),
+                link.backup_id, restored.backup_id)
+        try:
+            _stage(link, extractor, registry, identities[link.backup_id], wanted, progress)
+        finally:
+            if wanted is not None:
+                wanted.close()
+    extractor.finish()
+
+
+def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | None, wanted: OriginFilter | None,
            progress: Progress = NO_PROGRESS) -> None:
-    """Extract the selected sources into their staging places in one read of the archive.
+    """Extract the selected sources of one archive into their staging places in one read of it.
+
+    ``wanted`` (a chain) says which members this archive contributes; the others are read over.
 
     The stored bytes are hashed as they stream in; the staged trees count only
     once the size and sha256 matched the manifest at the end. When reading or
@@ -215,23 +270,23 @@ def _stage(copy: BackupCopy, plans: dict[str, RestorePlan], archiver, compressio
     archive is reported as such rather than by whatever the damage broke first.
     """
     manifest = copy.manifest
-    progress.phase("restore", manifest.archive.size)
-    for p in plans.values():
-        p.prepare()
+    archiver = registry.archiver(manifest.archive.format)()
+    compression = registry.compression(manifest.archive.compression)()
     where = copy.describe()
     checker = MemberChecker([s.name for s in manifest.sources], where=where)
-    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
     with _open_archive(copy) as raw:
         hashing = HashingReader(ProgressReader(raw, progress))
         content = Content(hashing, manifest, compression, identities, where, read_ahead=True)
         try:
             reader = archiver.reader(content)
             for member in reader:
+                if manifest.is_incremental and is_meta_member(member.name):
+                    continue
                 source, rel = checker.check(member)
-                extractor.add(source, rel, member, reader)
+                if source in extractor.staging and (wanted is None or wanted.wants(source, rel)):
+                    extractor.add(source, rel, member, reader)
                 progress.file_done()
             checker.finish()
-            extractor.finish()
             content.finish()
             hashing.drain()
         except IntegrityError as exc:  # unsafe members, a wrong key or altered ciphertext

@@ -10,6 +10,9 @@ Rules (a backup survives if any rule keeps it):
   a backup (counted among existing backups, not as a time window, so downtime
   never makes them delete everything), in the configured time zone.
 * The newest intact backup is never deleted.
+* A kept incremental backup keeps its whole chain: every backup it is built on
+  is kept too ("base of <id>"), so retention never leaves a kept backup that
+  cannot be restored. An incremental whose chain is broken is not intact.
 
 Damaged backups never count as a kept copy; they are deleted only once older
 than the window. The decision depends only on the set of backups, not on the
@@ -30,6 +33,8 @@ class Candidate:
     backup_id: str
     created_at: datetime
     ok: bool
+    #: the backups this one is built on (incremental), oldest first
+    chain: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -80,5 +85,16 @@ def plan_retention(candidates: Iterable[Candidate], policy: Retention, now: date
             if bucket not in seen:
                 seen.add(bucket)
                 keep_it(c, rule)
+    by_id = {c.backup_id: c for c in items}
+    for c in items:
+        if c.backup_id in keep and not all(r.startswith("base of ") for r in keep[c.backup_id]):
+            for link in c.chain:
+                if link in by_id:
+                    keep.setdefault(link, []).append(f"base of {c.backup_id}")
     delete = [c.backup_id for c in items if c.backup_id not in keep]
     return RetentionPlan(keep, delete)
+
+
+def only_as_base(reasons: list[str]) -> bool:
+    """True when a backup is kept only because a kept incremental is built on it."""
+    return bool(reasons) and all(r.startswith("base of ") for r in reasons)

@@ -12,6 +12,7 @@ import hashlib
 from typing import BinaryIO
 
 from .catalog import BackupCopy
+from .increments import is_meta_member
 from .errors import (
     ArchiveError,
     BackupNotFoundError,
@@ -179,6 +180,20 @@ def keys_for(manifest: Manifest, encryption) -> list | None:
     return identities_for(manifest.encryption, encryption)
 
 
+def verify_chain(links: list[BackupCopy], registry, encryption=None, progress: Progress = NO_PROGRESS) -> VerifyReport:
+    """Verify an incremental backup (the last of ``links``) and every backup it is built on."""
+    copy = links[-1]
+    for link in links[:-1]:
+        report = verify_copy(link, registry, encryption, progress)
+        if not report.ok:
+            return VerifyReport(copy.backup_id, copy.url, False,
+                                f"{copy.describe()}: its base backup {link.backup_id} is damaged: {report.problem}")
+    report = verify_copy(copy, registry, encryption, progress)
+    if report.ok:
+        report.note = " ".join(filter(None, [report.note, f"its chain of {len(links) - 1} base backup(s) verified too"]))
+    return report
+
+
 def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress = NO_PROGRESS) -> VerifyReport:
     """Verify one copy fully; returns a report (ok or the problem), never raises IntegrityError.
 
@@ -213,6 +228,8 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
             try:
                 reader = archiver.reader(content)
                 for member in reader:
+                    if manifest.is_incremental and is_meta_member(member.name):
+                        continue
                     checker.check(member)
                     if member.kind == "file":
                         f = reader.open_member(member)
@@ -238,6 +255,10 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
             expected = sum(s.entries for s in manifest.sources)
             if entries != expected:
                 raise IntegrityError(f"{copy.describe()}: archive holds {entries} entries, the manifest says {expected}")
+            if manifest.files_index is not None:
+                from .restore import check_index
+
+                check_index(copy, identities)
         report.ok, report.size, report.entries = True, manifest.archive.size, entries
     except UnsafeArchiveError as exc:
         report.problem = str(exc)

@@ -84,6 +84,7 @@ class DirectorySource(Source):
     type_name = "directory"
     options_model = DirectoryOptions
     restore_plan_types = (DirectorySwapPlan,)
+    supports_increments = True  # sorted walk, stat passed to add_file
 
     @property
     def root(self) -> Path:

@@ -1,0 +1,275 @@
+"""The file index: per source, every entry of a backup with the metadata that tells a change.
+
+Recorded beside the manifest of every backup made with incremental backups on
+(``<name>-<id>.files.jsonl.zst``, ``.age`` added when encrypted). The next
+incremental backup compares the tree it walks with it, without reading
+unchanged files; a restore of an incremental backup reads from it which backup
+of the chain holds each path (its *origin*).
+
+The format is zstd-compressed JSON lines, written and read as a stream, so
+memory stays flat whatever the number of files:
+
+* the first line: ``{"format": "eternia-backup-files", "version": 1, "backup_id": ...}``;
+* per source, a header object ``{"source": name, "type": ..., "fingerprint": ...,
+  "indexed": true|false}`` (``indexed`` is false for a source archived whole in
+  every backup: no entries follow);
+* then its entries in path order (a directory, then its children sorted by
+  name), each an array ``[path, kind, size, mtime_ns, ctime_ns, inode, mode,
+  origin, link]``: kind ``f`` file, ``d`` directory, ``l`` symlink, ``s``
+  stream (a dump: never compared); ``origin`` is the backup id whose archive
+  holds the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from typing import IO, Any, Iterator
+
+import zstandard
+
+from .errors import EterniaBackupError, IntegrityError
+from .manifest import FileRecord
+
+FORMAT = "eternia-backup-files"
+VERSION = 1
+SUFFIX = ".files.jsonl.zst"
+
+# positions in an entry
+PATH, KIND, SIZE, MTIME, CTIME, INO, MODE, ORIGIN, LINK = range(9)
+
+
+def index_name(archive_stem: str, encrypted: bool) -> str:
+    """The index object's file name for a backup whose files start with ``archive_stem``."""
+    return archive_stem + SUFFIX + (".age" if encrypted else "")
+
+
+def path_key(path: str) -> list[str]:
+    """The order sources add entries in: a directory, then its children sorted by name."""
+    return path.split("/")
+
+
+class _Hashing:
+    """A write-only file that hashes and counts what passes to ``inner``."""
+
+    def __init__(self, inner: IO[bytes]):
+        self.inner = inner
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class IndexWriter:
+    """Writes an index into a private temporary file; :meth:`store` copies it to a target."""
+
+    _BATCH = 2000
+
+    def __init__(self, backup_id: str, encryptor=None):
+        self.spool = tempfile.TemporaryFile(prefix="eternia-index-")
+        self._hashing = _Hashing(self.spool)
+        self._encrypting = encryptor.writer(self._hashing) if encryptor is not None else None
+        sink = self._encrypting if self._encrypting is not None else self._hashing
+        self._zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(sink, closefd=False)
+        self._lines: list[str] = []
+        self.record: FileRecord | None = None
+        self._line({"format": FORMAT, "version": VERSION, "backup_id": backup_id})
+
+    def _line(self, obj: Any) -> None:
+        self._lines.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        if len(self._lines) >= self._BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._lines:
+            self._zstd.write(("\n".join(self._lines) + "\n").encode("utf-8", "surrogateescape"))
+            self._lines = []
+
+    def begin_source(self, name: str, type_name: str, fingerprint: str, indexed: bool) -> None:
+        self._line({"source": name, "type": type_name, "fingerprint": fingerprint, "indexed": indexed})
+
+    def add(self, entry: list) -> None:
+        self._line(entry)
+
+    def close(self, filename: str) -> FileRecord:
+        self._flush()
+        self._zstd.close()
+        if self._encrypting is not None:
+            self._encrypting.close()
+        self.record = FileRecord(filename, self._hashing.size, self._hashing.sha.hexdigest())
+        return self.record
+
+    def store(self, target) -> None:
+        """Copy the closed index to ``target`` atomically under its name."""
+        writer = target.open_write(self.record.file)
+        try:
+            self.spool.seek(0)
+            while chunk := self.spool.read(1024 * 1024):
+                writer.write(chunk)
+            writer.commit()
+        except BaseException as exc:
+            writer.abort()
+            if isinstance(exc, Exception) and not isinstance(exc, EterniaBackupError):
+                raise target.error_for("write", exc, self.record.file) from exc
+            raise
+
+    def discard(self) -> None:
+        if self._encrypting is not None:
+            self._encrypting.abort()
+        self.spool.close()
+
+
+class _HashingReader:
+    def __init__(self, inner):
+        self.inner = inner
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class IndexReader:
+    """Reads one stored index forward: its sources' headers and entries, in order.
+
+    ``check=True`` compares the bytes read with the manifest's record once the end
+    was reached (:meth:`finish`).
+    """
+
+    def __init__(self, target, record: FileRecord, identities: list | None, where: str):
+        self.where = where
+        self.record = record
+        try:
+            self._raw = target.open_read(record.file)
+        except EterniaBackupError:
+            raise
+        except OSError as exc:
+            raise target.error_for("read", exc, record.file) from exc
+        self._hashing = _HashingReader(self._raw)
+        source = self._hashing
+        self._decrypting = None
+        if identities is not None:
+            from .encryption import DecryptingReader
+
+            self._decrypting = source = DecryptingReader(self._hashing, identities)
+        stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
+        self._text = io.BufferedReader(stream, 1024 * 1024)
+        self._pending: Any = None
+        header = self._next()
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise IntegrityError(f"{where}: file index {record.file} is not an index this version reads")
+        self.backup_id = header.get("backup_id")
+
+    def _next(self) -> Any:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
+        try:
+            line = self._text.readline()
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{self.where}: file index {self.record.file} is damaged: {exc}") from exc
+        if not line:
+            return None
+        try:
+            return json.loads(line.decode("utf-8", "surrogateescape"))
+        except ValueError as exc:
+            raise IntegrityError(f"{self.where}: file index {self.record.file} is damaged: {exc}") from exc
+
+    def sections(self) -> Iterator[tuple[dict, Iterator[list]]]:
+        """(header, entries) per source, in order; consume the entries before the next section."""
+        while True:
+            header = self._next()
+            while isinstance(header, list):  # the rest of a section the caller did not read
+                header = self._next()
+            if header is None:
+                return
+            if not isinstance(header, dict) or "source" not in header:
+                raise IntegrityError(f"{self.where}: file index {self.record.file} is damaged (entry outside a source)")
+            yield header, self._entries()
+
+    def _entries(self) -> Iterator[list]:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            if isinstance(item, dict):
+                self._pending = item
+                return
+            yield item
+
+    def finish(self) -> None:
+        """Read to the end and raise IntegrityError unless the bytes match the manifest's record."""
+        while self._next() is not None:
+            pass
+        while self._hashing.read(1024 * 1024):
+            pass
+        self.close()
+        if self._hashing.size != self.record.size or self._hashing.sha.hexdigest() != self.record.sha256:
+            raise IntegrityError(f"{self.where}: file index {self.record.file} does not match its manifest "
+                                 "(size or sha256 differ: it is damaged)")
+
+    def close(self) -> None:
+        if self._decrypting is not None:
+            self._decrypting.close()
+        try:
+            self._raw.close()
+        except OSError:
+            pass
+
+
+class Cursor:
+    """One source's entries of an index, walked forward in path order (a merge with a walk)."""
+
+    def __init__(self, entries: Iterator[list]):
+        self._entries = entries
+        self._advance()
+
+    def _advance(self) -> None:
+        self.current = next(self._entries, None)
+        self.current_key = path_key(self.current[PATH]) if self.current is not None else None
+
+    def seek(self, path: str, passed=None) -> list | None:
+        """The entry for ``path``, or None; entries before it are handed to ``passed``."""
+        key = path_key(path)
+        while self.current is not None and self.current_key < key:
+            if passed is not None:
+                passed(self.current)
+            self._advance()
+        if self.current is not None and self.current_key == key:
+            found = self.current
+            self._advance()
+            return found
+        return None
+
+    def rest(self, passed) -> None:
+        while self.current is not None:
+            passed(self.current)
+            self._advance()
+
+
+def check_stored(target, record: FileRecord, identities: list | None, where: str) -> None:
+    """Read a stored index once and check it against its manifest record (size, sha256, it parses)."""
+    reader = IndexReader(target, record, identities, where)
+    try:
+        reader.finish()
+    finally:
+        reader.close()
