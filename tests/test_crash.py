@@ -82,7 +82,7 @@ def _is_manifest(path):
 
 def _is_archive(path):
     name = os.path.basename(os.fspath(path))
-    return ".tar" in name and not name.startswith(".") and not _is_manifest(name)
+    return ".tar" in name and not name.startswith(".") and not _is_manifest(name) and ".files." not in name
 
 
 if _SPEC:
@@ -106,9 +106,11 @@ if _SPEC:
 
         storage.LocalAtomicWrite.write = write
 
-    elif _point in ("archive-before-rename", "archive-renamed", "manifest-before-rename", "manifest-renamed"):
+    elif _point in ("archive-before-rename", "archive-renamed", "manifest-before-rename", "manifest-renamed",
+                    "index-renamed"):
         _replace = os.replace
-        _which = _is_archive if _point.startswith("archive") else _is_manifest
+        _which = {"archive": _is_archive, "manifest": _is_manifest,
+                  "index": lambda p: os.fspath(p).endswith(".files.jsonl.zst")}[_point.split("-")[0]]
 
         def replace(src, dst, *args, **kwargs):
             if _which(dst) and _point.endswith("before-rename"):
@@ -210,11 +212,14 @@ def killpoints(tmp_path_factory) -> Path:
 
 
 class World:
-    def __init__(self, root: Path, template: Path, killpoints: Path, sources=("files",)):
+    def __init__(self, root: Path, template: Path, killpoints: Path, sources=("files",), incremental=False):
         self.root = root
         self.killpoints = killpoints
         self.state = root / "state"
         self.storage = root / "backups"
+        self.incremental = incremental
+        #: an archive and its manifest; with incremental backups, the file index too
+        self.files_per_backup = 3 if incremental else 2
         for name in sources:
             shutil.copytree(template, self.state / name)
         self.config = root / "eternia-backup.yaml"
@@ -222,6 +227,7 @@ class World:
             "storage_path": "backups",
             "sources": [{"type": "directory", "name": n, "path": f"state/{n}"} for n in sources],
             "retention": {"keep_last": 2, "incomplete_grace_hours": 0},
+            "archive": {"incremental": {"enabled": incremental}},
         }}))
 
     # -- the CLI, as a user runs it --------------------------------------------------------
@@ -353,8 +359,8 @@ def check_after_killed_create(w: World, earlier: list[str], what: str) -> None:
     # Under a final name only an archive may remain (committed, its manifest never written);
     # whatever the dead process left is private, like every backup file.
     for name in killed_files:
-        assert (name.startswith(".") and name.endswith(".tmp")) or (".tar" in name and "manifest" not in name), \
-            f"{where}: left {name} under a final name"
+        assert (name.startswith(".") and name.endswith(".tmp")) or (".tar" in name and "manifest" not in name) \
+            or name.endswith(".files.jsonl.zst"), f"{where}: left {name} under a final name"
         assert stat.S_IMODE(os.stat(w.storage / name).st_mode) == 0o600, f"{where}: {name} is not 0600"
     # verify: every earlier backup is whole.
     proc = w.cli("verify", "--all", "--json")
@@ -364,6 +370,9 @@ def check_after_killed_create(w: World, earlier: list[str], what: str) -> None:
     # The next create works (no stale lock) and cleanup removes the leftovers.
     new = w.ok("create").stdout.strip()
     assert Path(new).is_file()
+    if w.incremental:  # built on the newest good backup, as if the killed one had never been
+        manifest = json.loads((w.storage / (Path(new).name.split(".tar")[0] + ".manifest.json")).read_text())
+        assert manifest["kind"] == "incremental" and manifest["parent"] == earlier[0], f"{where}: {manifest}"
     cleaned = w.ok("cleanup")
     if killed_files:
         assert "leftover" in cleaned.stdout, f"{where}: cleanup did not remove {killed_files}: {cleaned.stdout}"
@@ -371,7 +380,7 @@ def check_after_killed_create(w: World, earlier: list[str], what: str) -> None:
     assert Path(new).name.split(".tar")[0].endswith(after[0]), f"{where}: the new backup is not the newest: {after}"
     assert after[1:] == earlier[: len(after) - 1]
     # Exactly the listed backups' archives and manifests are left: no temp file, no orphan.
-    assert w.stored() == w.expected_files(after) and len(w.stored()) == 2 * len(after), \
+    assert w.stored() == w.expected_files(after) and len(w.stored()) == w.files_per_backup * len(after), \
         f"{where}: storage holds {w.stored()} for backups {after}"
 
 
@@ -649,3 +658,111 @@ def test_killed_restore_leftovers_are_removed_or_reported_by_the_next_restore(re
     remaining = rw.leftovers()
     assert not remaining or all(p.name in again.stdout + again.stderr for p in remaining), \
         f"left silently beside the destination: {[p.name for p in remaining]}"
+
+
+# -- incremental backups ------------------------------------------------------------------------
+
+
+def change_some(root: Path, rng: random.Random, run: int) -> None:
+    """What an hour of an application changes: one blob rewritten, a document edited, one added."""
+    (root / "blobs" / f"blob-{run % 5}.bin").write_bytes(rng.randbytes(2 * 1024 * 1024))
+    (root / "docs" / f"doc-{rng.randrange(300):03d}.txt").write_text(f"edited in run {run}\n" * 500)
+    (root / "docs" / f"new-{run}.txt").write_text(f"added in run {run}\n")
+
+
+@pytest.fixture
+def inc_world(tmp_path, template, killpoints) -> World:
+    """A full backup and an incremental on top of it; the next ones are incremental too."""
+    w = World(tmp_path, template, killpoints, incremental=True)
+    w.ok("create")
+    w.rng = random.Random(SEED + 7)
+    change_some(w.state / "files", w.rng, 0)
+    started = time.monotonic()
+    w.ok("create")
+    w.create_seconds = time.monotonic() - started
+    latest = w.listed()[0]
+    assert latest["kind"] == "incremental"
+    w.archive_size = latest["size"]
+    return w
+
+
+def test_sigkill_during_an_incremental_backup(inc_world):
+    """Killed anywhere before its manifest, an incremental leaves the chain as it was; the next one
+    builds on the newest good backup, and cleanup removes what the dead one left (its index too)."""
+    w = inc_world
+    points = ["archive-bytes", "after-start", "archive-renamed", "index-renamed", "manifest-write",
+              "manifest-before-rename"]
+    kills = 0
+    for run, point in enumerate(points, start=1):
+        earlier = w.listed_ids()
+        change_some(w.state / "files", w.rng, run)
+        if point == "archive-bytes":
+            offset = w.rng.randrange(1, w.archive_size)
+            what = f"incremental killed after {offset} archive bytes"
+            killed, out = finish(w.spawn("create", kill_at=f"archive-bytes:{offset}"))
+        elif point == "after-start":
+            delay = w.rng.uniform(0.05, w.create_seconds)
+            what = f"incremental killed {delay:.3f}s after start"
+            killed, out = kill_after(w.spawn("create"), delay)
+        else:
+            what = f"incremental killed at {point}"
+            killed, out = finish(w.spawn("create", kill_at=point))
+            assert killed, f"{what}: the kill point was not reached: {out}"
+        if killed and not new_manifests(w, earlier):
+            kills += 1
+            check_after_killed_create(w, earlier, what)
+        else:
+            assert killed or out.startswith("exit 0\n"), f"{what}: {out}"
+            w.ok("verify", "latest")
+            w.ok("cleanup")
+    assert kills >= len(points) - 1, f"only {kills} of {len(points)} incrementals were killed (seed {SEED})"
+    # every backup of the chain still restores
+    latest = w.listed()[0]
+    assert latest["kind"] == "incremental"
+    w.ok("restore", "latest", "--to", str(w.root / "out"))
+    assert tree_digest(w.root / "out" / "files") == tree_digest(w.state / "files")
+
+
+@pytest.fixture
+def chain_restore_world(tmp_path, template, killpoints) -> RestoreWorld:
+    """The NEW state is in an incremental backup on top of a full one of an earlier state."""
+    w = World(tmp_path, template, killpoints, incremental=True)
+    w.ok("create")
+    change_some(w.state / "files", random.Random(SEED + 9), 1)
+    rw = RestoreWorld(w, ("files",))
+    assert w.listed()[0]["kind"] == "incremental"
+    started = time.monotonic()
+    w.ok("restore", "latest", "--yes")
+    rw.seconds = time.monotonic() - started
+    assert rw.live() == rw.new
+    rw.reset()
+    return rw
+
+
+def test_sigkill_during_a_chain_restore_leaves_old_or_new_state(chain_restore_world):
+    rw, w = chain_restore_world, chain_restore_world.w
+    rng = random.Random(SEED + 11)
+    staging = lambda: any(".eternia-restore-" in p.name for p in w.state.iterdir())
+    sides = {"old": 0, "new": 0}
+    kills = 0
+    for run in range(max(4, RESTORE_RUNS // 2)):
+        mode = ("after-start", "after-staging-began", "swap-start", "swap-done")[run % 4]
+        if mode == "after-start":
+            delay = rng.uniform(0.1, rw.seconds)
+            what = f"chain restore killed {delay:.3f}s after start"
+            killed, out = kill_after(w.spawn("restore", "latest", "--yes"), delay)
+        elif mode == "after-staging-began":
+            delay = rng.uniform(0, rw.seconds / 3)
+            what = f"chain restore killed {delay:.3f}s after staging began"
+            killed, out = kill_after(w.spawn("restore", "latest", "--yes"), delay, when=staging)
+        else:
+            what = f"chain restore killed at {mode}"
+            killed, out = finish(w.spawn("restore", "latest", "--yes", kill_at=mode))
+            assert killed, f"{what}: the kill point was not reached: {out}"
+        if not killed:
+            assert out.startswith("exit 0\n") and f"restored backup {rw.backup_id}" in out, f"{what}: {out}"
+        kills += killed
+        sides[rw.check_after_kill(what)] += 1
+        rw.reset()
+    assert kills >= 3, f"only {kills} chain restores were killed (seed {SEED})"
+    assert sides["old"] and sides["new"], "the kills should land both before and after the swap"
