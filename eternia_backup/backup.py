@@ -120,6 +120,8 @@ class IncrementPlan:
 
     parent: Manifest | None = None
     open_parent_index: Callable[[], IndexReader] | None = None
+    #: where an encrypted backup keeps an unencrypted copy of its index (the state directory)
+    plain_index: Path | None = None
 
 
 class _BaseSections:
@@ -404,7 +406,10 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     fan = _FanOut({}, failures, by_name)
     encrypting = None
     parent = increment.parent if increment is not None else None
-    index = IndexWriter(backup_id, encryptor) if increment is not None else None
+    index = None
+    if increment is not None:
+        index = IndexWriter(backup_id, encryptor,
+                            increment.plain_index.parent if increment.plain_index is not None else None)
     removed = RemovedList() if parent is not None else None
     base = _BaseSections(None)
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
@@ -487,6 +492,13 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         fan.abort_all()
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         raise
+    else:
+        if index is not None and copies:
+            try:
+                index.keep_plain(increment.plain_index)
+            except OSError as exc:  # the next backup is then a full one
+                log.warning("could not keep the local copy of the file index at %s: %s",
+                            increment.plain_index, describe_os_error(exc))
     finally:
         if index is not None:
             index.discard()

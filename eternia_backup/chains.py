@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 from .backup import IncrementPlan
 from .errors import EterniaBackupError, IntegrityError
-from .file_index import IndexReader, check_stored
+from .file_index import IndexReader, LocalIndexFile, check_stored
 from .increments import Incremental, why_full
 
 log = logging.getLogger("eternia_backup.chains")
@@ -70,17 +71,19 @@ def _same_encryption(parent_record: dict | None, encryptor) -> bool:
 
 def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: dict[str, str],
                    target_names: list[str], environment: str, encryptor, encryption_settings,
-                   now: datetime) -> IncrementPlan | None:
+                   now: datetime, plain_index: Path | None = None) -> IncrementPlan | None:
     """The plan of the next backup: None without incremental backups, else full or on top of a parent.
 
     The parent is the newest backup, when it is intact on every target (so that
     every copy of the new backup has its whole chain beside it) and its file
     index reads back as recorded; anything else makes a full backup, with a
-    log line saying why.
+    log line saying why. An encrypted parent's index is read from the local
+    unencrypted copy (``plain_index``) when no key to decrypt it is configured
+    (a host holding only the recipients' public keys).
     """
     if not policy.enabled:
         return None
-    full_plan = IncrementPlan()
+    full_plan = IncrementPlan(plain_index=plain_index)
     if full:
         log.info("a full backup, as asked (--full)")
         return full_plan
@@ -111,15 +114,23 @@ def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: 
         log.info("a full backup: %s", reason)
         return full_plan
     copy = newest.best
-    where = copy.describe()
+    source, record, where = copy.target, parent.files_index, copy.describe()
     try:
+        from .encryption import DecryptionError
         from .verify import keys_for
 
-        identities = keys_for(parent, encryption_settings)
-        check_stored(copy.target, parent.files_index, identities, where)
+        try:
+            identities = keys_for(parent, encryption_settings)
+        except DecryptionError:
+            local = LocalIndexFile(plain_index) if plain_index is not None else None
+            kept = local.record() if local is not None else None
+            if kept is None or kept[0] != parent.backup_id:
+                raise
+            source, record, where, identities = local, kept[1], local.describe(), None
+        check_stored(source, record, identities, where)
     except EterniaBackupError as exc:
         log.warning("a full backup: the file index of %s cannot be used (%s)", newest.backup_id, exc)
         return full_plan
     log.info("an incremental backup on top of %s", newest.backup_id)
-    return IncrementPlan(parent=parent,
-                         open_parent_index=lambda: IndexReader(copy.target, parent.files_index, identities, where))
+    return IncrementPlan(parent=parent, plain_index=plain_index,
+                         open_parent_index=lambda: IndexReader(source, record, identities, where))

@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tempfile
+from pathlib import Path
 from typing import IO, Any, Iterator
 
 import zstandard
@@ -69,16 +71,31 @@ class _Hashing:
 
 
 class IndexWriter:
-    """Writes an index into a private temporary file; :meth:`store` copies it to a target."""
+    """Writes an index into a private temporary file; :meth:`store` copies it to a target.
+
+    With ``plain_dir`` (encrypted backups), a second, unencrypted copy is written
+    there too and kept by :meth:`keep_plain`: the next incremental reads it on a
+    host that holds only the recipients' public keys (no identity to decrypt the
+    stored one). It holds paths and sizes of the live tree, on the same host,
+    readable by its owner only.
+    """
 
     _BATCH = 2000
 
-    def __init__(self, backup_id: str, encryptor=None):
+    def __init__(self, backup_id: str, encryptor=None, plain_dir: Path | None = None):
+        self.backup_id = backup_id
         self.spool = tempfile.TemporaryFile(prefix="eternia-index-")
         self._hashing = _Hashing(self.spool)
         self._encrypting = encryptor.writer(self._hashing) if encryptor is not None else None
         sink = self._encrypting if self._encrypting is not None else self._hashing
         self._zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(sink, closefd=False)
+        self._plain = self._plain_hashing = self._plain_zstd = None
+        if encryptor is not None and plain_dir is not None:
+            plain_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._plain = tempfile.NamedTemporaryFile(dir=plain_dir, prefix=".index-", suffix=".tmp", delete=False)
+            self._plain_hashing = _Hashing(self._plain)
+            self._plain_zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
+                self._plain_hashing, closefd=False)
         self._lines: list[str] = []
         self.record: FileRecord | None = None
         self._line({"format": FORMAT, "version": VERSION, "backup_id": backup_id})
@@ -90,7 +107,10 @@ class IndexWriter:
 
     def _flush(self) -> None:
         if self._lines:
-            self._zstd.write(("\n".join(self._lines) + "\n").encode("utf-8", "surrogateescape"))
+            data = ("\n".join(self._lines) + "\n").encode("utf-8", "surrogateescape")
+            self._zstd.write(data)
+            if self._plain_zstd is not None:
+                self._plain_zstd.write(data)
             self._lines = []
 
     def begin_source(self, name: str, type_name: str, fingerprint: str, indexed: bool) -> None:
@@ -104,8 +124,28 @@ class IndexWriter:
         self._zstd.close()
         if self._encrypting is not None:
             self._encrypting.close()
+        if self._plain_zstd is not None:
+            self._plain_zstd.close()
+            self._plain.flush()
+            os.fsync(self._plain.fileno())
+            self._plain.close()
         self.record = FileRecord(filename, self._hashing.size, self._hashing.sha.hexdigest())
         return self.record
+
+    def keep_plain(self, path: Path) -> None:
+        """Keep the unencrypted copy as ``path`` (with ``path.json`` describing it), replacing an older one."""
+        if self._plain is None:
+            return
+        record = {"backup_id": self.backup_id, "size": self._plain_hashing.size,
+                  "sha256": self._plain_hashing.sha.hexdigest()}
+        os.replace(self._plain.name, path)
+        self._plain = None
+        meta = path.with_name(path.name + ".json")
+        tmp = meta.with_name("." + meta.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, meta)
 
     def store(self, target) -> None:
         """Copy the closed index to ``target`` atomically under its name."""
@@ -125,6 +165,43 @@ class IndexWriter:
         if self._encrypting is not None:
             self._encrypting.abort()
         self.spool.close()
+        if self._plain is not None:
+            self._plain.close()
+            try:
+                os.unlink(self._plain.name)
+            except FileNotFoundError:
+                pass
+            self._plain = None
+
+
+class LocalIndexFile:
+    """The kept unencrypted copy of the newest index (see :class:`IndexWriter`), read like a target's file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = "local"
+
+    def record(self) -> tuple[str, FileRecord] | None:
+        """(backup id, record) of the kept copy, or None when there is none."""
+        try:
+            meta = json.loads(self.path.with_name(self.path.name + ".json").read_text())
+            return meta["backup_id"], FileRecord(self.path.name, int(meta["size"]), str(meta["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def open_read(self, filename: str):
+        return open(self.path, "rb")
+
+    def size(self, filename: str) -> int:
+        return self.path.stat().st_size
+
+    def error_for(self, action: str, exc: BaseException, filename: str | None = None):
+        from .errors import StorageError
+
+        return StorageError(f"cannot {action} the local copy of the file index {self.path}: {exc}")
+
+    def describe(self) -> str:
+        return f"the local copy of the file index {self.path}"
 
 
 class _HashingReader:

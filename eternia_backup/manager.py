@@ -185,7 +185,12 @@ class BackupManager:
         return plan_increment(policy, full=full, entries=catalog.merge(listings), unlisted=errors,
                               target_names=[t.name for t in self.targets], environment=self.config.environment,
                               encryptor=encryptor, encryption_settings=self.config.encryption,
-                              now=datetime.now(timezone.utc))
+                              now=datetime.now(timezone.utc), plain_index=self.plain_index_path)
+
+    @property
+    def plain_index_path(self) -> Path:
+        """Where an encrypted backup keeps the unencrypted copy of its file index (for the next incremental)."""
+        return self.state.path.parent / "file-index" / f"{self.config.name}-{self.config.environment}.files.jsonl.zst"
 
     def _create(self, progress, guard, cancel, full=False) -> backup_mod.BackupResult:
         try:
@@ -436,26 +441,40 @@ class BackupManager:
 
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None,
                         progress: Progress = NO_PROGRESS) -> Path:
-        """Copy a backup (archive and manifest) into local storage, verified; returns the archive's path."""
+        """Copy a backup (archive, file index, manifest) into local storage, verified; returns the archive's path.
+
+        An incremental backup comes with every backup of its chain, so the copy can be restored on its own.
+        """
         copy = self.find_backup(url)
         if copy.manifest is None or copy.problem:
             raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem}")
         dest = self._download_target(to)
+        for link in self.chain_of(copy) or [copy]:
+            self._download_one(link, dest, progress)
         manifest = copy.manifest
-        writer = dest.open_write(manifest.archive.file)
-        progress.phase("download", manifest.archive.size)
-        try:
-            with copy.target.open_read(manifest.archive.file) as src:
-                hashing = verify.HashingReader(ProgressReader(src, progress))
-                while chunk := hashing.read(1024 * 1024):
-                    writer.write(chunk)
-            verify.compare_checksum(copy, manifest, hashing)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        dest.write_bytes(manifest.filename, manifest.to_json())
         return local_path_of(dest, manifest.archive.file) or Path(dest.file_url(manifest.archive.file))
+
+    def _download_one(self, copy: catalog.BackupCopy, dest: Target, progress: Progress) -> None:
+        manifest = copy.manifest
+        files = [(manifest.archive.file, manifest.archive.size, manifest.archive.sha256)]
+        if manifest.files_index is not None:
+            files.append((manifest.files_index.file, manifest.files_index.size, manifest.files_index.sha256))
+        for name, size, sha256 in files:
+            writer = dest.open_write(name)
+            progress.phase("download", size)
+            try:
+                with copy.target.open_read(name) as src:
+                    hashing = verify.HashingReader(ProgressReader(src, progress))
+                    while chunk := hashing.read(1024 * 1024):
+                        writer.write(chunk)
+                if hashing.size != size or hashing.sha.hexdigest() != sha256:
+                    raise IntegrityError(f"{copy.describe()}: {name} does not match its manifest (size or "
+                                         "sha256 differ); nothing was downloaded from it")
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+        dest.write_bytes(manifest.filename, manifest.to_json())
 
     def _download_target(self, to) -> Target:
         if to is not None:

@@ -185,6 +185,27 @@ def test_an_encrypted_chain_restores(tmp_path, monkeypatch):
     assert b"rename-me" not in raw and b"renamed" not in raw  # no path in clear beside the manifests
 
 
+def test_a_host_with_only_the_public_key_makes_incrementals(tmp_path, cli):
+    """The backup host holds only the recipient: the stored index cannot be decrypted there, so the
+    next incremental reads the private unencrypted copy kept in the state directory."""
+    key = tmp_path / "key.txt"
+    assert cli("keygen", "--output", str(key)).returncode == 0
+    recipient = next(line.split(": ", 1)[1] for line in key.read_text().splitlines() if "public key" in line)
+    make_initial(tmp_path / "data")
+    mgr = BackupManager.from_config(config(tmp_path, encryption={"enabled": True, "recipients": [recipient]}))
+    made = chain_of_backups(tmp_path, mgr, STEPS[:2])
+    assert [manifest_of(mgr, i).kind for i, _ in made] == ["full", "incremental", "incremental"]
+    kept = mgr.plain_index_path
+    assert kept.is_file() and (kept.stat().st_mode & 0o777) == 0o600
+    assert (kept.parent.stat().st_mode & 0o777) == 0o700
+    # the restore needs the identity, as for any encrypted backup
+    restorer = BackupManager.from_config(config(tmp_path, encryption={
+        "enabled": True, "recipients": [recipient], "identity_file": str(key)}))
+    for n, (backup_id, tree) in enumerate(made):
+        restorer.restore_backup(backup_id, to=tmp_path / f"r{n}")
+        assert snapshot(tmp_path / f"r{n}" / "files") == tree
+
+
 def test_in_place_restore_of_an_incremental_brings_back_that_moment(tmp_path):
     make_initial(tmp_path / "data")
     mgr = BackupManager.from_config(config(tmp_path))
@@ -414,6 +435,19 @@ def test_verify_checks_the_chain_and_verify_all_reads_each_archive_once(tmp_path
     assert code == 0
     reports = json.loads(out)["backups"]
     assert sorted(r["backup_id"] for r in reports) == sorted(i for i, _ in made)
+
+
+def test_download_of_an_incremental_brings_its_whole_chain(tmp_path, cli):
+    mgr, made = _chain(tmp_path)
+    r = cli("download", made[2][0], "--to", str(tmp_path / "dl"), config=tmp_path / "eternia-backup.yaml")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "dl").iterdir())
+    assert len(names) == 9 and all(any(i in n for i, _ in made) for n in names)  # 3 backups x 3 files
+    restored = tmp_path / "from-download"
+    manifest = tmp_path / "dl" / manifest_of(mgr, made[2][0]).filename
+    r = cli("restore", str(manifest), "--to", str(restored), config=tmp_path / "eternia-backup.yaml")
+    assert r.returncode == 0, r.stderr
+    assert snapshot(restored / "files") == made[2][1]
 
 
 # -- retention -----------------------------------------------------------------------------------------
