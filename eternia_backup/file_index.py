@@ -22,17 +22,17 @@ memory stays flat whatever the number of files:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 import zstandard
 
 from .errors import EterniaBackupError, IntegrityError
+from .hashing import HashingReader, HashingWriter
 from .manifest import FileRecord
 
 FORMAT = "eternia-backup-files"
@@ -53,23 +53,6 @@ def path_key(path: str) -> list[str]:
     return path.split("/")
 
 
-class _Hashing:
-    """A write-only file that hashes and counts what passes to ``inner``."""
-
-    def __init__(self, inner: IO[bytes]):
-        self.inner = inner
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.inner.write(data)
-
-    def flush(self) -> None:
-        pass
-
-
 class IndexWriter:
     """Writes an index into a private temporary file; :meth:`store` copies it to a target.
 
@@ -85,7 +68,7 @@ class IndexWriter:
     def __init__(self, backup_id: str, encryptor=None, plain_dir: Path | None = None):
         self.backup_id = backup_id
         self.spool = tempfile.TemporaryFile(prefix="eternia-index-")
-        self._hashing = _Hashing(self.spool)
+        self._hashing = HashingWriter(self.spool)
         self._encrypting = encryptor.writer(self._hashing) if encryptor is not None else None
         sink = self._encrypting if self._encrypting is not None else self._hashing
         self._zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(sink, closefd=False)
@@ -93,7 +76,7 @@ class IndexWriter:
         if encryptor is not None and plain_dir is not None:
             plain_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._plain = tempfile.NamedTemporaryFile(dir=plain_dir, prefix=".index-", suffix=".tmp", delete=False)
-            self._plain_hashing = _Hashing(self._plain)
+            self._plain_hashing = HashingWriter(self._plain)
             self._plain_zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
                 self._plain_hashing, closefd=False)
         self._lines: list[str] = []
@@ -204,27 +187,6 @@ class LocalIndexFile:
         return f"the local copy of the file index {self.path}"
 
 
-class _HashingReader:
-    def __init__(self, inner):
-        self.inner = inner
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-
 class IndexReader:
     """Reads one stored index forward: its sources' headers and entries, in order.
 
@@ -241,7 +203,7 @@ class IndexReader:
             raise
         except OSError as exc:
             raise target.error_for("read", exc, record.file) from exc
-        self._hashing = _HashingReader(self._raw)
+        self._hashing = HashingReader(self._raw)
         source = self._hashing
         self._decrypting = None
         if identities is not None:
@@ -297,8 +259,7 @@ class IndexReader:
         """Read to the end and raise IntegrityError unless the bytes match the manifest's record."""
         while self._next() is not None:
             pass
-        while self._hashing.read(1024 * 1024):
-            pass
+        self._hashing.drain()
         self.close()
         if self._hashing.size != self.record.size or self._hashing.sha.hexdigest() != self.record.sha256:
             raise IntegrityError(f"{self.where}: file index {self.record.file} does not match its manifest "

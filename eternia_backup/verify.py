@@ -8,7 +8,6 @@ written anywhere.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import BinaryIO
 
 from .catalog import BackupCopy
@@ -22,42 +21,10 @@ from .errors import (
 )
 from .manifest import Manifest
 from .progress import NO_PROGRESS, Progress, ProgressReader
+from .hashing import HashingReader
 from .safety import MemberChecker
 
 _CHUNK = 1024 * 1024
-
-
-class HashingReader:
-    """Reads through ``inner`` while hashing and counting the bytes read."""
-
-    def __init__(self, inner: BinaryIO):
-        self.inner = inner
-        self.sha = hashlib.sha256()
-        self.size = 0
-        #: reading ``inner`` raised (a store's error, not the archive's)
-        self.failed = False
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data = self.inner.read(n)
-        except BaseException:
-            self.failed = True
-            raise
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
 
 
 class LimitedReader:
