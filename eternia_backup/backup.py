@@ -369,6 +369,16 @@ def _with_increment(source: Source, section, backup_id: str, index: IndexWriter 
     return changes, counts, changes
 
 
+def _increment_record(counts: SourceIncrement | None, encryptor) -> dict | None:
+    """The manifest's increment record; paths only when the backup is not encrypted (the manifest is plain)."""
+    if counts is None:
+        return None
+    record = counts.record()
+    if encryptor is not None:
+        record["removed_paths"] = []  # they are in the encrypted archive's .eternia/removed
+    return record
+
+
 def _backup_source(source: Source, section, progress: Progress) -> None:
     before, after = source.options.before, source.options.after
     if before:
@@ -441,7 +451,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
                                             details=source.describe(), warnings=list(warned.items),
                                             warning_count=warned.count,
-                                            increment=counts.record() if counts is not None else None))
+                                            increment=_increment_record(counts, encryptor)))
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
             if removed is not None:  # the paths to delete after extracting this archive over its parent's state

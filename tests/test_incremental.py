@@ -79,6 +79,8 @@ def step_changes(root: Path) -> None:
     write(root / "same-size.txt", "BBBB\n")  # same size, and the old mtime put back: only ctime tells
     os.utime(root / "same-size.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
     write(root / "added" / "new.txt", "new\n")
+    with open(os.path.join(os.fsencode(root), b"not-utf8-\xff.txt"), "wb") as f:  # a name that is no UTF-8
+        f.write(b"bytes\n")
     os.rename(root / "rename-me.txt", root / "renamed.txt")
     (root / "script.sh").chmod(0o700)
 
@@ -96,6 +98,7 @@ def step_types(root: Path) -> None:
 
 
 def step_back(root: Path) -> None:
+    os.unlink(os.path.join(os.fsencode(root), b"not-utf8-\xff.txt"))
     shutil.rmtree(root / "becomes-dir")
     write(root / "becomes-dir", "a file again\n")
     write(root / "subtree" / "c.txt", "c is back, different\n")  # removed, then added again
@@ -183,6 +186,8 @@ def test_an_encrypted_chain_restores(tmp_path, monkeypatch):
         assert snapshot(tmp_path / f"r{n}" / "files") == tree
     raw = b"".join(p.read_bytes() for p in (tmp_path / "backups").iterdir() if not p.name.endswith(".json"))
     assert b"rename-me" not in raw and b"renamed" not in raw  # no path in clear beside the manifests
+    manifests = "".join(p.read_text() for p in (tmp_path / "backups").glob("*.manifest.json"))
+    assert "rename-me" not in manifests  # the removed paths are only inside the encrypted archive
 
 
 def test_a_host_with_only_the_public_key_makes_incrementals(tmp_path, cli):
@@ -495,3 +500,48 @@ def test_a_chain_on_s3_restores_from_s3_alone(tmp_path, s3_env, s3_bucket):
         assert snapshot(tmp_path / f"r{n}" / "files") == tree
     # with the local copies gone, the next backup is full (its chain would be incomplete there)
     assert mgr.create_backup().manifest.kind == "full"
+
+
+# -- the plugin contract -------------------------------------------------------------------------------
+
+
+def _unordered_plugin():
+    """A third-party source that says it supports increments but adds entries out of path order."""
+    import io
+
+    from eternia_backup import hookimpl
+    from eternia_backup.api import DirectorySwapPlan, Source
+
+    class UnorderedSource(Source):
+        type_name = "test-unordered"
+        supports_increments = True
+
+        def backup(self, writer):
+            for name in ("b.txt", "a.txt"):
+                writer.add_stream(name, io.BytesIO(b"x"), 1, mtime=time.time())
+
+        def restore_plan(self, destination):
+            return DirectorySwapPlan(destination, f"source {self.name!r}")
+
+    class Plugin:
+        @hookimpl
+        def eternia_register_sources(self, register):
+            register(UnorderedSource)
+
+    return Plugin()
+
+
+def test_a_source_that_adds_entries_out_of_order_fails_clearly_and_commits_nothing(tmp_path):
+    from eternia_backup.config import load_config
+    from eternia_backup.errors import SourceError
+    from eternia_backup.plugins import get_plugin_manager
+
+    cfg = config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["backup"]["sources"] = [{"type": "test-unordered", "name": "odd"}]
+    cfg.write_text(yaml.safe_dump(data))
+    mgr = BackupManager(load_config(cfg), plugin_manager=get_plugin_manager(extra_plugins=(_unordered_plugin(),)))
+    with pytest.raises(SourceError, match="added 'a.txt' out of path order"):
+        mgr.create_backup()
+    assert mgr.list_backups() == []
+    assert not (tmp_path / "backups").exists() or list((tmp_path / "backups").iterdir()) == []
