@@ -29,6 +29,7 @@ from typing import Callable
 
 from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
+from .hooks import GlobalHooks, run_hook
 from .file_index import Cursor, IndexReader, IndexWriter, index_name
 from .increments import META_DIR, REMOVED_MEMBER, ChangeFilter, RemovedList, SourceIncrement, fingerprint
 from .manifest import ArchiveRecord, Manifest, SourceRecord, archive_stem, new_backup_id
@@ -312,13 +313,9 @@ class _FanOut:
 
 
 def _run_hook_command(source: Source, when: str, command: str) -> None:
-    log.info("source %r: running %s command", source.name, when)
     # no secrets in a hook's environment, except what the source's env: lists
-    env = process.child_env(getattr(source.options, "env", None))
-    status, stderr = process.run(command, shell=True, cwd=source.base_dir, env=env)
-    if status != 0:
-        tail = redact_text(stderr.decode("utf-8", "replace").strip()[-1000:]) or "(no stderr)"
-        raise SourceError(f"source {source.name!r}: {when} command exited with status {status}: {tail}")
+    run_hook(f"source {source.name!r}: {when} command", command, cwd=source.base_dir,
+             env=getattr(source.options, "env", None), timeout=source.options.hook_timeout)
 
 
 class _CountingSection:
@@ -422,6 +419,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                             increment.plain_index.parent if increment.plain_index is not None else None)
     removed = RemovedList() if parent is not None else None
     base = _BaseSections(None)
+    hooks = GlobalHooks(getattr(config, "hooks", None), getattr(config, "base_dir", Path.cwd()), backup_id)
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
     call_lifecycle(pm, "eternia_backup_started", backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
@@ -439,6 +437,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         records: list[SourceRecord] = []
         if parent is not None:
             base = _BaseSections(increment.open_parent_index())
+        hooks.before()
         with archiver.writer(counter) as aw:
             for source in sources:
                 section = aw.section(source.name)
@@ -458,6 +457,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 removed.spool.seek(0)
                 aw.section(META_DIR).add_stream(REMOVED_MEMBER, removed.spool, removed.size, mode=0o600,
                                                 mtime=created.timestamp())
+        hooks.after()  # every source is read: the application may write again while the rest is stored
         base.close()
         compressor.close()
         if encrypting is not None:
@@ -480,12 +480,17 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             files_index=files_index,
         )
     except BaseException as exc:
+        try:
+            hooks.after()  # resume writes first, whatever failed
+        except Exception as after_error:
+            log.warning("%s", after_error)
         base.close()
         if encrypting is not None:
             encrypting.abort()
         if index is not None:
             index.discard()
         fan.abort_all()
+        hooks.on_error(exc)
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
             raise StorageError(f"backup {backup_id} failed: {describe_os_error(exc)}") from exc
@@ -500,6 +505,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index)  # then the slow ones
     except BaseException as exc:
         fan.abort_all()
+        hooks.on_error(exc)
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
         raise
     else:
@@ -520,6 +526,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
             result,
         )
+        hooks.on_error(error)
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=error, result=result)
         raise error
     log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from . import process, redact
 from .encryption import EncryptionSettings
+from .hooks import Hooks
 from .increments import Incremental
 from .errors import ConfigError
 
@@ -214,6 +215,26 @@ class WebhookModel(_Model):
                                 description="How long to wait for the webhook to answer.", examples=[5])
 
 
+class HooksModel(_Model):
+    before_backup: str | None = _f("a shell command", None, min_length=1,
+                                   description="Run once before any source is read (quiesce the application for "
+                                   "a snapshot of every source); a failure fails the backup.",
+                                   examples=["kill -STOP $(cat /run/myapp-writer.pid)"])
+    after_backup: str | None = _f("a shell command", None, min_length=1,
+                                  description="Run once every source was read, also when reading failed (let "
+                                  "the application write again); a failure fails the backup.",
+                                  examples=["kill -CONT $(cat /run/myapp-writer.pid)"])
+    on_error: str | None = _f("a shell command", None, min_length=1,
+                              description="Run when a backup failed; $ETERNIA_ERROR holds the error.",
+                              examples=["logger -t backup \"$ETERNIA_ERROR\""])
+    env: dict[str, str] = _f("a mapping of variable names to values", default_factory=dict,
+                             description="Extra environment of the hook commands (never argv; values may be "
+                             "${VAR}; masked by config show).", examples=[{"PGPASSWORD": "${PGPASSWORD}"}])
+    timeout: float = _f("a number of seconds > 0", 300.0, gt=0,
+                        description="Seconds each hook command may run; one that runs longer is stopped and "
+                        "counts as failed.", examples=[60])
+
+
 class NotifyModel(_Model):
     webhook: WebhookModel | None = _f("a mapping with url", None, description="A webhook to notify.",
                                       examples=[{"url": "https://hooks.example/backup"}])
@@ -279,6 +300,10 @@ class BackupModel(_Model):
     schedule: ScheduleModel = _f("a mapping", default_factory=ScheduleModel,
                                  description="Cron schedule, catch-up and retries; see below.",
                                  examples=[{"cron": "30 2 * * *"}])
+    hooks: HooksModel = _f("a mapping", default_factory=HooksModel,
+                           description="Commands run once around all sources of a backup; see below.",
+                           examples=[{"before_backup": "systemctl kill -s STOP myapp-writer",
+                                      "after_backup": "systemctl kill -s CONT myapp-writer"}])
     notify: NotifyModel = _f("a mapping", default_factory=NotifyModel, description="Notifications; see below.",
                              examples=[{"webhook": {"url": "https://hooks.example/backup"}}])
     metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel,
@@ -377,6 +402,7 @@ class BackupConfig:
     encrypt: bool = False
     encryption: "EncryptionSettings | None" = None
     incremental: Incremental = Incremental()
+    hooks: Hooks = Hooks()
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         """The effective config as plain data (what ``config show`` prints)."""
@@ -394,6 +420,7 @@ class BackupConfig:
                                         if self.incremental.full_after is None else self.incremental.text}},
             "retention": dataclasses.asdict(self.retention),
             "schedule": dataclasses.asdict(self.schedule),
+            "hooks": dataclasses.asdict(self.hooks),
             "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
             "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None},
             "state_dir": str(self.state_dir) if self.state_dir else None,
@@ -631,6 +658,8 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         encrypt=enc.enabled,
         encryption=settings,
         incremental=_incremental(model.archive.incremental),
+        hooks=Hooks(model.hooks.before_backup, model.hooks.after_backup, model.hooks.on_error,
+                    dict(model.hooks.env), model.hooks.timeout),
     )
 
 

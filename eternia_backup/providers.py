@@ -29,6 +29,8 @@ class SourceOptions(BaseModel):
                                "a failure fails the backup.", examples=["systemctl stop myapp-worker"])
     after: str | None = Field(None, description="A shell command run after the source was backed up, "
                               "even when that failed.", examples=["systemctl start myapp-worker"])
+    hook_timeout: float = Field(300.0, gt=0, description="Seconds the before and after commands may each run; "
+                                "one that runs longer is stopped and fails the backup.", examples=[60])
 
 
 # -- what sources write into and archivers read back -------------------------

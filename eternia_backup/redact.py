@@ -77,6 +77,8 @@ def find_secrets(data: Any, key: str = "") -> None:
 def mask(data: Any, key: str = "") -> Any:
     """A copy of a config mapping with secret values masked."""
     if isinstance(data, dict):
+        if key == "env":  # what a command's environment holds is a password more often than not
+            return {k: MASK if v else v for k, v in data.items()}
         return {k: mask(v, str(k)) for k, v in data.items()}
     if isinstance(data, list):
         return [mask(v, key) for v in data]
