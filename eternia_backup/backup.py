@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
 import logging
 import secrets
 import socket
@@ -31,7 +33,7 @@ from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
 from .hooks import GlobalHooks, run_hook
 from .file_index import Cursor, IndexReader, IndexWriter, index_name
-from .increments import META_DIR, REMOVED_MEMBER, ChangeFilter, RemovedList, SourceIncrement, fingerprint
+from .increments import META_DIR, REMOVED_MEMBER, SOURCES_MEMBER, ChangeFilter, RemovedList, SourceIncrement, fingerprint
 from .manifest import ArchiveRecord, Manifest, SourceRecord, archive_stem, new_backup_id
 from .plugins import call_lifecycle
 from .progress import Progress, as_progress
@@ -366,16 +368,6 @@ def _with_increment(source: Source, section, backup_id: str, index: IndexWriter 
     return changes, counts, changes
 
 
-def _increment_record(counts: SourceIncrement | None, encryptor) -> dict | None:
-    """The manifest's increment record; paths only when the backup is not encrypted (the manifest is plain)."""
-    if counts is None:
-        return None
-    record = counts.record()
-    if encryptor is not None:
-        record["removed_paths"] = []  # they are in the encrypted archive's .eternia/removed
-    return record
-
-
 def _backup_source(source: Source, section, progress: Progress) -> None:
     before, after = source.options.before, source.options.after
     if before:
@@ -450,9 +442,13 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                 records.append(SourceRecord(source.name, source.type_name, section.size, section.entries,
                                             details=source.describe(), warnings=list(warned.items),
                                             warning_count=warned.count,
-                                            increment=_increment_record(counts, encryptor)))
+                                            increment=counts.record() if counts is not None else None))
                 log.info("backup %s: source %r: %d entries, %d bytes", backup_id, source.name,
                          section.entries, section.size)
+            if encryptor is not None:  # the details the plain manifest leaves out, encrypted with the data
+                details = json.dumps([dataclasses.asdict(r) for r in records], indent=1).encode()
+                aw.section(META_DIR).add_stream(SOURCES_MEMBER, io.BytesIO(details), len(details), mode=0o600,
+                                                mtime=created.timestamp())
             if removed is not None:  # the paths to delete after extracting this archive over its parent's state
                 removed.spool.seek(0)
                 aw.section(META_DIR).add_stream(REMOVED_MEMBER, removed.spool, removed.size, mode=0o600,
@@ -583,7 +579,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
                 raise StorageError(f"stored archive is {stored} bytes, expected {manifest.archive.size}")
             if index is not None:  # before the manifest: a backup exists only with everything it needs
                 index.store(target)
-            target.write_bytes(manifest.filename, manifest.to_json())
+            target.write_bytes(manifest.filename, manifest.public().to_json())
         except BaseException as exc:
             _delete_quietly(target, archive_file)
             if index is not None:

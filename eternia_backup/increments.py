@@ -30,10 +30,12 @@ from .file_index import CTIME, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE,
 
 log = logging.getLogger("eternia_backup.increments")
 
-#: the archive member of an incremental backup listing removed paths; ``.eternia``
-#: cannot be a source name (those start with a letter or digit)
+#: the framework's own members of an archive live under ``.eternia/`` (a source name
+#: starts with a letter or digit): ``removed`` in incremental backups, ``sources.json``
+#: in encrypted ones; restore and verify read over them
 META_DIR = ".eternia"
 REMOVED_MEMBER = "removed"
+SOURCES_MEMBER = "sources.json"
 #: how many removed paths per source the manifest lists (the archive member has all)
 REMOVED_IN_MANIFEST = 100
 

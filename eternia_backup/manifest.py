@@ -102,6 +102,18 @@ class Manifest:
     #: the per-source file index recorded with this backup (the next incremental's base)
     files_index: FileRecord | None = None
 
+    def public(self) -> "Manifest":
+        """What is stored beside the archive: an encrypted backup's manifest is plain text, so it keeps
+        only what list, retention and verify need (no source details, no paths); the rest is inside
+        the encrypted archive (``.eternia/sources.json``)."""
+        if not self.encryption:
+            return self
+        sources = tuple(dataclasses.replace(
+            s, details={}, warnings=[],
+            increment=None if s.increment is None else {**s.increment, "removed_paths": []})
+            for s in self.sources)
+        return dataclasses.replace(self, sources=sources)
+
     @property
     def format_version(self) -> int:
         return INCREMENTAL_FORMAT_VERSION if self.kind == "incremental" else FORMAT_VERSION

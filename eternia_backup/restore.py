@@ -280,7 +280,7 @@ def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | 
         try:
             reader = archiver.reader(content)
             for member in reader:
-                if manifest.is_incremental and is_meta_member(member.name):
+                if is_meta_member(member.name):  # what the framework stores for itself (.eternia/)
                     continue
                 source, rel = checker.check(member)
                 if source in extractor.staging and (wanted is None or wanted.wants(source, rel)):

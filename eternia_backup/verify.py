@@ -195,7 +195,7 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
             try:
                 reader = archiver.reader(content)
                 for member in reader:
-                    if manifest.is_incremental and is_meta_member(member.name):
+                    if is_meta_member(member.name):  # what the framework stores for itself (.eternia/)
                         continue
                     checker.check(member)
                     if member.kind == "file":

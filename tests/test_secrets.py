@@ -111,3 +111,47 @@ def test_backup_files_are_owner_only_whatever_the_umask(app, cli, write_config):
     assert stat.S_IMODE(storage.stat().st_mode) == 0o700
     for f in storage.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_an_encrypted_backups_plain_manifest_holds_no_source_details_or_paths(tmp_path, monkeypatch):
+    """With encryption on, what lies in clear beside the archive is only what list, retention and verify need."""
+    import json
+    import zstandard
+
+    from eternia_backup.manager import BackupManager
+
+    monkeypatch.setenv("BACKUP_PASSPHRASE", PASSPHRASE)
+    files = tmp_path / "secret-project-name"
+    files.mkdir()
+    (files / "salaries-2026.xlsx").write_bytes(b"x" * 100)
+    section = {
+        "name": "app", "storage_path": str(tmp_path / "backups"),
+        "sources": [{"type": "directory", "name": "files", "path": str(files)},
+                    {"type": "command", "name": "dump", "command": "printf %s dump-marker-Tr55", "filename": "d"}],
+        "encryption": {"enabled": True, "passphrase": "${BACKUP_PASSPHRASE}"},
+        "archive": {"incremental": {"enabled": True}},
+    }
+    cfg = tmp_path / "eternia-backup.yaml"
+    cfg.write_text(yaml.safe_dump({"backup": section}))
+    mgr = BackupManager.from_config(cfg)
+    mgr.create_backup()
+    (files / "salaries-2026.xlsx").unlink()
+    result = mgr.create_backup()
+    assert result.manifest.sources[0].increment["removed_paths"] == ["salaries-2026.xlsx"]  # the caller sees them
+    plain = "".join(p.read_text() for p in (tmp_path / "backups").glob("*.manifest.json"))
+    for word in ("secret-project-name", "salaries", "dump-marker", PASSPHRASE):
+        assert word not in plain, f"{word} in a plain manifest"
+    stored = json.loads((tmp_path / "backups" / result.manifest.filename).read_text())
+    assert [(s["name"], s["type"]) for s in stored["sources"]] == [("files", "directory"), ("dump", "command")]
+    assert stored["sources"][0]["increment"]["removed"] == 1
+    # the details are inside the encrypted archive, and the backup restores and verifies as ever
+    assert mgr.verify_backup(result.backup_id).ok
+    mgr.restore_backup(result.backup_id, to=tmp_path / "r")
+    assert (tmp_path / "r" / "dump" / "d").read_bytes() == b"dump-marker-Tr55"
+    assert sorted(p.name for p in (tmp_path / "r" / "files").iterdir()) == []
+    from eternia_backup.encryption import DecryptingReader, identities_for
+
+    ids = identities_for(stored["encryption"], mgr.config.encryption)
+    with open(tmp_path / "backups" / result.manifest.archive.file, "rb") as raw:
+        tar = zstandard.ZstdDecompressor().stream_reader(DecryptingReader(raw, ids)).read()
+    assert b"secret-project-name" in tar and b".eternia/sources.json" in tar
