@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from eternia_backup.api import (
+    ConfigError,
     DirectorySwapPlan,
     RestoreError,
     RestorePlan,
@@ -69,28 +71,23 @@ class RedisOptions(SourceOptions):
                                         "(needs enable-debug-command).",
                                         examples=["systemctl restart redis-server"])
 
-    @model_validator(mode="after")
-    def _one_address(self):
-        if self.url is None:
-            return self
-        if {"host", "port"} & self.model_fields_set:
-            raise ValueError("give either url or host/port, not both")
-        parts = urlsplit(self.url)
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
         if parts.scheme == "rediss":
-            raise ValueError("rediss:// (TLS) is not supported yet; use redis:// or a TLS tunnel")
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError("expected a redis://[user[:password]@]host[:port] URL")
-        if parts.path.strip("/") not in ("", "0"):
-            raise ValueError("a Redis backup holds every database; leave the database number out of url")
-        if parts.password is not None and self.password is not None:
-            raise ValueError("give the password either in url or as password, not both")
-        if parts.username and self.user is not None:
-            raise ValueError("give the user either in url or as user, not both")
+            raise PydanticCustomError("redis_url", "a redis:// url; rediss:// (tls) is not supported yet")
         try:
             parts.port
-        except ValueError as exc:
-            raise ValueError(f"url: {exc}") from None
-        return self
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme != "redis" or not parts.hostname:
+            raise PydanticCustomError("redis_url", "a url such as redis://127.0.0.1:6379")
+        if parts.path.strip("/") not in ("", "0"):
+            raise PydanticCustomError("redis_url", "a url without a database number: a backup holds every database")
+        return url
 
 
 class RedisSource(Source):
@@ -100,16 +97,21 @@ class RedisSource(Source):
 
     def __init__(self, name, options, base_dir):
         super().__init__(name, options, base_dir)
+        self.label = f"source {self.name!r}"
         opts = self.options
         self.host, self.port, self.user, self.password = opts.host, opts.port, opts.user, opts.password
         if opts.url is not None:
             parts = urlsplit(opts.url)
+            for given, clash in ((opts.model_fields_set & {"host", "port"}, "host/port"),
+                                 (parts.password is not None and opts.password is not None, "password"),
+                                 (parts.username and opts.user is not None, "user")):
+                if given:
+                    raise ConfigError(f"{self.label}: give either url or {clash}, not both")
             self.host, self.port = parts.hostname, parts.port or 6379
             self.user = unquote(parts.username) if parts.username else opts.user
             self.password = unquote(parts.password) if parts.password is not None else opts.password
         if self.password:
             remember_secret(self.password)
-        self.label = f"source {self.name!r}"
         self.where = f"{self.host}:{self.port}" + (f" as user {self.user!r}" if self.user else "")
 
     def describe(self):
