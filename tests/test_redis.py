@@ -356,6 +356,43 @@ def test_restore_by_hand_as_documented(server, cli, tmp_path):
     assert snapshot(server) == original
 
 
+def test_a_later_source_failing_rolls_the_server_back(backed_up, cli, tmp_path):
+    """A command source commits after the redis plan (it pipes: irreversible); its failure loads the snapshot."""
+    server, state, config = backed_up
+    failing = {"type": "command", "name": "app", "command": "echo state", "restore_command": "cat >/dev/null; exit 4"}
+    write_config(tmp_path / "app", server.section(), failing)
+    assert cli("create", config=config).returncode == 0
+    server.call("SET", "after-second-backup", "stays")
+    state = snapshot(server)
+    proc = cli("restore", "latest", "--yes", config=config)
+    assert proc.returncode != 0 and "exit" in proc.stderr.lower(), proc.stderr
+    assert snapshot(server) == state
+    assert server.call("CONFIG", "GET", "save") == ["save", ""]
+    assert leftovers(server) == []
+
+
+def test_a_failed_load_puts_the_previous_data_back(tmp_path, cli):
+    server = RedisServer(tmp_path / "redis", debug=False)
+    try:
+        fill(server)
+        marker = tmp_path / "restarts"
+        # fails the first time without touching the server, restarts it the second time
+        command = (f"if [ ! -e '{marker}' ]; then touch '{marker}'; echo 'unit not found' >&2; exit 5; fi; "
+                   + server.restart_command)
+        config = write_config(tmp_path / "app", server.section(restart_command=command))
+        assert cli("create", config=config).returncode == 0
+        change(server)
+        state = snapshot(server)
+        proc = cli("restore", "latest", "--yes", config=config)
+        assert proc.returncode != 0
+        assert "restart_command exited with status 5: unit not found" in proc.stderr, proc.stderr
+        assert "the server's previous data was put back" in proc.stderr
+        assert snapshot(server) == state
+        assert leftovers(server) == []
+    finally:
+        server.stop()
+
+
 # -- a writer during the backup ---------------------------------------------------------------------
 
 

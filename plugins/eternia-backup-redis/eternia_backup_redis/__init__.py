@@ -122,15 +122,15 @@ class RedisSource(Source):
 
     # -- redis-cli ------------------------------------------------------------------------
 
-    def cli(self, args: list[str], *, error: type[Exception], doing: str, timeout: float | None = COMMAND_TIMEOUT,
-            stdout=None) -> str:
-        """Run redis-cli against the server; its output as text (unless ``stdout`` is given). Raise ``error``."""
+    def cli(self, args: list[str], *, error: type[Exception], doing: str,
+            timeout: float | None = COMMAND_TIMEOUT) -> str:
+        """Run redis-cli against the server; its output as text. Raise ``error`` naming what it was ``doing``."""
         argv = [self.options.redis_cli, "-h", self.host, "-p", str(self.port), *(["--user", self.user] if self.user
                                                                                  else []), *args]
         env = child_env({"REDISCLI_AUTH": self.password} if self.password else None)
         with tempfile.TemporaryFile() as out:
             try:
-                status, stderr = run_process(argv, shell=False, stdout=stdout or out, timeout=timeout, env=env)
+                status, stderr = run_process(argv, shell=False, stdout=out, timeout=timeout, env=env)
             except FileNotFoundError as exc:
                 raise error(f"{self.label}: {self.options.redis_cli} not found; install the Redis command-line "
                             "tools (apt install redis-tools) or set redis_cli to its path") from exc
@@ -207,6 +207,7 @@ class RedisRestorePlan(RestorePlan):
         self.previous: Path | None = None  # what the server held before the commit, as an RDB
         self.installed = False  # the target holds the backup's RDB now
         self.committed = False
+        self.keep_workdir = False  # putting the previous data back failed: leave it for a person
         self.how = "restart_command" if source.options.restart_command else "DEBUG RELOAD NOSAVE"
         self.description = f"{self.label}: load the backup's RDB into the Redis server at {source.where}"
 
@@ -303,8 +304,9 @@ class RedisRestorePlan(RestorePlan):
             try:
                 self._put_back()
             except Exception as undo:
+                self.keep_workdir = True
                 raise RestoreError(f"{exc}; and putting the server's previous data back failed too ({undo}); it "
-                                   f"is kept in {self.workdir}") from exc
+                                   f"is kept in {self.previous}") from exc
             if isinstance(exc, RestoreError):
                 raise RestoreError(f"{exc}; the server's previous data was put back") from exc
             raise
@@ -314,11 +316,10 @@ class RedisRestorePlan(RestorePlan):
     def _install(self, rdb: Path) -> None:
         """Copy ``rdb`` beside the target, owned and permitted like the file it replaces, and rename it in."""
         new = self.workdir / "restored.rdb"
-        if rdb != new:
-            with open(rdb, "rb") as src, open(new, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
+        with open(rdb, "rb") as src, open(new, "wb") as dst:  # workdir is 0700: private until the chmod
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
         like = self.target if self.target.exists() else None
         st = os.stat(like) if like else os.stat(self.target.parent)
         os.chmod(new, (st.st_mode & 0o666) if like else 0o600)
@@ -335,9 +336,7 @@ class RedisRestorePlan(RestorePlan):
     def _put_back(self) -> None:
         """Load the snapshot taken before the commit (if it got that far)."""
         if self.installed:
-            restored = self.workdir / "restored.rdb"
-            os.replace(self.previous, restored)
-            self._install(restored)
+            self._install(self.previous)  # a copy: the snapshot stays in workdir until discard
             self._load()
             self.installed = False
         if self.save is not None:
@@ -345,14 +344,16 @@ class RedisRestorePlan(RestorePlan):
 
     def rollback(self) -> None:
         if self.committed:
+            self.keep_workdir = True  # until the snapshot is loaded again
             self._cli("CONFIG", "SET", "save", "", doing="turning automatic saves off (CONFIG SET save)")
             self._put_back()
             self.committed = False
+            self.keep_workdir = False
 
     def discard(self) -> None:
         if self.staging_dir.name != "eternia-redis-not-prepared":
             remove_tree(self.staging_dir)
-        if self.workdir is not None:
+        if self.workdir is not None and not self.keep_workdir:
             remove_tree(self.workdir)
 
 
