@@ -259,7 +259,7 @@ def leftovers(server: RedisServer) -> list[str]:
 @pytest.fixture
 def default_server(tmp_path):
     """A server at Redis's defaults for snapshots (a replica's snapshot waits repl-diskless-sync-delay: 5 s)."""
-    s = RedisServer(tmp_path / "redis", extra={"repl-diskless-sync-delay": "5"})
+    s = RedisServer(tmp_path / "redis", save="3600 1 300 100", extra={"repl-diskless-sync-delay": "5"})
     yield s
     s.stop()
 
@@ -281,7 +281,7 @@ def test_round_trip_in_place_keeps_types_and_ttls_and_drops_later_keys(default_s
     assert server.call("EXISTS", "after-backup") == 0
     assert 0 < server.call("TTL", "session:1") <= 86400 and server.call("TTL", "session:1") > 86400 - 120
     assert 3_600_000 - 120_000 < server.call("PTTL", "board") <= 3_600_000
-    assert server.call("CONFIG", "GET", "save") == ["save", ""]  # put back as it was
+    assert server.call("CONFIG", "GET", "save") == ["save", "3600 1 300 100"]  # off while restoring, then back
     assert leftovers(server) == []
 
     to = cli("restore", "latest", "--to", str(tmp_path / "out"), "--yes", config=config)
@@ -330,7 +330,7 @@ def test_url_with_acl_user(server, cli, tmp_path):
     assert created.returncode == 0, created.stderr
     manifest = json.loads(manifests(tmp_path / "app")[0].read_text())
     details = manifest["sources"][0]["details"]
-    assert (details["host"], details["port"], details["user"]) == ("127.0.0.1", server.port, "backup")
+    assert details == {"type": "redis", "name": "cache", "host": "127.0.0.1", "port": server.port, "user": "backup"}
     change(server)
     assert cli("restore", "latest", "--yes", config=config, env=env).returncode == 0
     assert snapshot(server) == original
