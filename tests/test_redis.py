@@ -478,6 +478,28 @@ def test_backup_with_bad_credentials(tmp_path, cli, password, expected):
         server.stop()
 
 
+def test_a_dump_longer_than_timeout_is_stopped(server, cli, tmp_path):
+    fill(server)
+    server.call("CONFIG", "SET", "rdb-key-save-delay", 100000)  # 0.1 s per key: minutes for the whole dump
+    config = write_config(tmp_path / "app", server.section(timeout=1))
+    started = time.monotonic()
+    proc = cli("create", config=config)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 30
+    assert "source 'cache': redis-cli ran longer than 1.0 s while taking a snapshot" in proc.stderr, proc.stderr
+    assert "raise timeout" in proc.stderr
+    assert manifests(tmp_path / "app") == []
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).split(b"\0")[0].endswith(b"redis-cli")
+                and str(server.port).encode() in _cmdline(p)]
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture
 def backed_up(server, cli, tmp_path):
     """A backup of ``server``, then changes after it: (server, state now, config path)."""
