@@ -125,8 +125,8 @@ class RedisSource(Source):
     def cli(self, args: list[str], *, error: type[Exception], doing: str,
             timeout: float | None = COMMAND_TIMEOUT) -> str:
         """Run redis-cli against the server; its output as text. Raise ``error`` naming what it was ``doing``."""
-        argv = [self.options.redis_cli, "-h", self.host, "-p", str(self.port), *(["--user", self.user] if self.user
-                                                                                 else []), *args]
+        user = ["--user", self.user] if self.user else []
+        argv = [self.options.redis_cli, "-h", self.host, "-p", str(self.port), *user, *args]
         env = child_env({"REDISCLI_AUTH": self.password} if self.password else None)
         with tempfile.TemporaryFile() as out:
             try:
@@ -152,8 +152,8 @@ class RedisSource(Source):
         if "Could not connect" in text or "Connection refused" in text or "Name or service not known" in text:
             return f"cannot connect ({stderr_tail(output)}); is the server running? check host and port"
         if "WRONGPASS" in text or "invalid password" in text:
-            return "authentication failed (wrong user or password); check password" + (" and user" if self.user
-                                                                                        else "")
+            check = "password and user" if self.user else "password"
+            return f"authentication failed (wrong user or password); check {check}"
         if "NOAUTH" in text:
             return "the server requires a password; set password (e.g. password: ${REDIS_PASSWORD})"
         if "NOPERM" in text:
@@ -229,7 +229,11 @@ class RedisRestorePlan(RestorePlan):
     def _config(self) -> dict[str, str]:
         lines = self._cli("CONFIG", "GET", "dir", "dbfilename", "appendonly", "save",
                           doing="reading the server's dir (CONFIG GET)").splitlines()
-        return dict(zip(lines[0::2], lines[1::2]))
+        config = dict(zip(lines[0::2], lines[1::2]))
+        if not config.get("dir") or not config.get("dbfilename"):
+            raise RestoreError(f"{self.label}: the server at {self.source.where} did not say where it keeps its RDB "
+                               "(CONFIG GET dir dbfilename); restore --to DIR and copy dump.rdb by hand")
+        return config
 
     def _wait_for_background_save(self) -> None:
         """A BGSAVE running now would rename its file over the one we put in place."""
