@@ -95,7 +95,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pidfile = root / "redis.pid"
         self.conf = root / "redis.conf"
-        settings = {"port": str(self.port), "bind": "127.0.0.1", "dir": str(self.dir), "dbfilename": "dump.rdb",
+        settings = {"port": "", "bind": "127.0.0.1", "dir": str(self.dir), "dbfilename": "dump.rdb",
                     "save": f'"{save}"', "appendonly": "no", "daemonize": "yes", "pidfile": str(self.pidfile),
                     "logfile": str(root / "redis.log"), "enable-debug-command": "local" if debug else "no",
                     # the default 5 s wait for more replicas before each snapshot; one test keeps it
@@ -103,27 +103,38 @@ class RedisServer:
         if password:
             settings["requirepass"] = password
         settings.update(extra or {})
-        self.conf.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
+        self.settings = settings
         self.start()
 
     def start(self) -> None:
-        subprocess.run([REDIS_SERVER, str(self.conf)], check=True, timeout=30)
-        self.wait_ready()
+        for _ in range(5):
+            self.settings["port"] = str(self.port)
+            self.conf.write_text("".join(f"{k} {v}\n" for k, v in self.settings.items()))
+            subprocess.run([REDIS_SERVER, str(self.conf)], check=True, timeout=30)
+            if self.wait_ready():
+                return
+            self.port = free_port()  # another process took it between free_port() and the bind
+        raise RuntimeError(f"redis-server did not start; see {self.settings['logfile']}")
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> bool:
+        """True once our server answers; False when its port was taken (it writes its pid file after binding)."""
+        log = Path(self.settings["logfile"])
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                c = self.client()
+        while time.monotonic() < deadline:
+            if self.pid() is not None:
                 try:
-                    if c.call("PING") == "PONG":
-                        return
-                finally:
-                    c.close()
-            except (OSError, ReplyError):
-                if time.monotonic() > deadline:
-                    raise
+                    c = self.client()
+                    try:
+                        if c.call("PING") == "PONG":
+                            return True
+                    finally:
+                        c.close()
+                except (OSError, ReplyError):
+                    pass
+            elif log.exists() and f"Failed listening on port {self.port} " in log.read_text(errors="replace"):
+                return False
             time.sleep(0.05)
+        return False
 
     def pid(self) -> int | None:
         try:
