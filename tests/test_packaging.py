@@ -23,7 +23,7 @@ import pytest
 
 from conftest import ROOT
 
-PLUGIN = ROOT / "plugins" / "eternia-backup-postgres"
+PLUGINS = [ROOT / "plugins" / "eternia-backup-postgres", ROOT / "plugins" / "eternia-backup-redis"]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 pytestmark = pytest.mark.slow
@@ -45,9 +45,9 @@ def _clean_env() -> dict:
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory) -> Path:
-    """sdist + wheel of eternia-backup and of the postgres plugin, in one directory."""
+    """sdist + wheel of eternia-backup and of the first-party plugins, in one directory."""
     out = tmp_path_factory.mktemp("dist")
-    for project in (ROOT, PLUGIN):
+    for project in (ROOT, *PLUGINS):
         _run([sys.executable, "-m", "build", "--outdir", out, project], cwd=out)
     return out
 
@@ -64,12 +64,14 @@ def test_sdist_holds_what_its_tests_need(dists):
     needed = {"LICENSE", "README.md", "pyproject.toml", "tests/conftest.py", "tests/test_packaging.py",
               "examples/app/make_state.py", "examples/app/eternia-backup.yaml", "docs/plugins.md",
               "docs/configuration.md", "plugins/eternia-backup-postgres/pyproject.toml",
+              "plugins/eternia-backup-redis/pyproject.toml",
               "eternia_backup/py.typed"}
     assert needed <= names, f"missing from the sdist: {sorted(needed - names)}"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
-@pytest.mark.parametrize("name, typed", [("eternia_backup", True), ("eternia_backup_postgres", False)])
+@pytest.mark.parametrize("name, typed", [("eternia_backup", True), ("eternia_backup_postgres", False),
+                                              ("eternia_backup_redis", False)])
 def test_wheel_carries_license_and_markers(dists, name, typed):
     with zipfile.ZipFile(_one(dists, f"{name}-{VERSION}-py3-none-any.whl")) as whl:
         names = set(whl.namelist())
@@ -87,7 +89,8 @@ def test_installed_wheels_work_from_an_unrelated_directory(dists, tmp_path):
     bin_dir = env_dir / "bin"
     env = _clean_env()
     _run([bin_dir / "python", "-m", "pip", "install", "--quiet",
-          _one(dists, "eternia_backup-*.whl"), _one(dists, "eternia_backup_postgres-*.whl")], cwd=tmp_path, env=env)
+          _one(dists, "eternia_backup-*.whl"), _one(dists, "eternia_backup_postgres-*.whl"),
+          _one(dists, "eternia_backup_redis-*.whl")], cwd=tmp_path, env=env)
 
     work = tmp_path / "app"
     work.mkdir()
@@ -99,7 +102,8 @@ def test_installed_wheels_work_from_an_unrelated_directory(dists, tmp_path):
         return _run([bin_dir / "eternia-backup", *args], cwd=work, env=env, timeout=120)
 
     assert VERSION in cli("--version").stdout
-    assert "postgres" in cli("plugins").stdout
+    plugins = cli("plugins").stdout
+    assert "postgres" in plugins and "eternia-backup-redis" in plugins
 
     (work / "data").mkdir()
     (work / "data" / "notes.txt").write_text("first contact\n")

@@ -265,6 +265,8 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     assert (sqlite["distribution"], sqlite["version"]) == ("eternia-backup", eternia_backup.__version__)
     postgres = next(r for r in rows if (r["kind"], r["name"]) == ("source", "postgres"))
     assert postgres["distribution"] == "eternia-backup-postgres"
+    redis = next(r for r in rows if (r["kind"], r["name"]) == ("source", "redis"))
+    assert (redis["distribution"], redis["plugin"]) == ("eternia-backup-redis", "redis")
 
 
 # -- registry hooks: third-party providers end to end --------------------------------------

@@ -1,6 +1,6 @@
 """Built-in providers and plugins use only the public plugin API (``eternia_backup.api``).
 
-Every module of the built-ins, the postgres plugin and the example plugins is
+Every module of the built-ins, the first-party plugins and the example plugins is
 read (not imported) and each import of ``eternia_backup`` is checked: only
 ``eternia_backup.api`` is allowed (plus ``eternia_backup.testing``, the
 conformance kit, in tests). A built-in may build on another built-in plugin
@@ -69,7 +69,7 @@ def test_the_check_catches_a_private_import(tmp_path):
         ["eternia_backup.fsutil", "eternia_backup.plans", "eternia_backup.redact"]
 
 
-def test_every_builtin_and_the_postgres_plugin_are_checked():
+def test_every_builtin_and_the_first_party_plugins_are_checked():
     assert {p.stem for p in BUILTINS} >= {"directory", "sqlite", "command", "tar", "compressions",
                                           "local_target", "fsspec_target", "s3_target", "webhook"}
-    assert any(p.parent.name == "eternia_backup_postgres" for p in PLUGINS)
+    assert {"eternia_backup_postgres", "eternia_backup_redis"} <= {p.parent.name for p in PLUGINS}
