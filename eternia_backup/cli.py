@@ -199,7 +199,8 @@ def cmd_restore(mgr, args) -> int:
         result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
                                     confirm=_confirm_factory(args), keep_setid=args.keep_setid,
                                     allow_older=args.allow_older, force=args.force,
-                                    allow_partial_listing=args.allow_partial_listing, progress=progress)
+                                    allow_partial_listing=args.allow_partial_listing, progress=progress,
+                                    to_database=args.to_database)
     finally:
         progress.close()
     if args.json:
@@ -544,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("backup", help="a path, URL, backup id (or unique prefix), or 'latest'")
     s.add_argument("--to", metavar="DIR", help="restore into DIR/<source> instead of the configured places")
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
+    s.add_argument("--to-database", metavar="NAME",
+                   help="restore the one --source database into database NAME (created if missing) instead of its own")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
     s.add_argument("--yes", "-y", action="store_true", help="replace existing state without asking")
     s.add_argument("--keep-setid", action="store_true",

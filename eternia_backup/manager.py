@@ -376,7 +376,7 @@ class BackupManager:
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
                        force: bool = False, keep_setid: bool = False, allow_partial_listing: bool = False,
-                       progress: Progress = NO_PROGRESS) -> restore.RestoreResult:
+                       progress: Progress = NO_PROGRESS, to_database: str | None = None) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
@@ -384,9 +384,11 @@ class BackupManager:
         although processes hold files open under an in-place destination.
         ``latest`` is refused while a target cannot be listed (the newest backup
         may be there) unless ``allow_partial_listing``. Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
-        the restore runs as root into the configured places.
+        the restore runs as root into the configured places. ``to_database`` restores
+        the one selected database source into that database instead of its own.
         """
-        args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress)
+        args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress,
+                to_database)
         if dry_run:
             return self._restore(*args)
         if self.lock.held:
@@ -397,7 +399,7 @@ class BackupManager:
             return self._restore(*args)
 
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
-                 allow_partial_listing, progress) -> restore.RestoreResult:
+                 allow_partial_listing, progress, to_database=None) -> restore.RestoreResult:
         copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         links = self.chain_of(copy)
         try:
@@ -405,7 +407,7 @@ class BackupManager:
                 copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
                 dry_run=dry_run, registry=self.registry, pm=self.pm, confirm=confirm,
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
-                keep_setid=keep_setid, progress=progress, links=links,
+                keep_setid=keep_setid, progress=progress, links=links, to_database=to_database,
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
             from .encryption import DecryptionError

@@ -158,6 +158,10 @@ class Source(abc.ABC):
     #: parent backup's file index and skips unchanged files. Other sources (dumps)
     #: are archived whole in every backup.
     supports_increments: ClassVar[bool] = False
+    #: True when ``restore_plan(None, database=NAME)`` restores into another database
+    #: than the configured one (``restore --source S --to-database NAME``), creating it
+    #: if missing; the plan leaves the configured database alone.
+    restores_to_database: ClassVar[bool] = False
 
     #: The framework's own storage on this machine (local targets' directories, the
     #: state directory with its lock, journal and status files), as absolute paths.

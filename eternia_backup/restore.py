@@ -73,7 +73,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                  to: Path | None, dry_run: bool, registry, pm,
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
                  journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
-                 progress: Progress = NO_PROGRESS, links: list[BackupCopy] | None = None) -> RestoreResult:
+                 progress: Progress = NO_PROGRESS, links: list[BackupCopy] | None = None,
+                 to_database: str | None = None) -> RestoreResult:
     """Restore ``copy``; ``links`` is its chain on the same target, full first and ``copy`` last
     (:func:`eternia_backup.chains.chain_copies`), for an incremental backup."""
     manifest = copy.manifest
@@ -100,11 +101,15 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     if manifest.is_incremental:
         check_index(copy, identities[copy.backup_id])
 
+    if to_database is not None:
+        _check_to_database(names, sources, to, to_database)
     plans: dict[str, RestorePlan] = {}
     for n in names:
         src = sources.get(n)
         if src is None:  # only with --to: the dump lands as files
             plans[n] = DirectorySwapPlan(to / n, f"source {n!r}")
+        elif to_database is not None:
+            plans[n] = src.restore_plan(None, database=to_database)
         else:
             plans[n] = src.restore_plan(to / n if to is not None else None)
     changes = [line for p in plans.values() for line in p.changes()]
@@ -157,6 +162,20 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
+
+
+def _check_to_database(names: list[str], sources: dict[str, Source], to: Path | None, database: str) -> None:
+    """``--to-database`` names one database source, restored into the server (not ``--to DIR``)."""
+    if to is not None:
+        raise UsageError("--to-database restores into the database server; it cannot be combined with --to DIR")
+    if len(names) != 1:
+        raise UsageError(f"--to-database {database} needs exactly one --source (a database source); "
+                         f"this restore has: {', '.join(names)}")
+    src = sources.get(names[0])
+    if src is None or not getattr(src, "restores_to_database", False):
+        what = f"type {src.type_name}" if src is not None else "not in the current config"
+        raise UsageError(f"source {names[0]!r} ({what}) cannot be restored into another database; "
+                         "--to-database works for database sources such as postgres and mysql")
 
 
 def _check_open_files(plans: dict[str, RestorePlan], force: bool) -> None:

@@ -694,3 +694,16 @@ def test_readme_first_command_demo(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("OK: the restored state equals the original"), proc.stdout
+
+
+def test_to_database_is_refused_clearly_where_it_cannot_apply(cli, app, write_config):
+    cfg = write_config()
+    backup_now(cfg)
+    line = assert_error(cli("restore", "latest", "--to-database", "copy", config=cfg), 2)
+    assert "needs exactly one --source" in line and "files, db" in line
+    line = assert_error(cli("restore", "latest", "--source", "files", "--to-database", "copy", config=cfg), 2)
+    assert "source 'files' (type directory) cannot be restored into another database" in line
+    line = assert_error(cli("restore", "latest", "--source", "db", "--to-database", "copy", "--to",
+                            str(app / "out"), config=cfg), 2)
+    assert "cannot be combined with --to DIR" in line
+    assert not (app / "out").exists()
