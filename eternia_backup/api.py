@@ -18,6 +18,7 @@ Errors
     :class:`EterniaBackupError` and its subclasses.
 Helpers
     Running a child process the scheduler can cancel (:func:`run_process`,
+    :class:`CommandOutput` for a dump archived as it is produced,
     :func:`child_env`, :func:`check_cancelled`), secret masking (:func:`remember_secret`,
     :func:`redact_text`), atomic staging (:class:`DirectorySwapPlan`,
     :func:`sibling`, :func:`remove_tree`, :func:`remove_stale_siblings`,
@@ -54,7 +55,7 @@ from .fsutil import (
     xattr_namespaces_kept,
 )
 from .plans import DirectorySwapPlan
-from .process import Cancelled, check_cancelled, child_env, stderr_tail
+from .process import Cancelled, CommandOutput, check_cancelled, child_env, stderr_tail
 from .process import run as run_process
 from .providers import (
     ArchiveReader,
@@ -94,7 +95,7 @@ __all__ = [
     "EterniaBackupError", "ConfigError", "PluginError", "SourceError", "UnreadableFileError",
     "ArchiveError", "StorageError", "BackupNotFoundError", "IntegrityError", "RestoreError", "Cancelled",
     # helpers
-    "run_process", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "describe_os_error",
+    "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "describe_os_error",
     "DirectorySwapPlan", "sibling", "remove_tree", "remove_stale_siblings", "fsync_dir", "make_private_dirs",
     "temp_name", "parse_temp_name", "split_protocol", "read_xattrs", "xattr_namespaces_kept",
 ]

@@ -32,6 +32,7 @@ from typing import Callable
 from . import __version__, process
 from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
 from .hooks import GlobalHooks, run_hook
+from .streams import PartSplitter
 from .file_index import Cursor, IndexReader, IndexWriter, index_name
 from .increments import META_DIR, REMOVED_MEMBER, SOURCES_MEMBER, ChangeFilter, RemovedList, SourceIncrement, fingerprint
 from .manifest import ArchiveRecord, Manifest, SourceRecord, archive_stem, new_backup_id
@@ -432,7 +433,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         hooks.before()
         with archiver.writer(counter) as aw:
             for source in sources:
-                section = aw.section(source.name)
+                section = PartSplitter(aw.section(source.name))  # dumps of unknown size go in parts
                 log.debug("backup %s: source %r (%s) starting", backup_id, source.name, source.type_name)
                 writer, counts, changes = _with_increment(source, section, backup_id, index, base, removed)
                 _backup_source(source, writer, progress)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .errors import SourceError
+from .streams import split_part
 from .file_index import CTIME, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE, Cursor, IndexReader, path_key
 
 log = logging.getLogger("eternia_backup.increments")
@@ -244,6 +245,7 @@ class OriginFilter:
         self._indexed = False
         self._cursor: Cursor | None = None
         self._seen: set[str] = set()
+        self._last: tuple[str, bool] | None = None  # the last path asked about, and the answer
 
     def _open(self):
         if self._reader is not None:
@@ -271,10 +273,17 @@ class OriginFilter:
     def wants(self, source: str, relpath: str) -> bool:
         if source != self._source:
             self._switch(source)
+            self._last = None
         if not self._indexed:
             return self._link == self._restored
-        entry = self._cursor.seek(relpath)
-        return entry is not None and entry[ORIGIN] == self._link
+        part = split_part(relpath)  # a dump in parts is one entry of the index
+        key = part[0] if part is not None else relpath
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        entry = self._cursor.seek(key)
+        wanted = entry is not None and entry[ORIGIN] == self._link
+        self._last = (key, wanted)
+        return wanted
 
     def close(self) -> None:
         if self._reader is not None:

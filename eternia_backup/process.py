@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 
 from .errors import EterniaBackupError
 
@@ -90,6 +91,83 @@ def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float 
             raise
         err.seek(0)
         return proc.returncode, err.read()
+
+
+class CommandOutput:
+    """A command's stdout as a readable stream: a dump archived while it is produced, never spooled.
+
+    Use as a context manager; read to the end, then :meth:`finish` gives
+    ``(exit status, stderr)``. A watchdog stops the command (its whole process
+    group) when ``timeout`` passes or the backup is cancelled: the stream then
+    ends early and :meth:`finish` raises ``TimeoutExpired`` or :class:`Cancelled`.
+    Leaving the block early (an error) kills the command.
+    """
+
+    def __init__(self, args, *, shell: bool, cwd=None, env=None, timeout: float | None = None):
+        self.args = args
+        self.timeout = timeout
+        self._cancel = CANCEL.get()  # a context variable: the watchdog thread would not see it
+        self._err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=self._err, env=env if env is not None else child_env(),
+                                         start_new_session=True, bufsize=0)
+        except BaseException:
+            self._err.close()
+            raise
+        self.timed_out = self.cancelled = False
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="eternia-command-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while not self._done.wait(0.2):
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancelled = True
+            elif deadline is not None and time.monotonic() >= deadline:
+                self.timed_out = True
+            else:
+                continue
+            _signal_group(self.proc)
+            return
+
+    def read(self, n: int = -1) -> bytes:
+        return self.proc.stdout.read(n)
+
+    def readinto(self, b) -> int:
+        return self.proc.stdout.readinto(b)
+
+    def readable(self) -> bool:
+        return True
+
+    def finish(self) -> tuple[int, bytes]:
+        """Wait for the command; (exit status, stderr). Raises Cancelled or TimeoutExpired if it was stopped."""
+        self.proc.stdout.close()
+        self.proc.wait()
+        self._done.set()
+        if self.cancelled:
+            raise Cancelled("backup abandoned because the scheduler is stopping; nothing was committed")
+        if self.timed_out:
+            raise subprocess.TimeoutExpired(self.args, self.timeout)
+        self._err.seek(0)
+        return self.proc.returncode, self._err.read()
+
+    def __enter__(self) -> "CommandOutput":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self.proc.returncode is None:
+            _kill_group(self.proc)
+        self.proc.stdout.close()
+        self._err.close()
+
+
+def _signal_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -88,8 +88,16 @@ class EntryWriter(abc.ABC):
         """
 
     @abc.abstractmethod
-    def add_stream(self, relpath: str, stream: BinaryIO, size: int, *, mode: int = 0o600, mtime: float) -> None:
-        """Add ``size`` bytes read from ``stream``."""
+    def add_stream(self, relpath: str, stream: BinaryIO, size: int | None, *, mode: int = 0o600,
+                   mtime: float) -> None:
+        """Add ``size`` bytes read from ``stream``.
+
+        A source may pass ``size=None`` for a stream of unknown length (a dump
+        command's stdout, see :class:`~eternia_backup.api.CommandOutput`): the
+        framework archives it as it is read, in parts of 32 MiB held in memory
+        (:mod:`eternia_backup.streams`), and a restore joins them; no temporary
+        file is needed. Archivers always receive a size.
+        """
 
     @abc.abstractmethod
     def add_symlink(self, relpath: str, target: str, *, mtime: float) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import UnsafeArchiveError
 from .providers import Member
+from .streams import split_part
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -173,6 +174,8 @@ class Extractor:
         self.stripped: list[str] = []  # members whose setid bits were stripped
         self.xattr_failures: list[str] = []  # "member: name (reason)"
         self.made_dirs: set[Path] = set()  # staging directories known to exist (no mkdir per file)
+        #: parts of dumps archived in pieces (eternia_backup.streams), joined in finish()
+        self.parts: dict[Path, list[tuple[int, Path, Member]]] = {}
 
     def _path(self, source: str, rel: str) -> Path:
         return self.staging[source] / rel if rel else self.staging[source]
@@ -189,6 +192,9 @@ class Extractor:
         elif m.kind == "file":
             self._make_dir(dest.parent)
             self._write(dest, reader.open_member(m), m)
+            part = split_part(rel)
+            if part is not None:
+                self.parts.setdefault(dest.with_name(posixpath.basename(part[0])), []).append((part[1], dest, m))
         elif m.kind == "hardlink":
             self._link(source, dest, m)
         elif m.kind == "symlink":
@@ -262,7 +268,27 @@ class Extractor:
             except OSError as exc:
                 self.xattr_failures.append(f"{m.name}: {name} ({exc.strerror})")
 
+    def _join_parts(self) -> None:
+        """Join each dump archived in parts back into one file, in part order (then the parts are gone)."""
+        for whole, parts in self.parts.items():
+            parts.sort(key=lambda p: p[0])
+            if [n for n, _, _ in parts] != list(range(1, len(parts) + 1)):
+                raise UnsafeArchiveError(f"{self.where}: refused: the parts of {whole.name} are not 1..{len(parts)} "
+                                         f"(found {[n for n, _, _ in parts]})")
+            if os.path.lexists(whole):
+                raise UnsafeArchiveError(f"{self.where}: refused: {whole.name} is both a file and a dump in parts")
+            first = parts[0][1]
+            os.rename(first, whole)
+            with open(whole, "ab") as out:
+                for _, path, _ in parts[1:]:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(_COPY):
+                            out.write(chunk)
+                    os.unlink(path)
+            _set_mtime(whole, parts[0][2])
+
     def finish(self) -> None:
+        self._join_parts()
         for dest, m in self.links:
             if os.path.lexists(dest):
                 raise UnsafeArchiveError(f"{self.where}: refused: symlink {m.name!r} would replace another entry")

@@ -1,8 +1,9 @@
 """Built-in source ``command``: the stdout of a dump command is the backup entry.
 
 ``command`` runs through ``/bin/sh -c`` when it is a string and directly when it
-is a list. Its stdout is spooled to a private temporary file (a tar header needs
-the size first), then archived as ``<source>/<filename>``. A non-zero exit fails
+is a list. Its stdout is archived as it is produced, as ``<source>/<filename>``
+(a dump over 32 MiB as parts ``<filename>.eternia-part-00001``, ... that a
+restore joins again; see :mod:`eternia_backup.streams`): no temporary copy. A non-zero exit fails
 the backup, with the end of the command's stderr in the error. Restore pipes the
 entry into ``restore_command``; with ``--to DIR`` the dump file is written there
 instead. A restore command cannot be rolled back, so it runs after every other
@@ -16,8 +17,6 @@ need (values may be ``${VAR}``), passed in its environment, never in argv.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from pydantic import Field
 
 from eternia_backup.api import (
+    CommandOutput,
     DirectorySwapPlan,
     EntryWriter,
     RestoreError,
@@ -37,7 +37,6 @@ from eternia_backup.api import (
     hookimpl,
     redact_text,
     remove_tree,
-    run_process,
     stderr_tail,
 )
 
@@ -76,30 +75,25 @@ class CommandSource(Source):
                 "command": _shown(self.options.command)}
 
     def backup(self, writer: EntryWriter) -> None:
+        """Archive the command's stdout as it is produced (in parts: no temporary file), then check its exit."""
         opts = self.options
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-command-"))
+        args, shell = run_args(opts.command)
+        started = time.time()
         try:
-            out_path = workdir / "stdout"
-            args, shell = run_args(opts.command)
-            started = time.time()
-            with open(out_path, "wb") as out:
-                try:
-                    status, stderr = run_process(args, shell=shell, stdout=out, cwd=self.base_dir,
-                                                 timeout=opts.timeout, env=child_env(opts.env))
-                except FileNotFoundError as exc:
-                    raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
-                except subprocess.TimeoutExpired as exc:
-                    raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
-            if status != 0:
-                raise SourceError(
-                    f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
-                    f"{status}: {stderr_tail(stderr)}"
-                )
-            with open(out_path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                writer.add_stream(opts.filename, f, size, mode=0o600, mtime=started)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            output = CommandOutput(args, shell=shell, cwd=self.base_dir, timeout=opts.timeout, env=child_env(opts.env))
+        except FileNotFoundError as exc:
+            raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
+        with output:
+            writer.add_stream(opts.filename, output, None, mode=0o600, mtime=started)
+            try:
+                status, stderr = output.finish()
+            except subprocess.TimeoutExpired as exc:
+                raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
+        if status != 0:  # the backup fails: what was archived is never committed
+            raise SourceError(
+                f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
+                f"{status}: {stderr_tail(stderr)}"
+            )
 
     def restore_plan(self, destination: Path | None):
         if destination is not None:
