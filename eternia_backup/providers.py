@@ -94,7 +94,7 @@ class EntryWriter(abc.ABC):
 
         A source may pass ``size=None`` for a stream of unknown length (a dump
         command's stdout, see :class:`~eternia_backup.api.CommandOutput`): the
-        framework archives it as it is read, in parts of 32 MiB held in memory
+        framework archives it as it is read, in parts of 16 MiB held in memory
         (:mod:`eternia_backup.streams`), and a restore joins them; no temporary
         file is needed. Archivers always receive a size.
         """

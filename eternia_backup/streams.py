@@ -3,7 +3,7 @@
 A tar member needs its size before its data, and a dump command's output has
 none until it ends. Rather than spooling the whole dump to disk first, a
 source may call ``add_stream(relpath, stream, None, ...)``: the framework reads
-the stream in parts of :data:`PART_SIZE` bytes held in memory. A dump that
+the stream in parts of :data:`PART_SIZE` (16 MiB) held in one reused buffer. A dump that
 fits in one part is one ordinary member ``relpath``; a longer one is the
 members ``relpath.eternia-part-00001``, ``-00002`` ... in order, which a restore
 joins back into ``relpath`` (by hand: ``cat relpath.eternia-part-* > relpath``).
@@ -12,11 +12,10 @@ No temporary file is written at all.
 
 from __future__ import annotations
 
-import io
 import re
 
-#: bytes of a dump held in memory at once (one part)
-PART_SIZE = 32 * 1024 * 1024
+#: bytes of a dump held in memory at once (one part; one buffer, reused)
+PART_SIZE = 16 * 1024 * 1024
 PART_SUFFIX = ".eternia-part-"
 _PART_RE = re.compile(r"^(?P<base>.+)" + re.escape(PART_SUFFIX) + r"(?P<n>\d{5})$")
 
@@ -31,15 +30,51 @@ def split_part(relpath: str) -> tuple[str, int] | None:
     return (m["base"], int(m["n"])) if m else None
 
 
-def _read_up_to(stream, n: int) -> bytearray:
-    """Up to ``n`` bytes, fewer only at the end (a pipe returns what it has)."""
-    buf = bytearray()
-    while len(buf) < n:
-        data = stream.read(min(n - len(buf), 4 * 1024 * 1024))
-        if not data:
-            break
-        buf += data
-    return buf
+class _Fill:
+    """Reads a stream into one reused buffer, part by part (no copy per part)."""
+
+    def __init__(self, stream, size: int):
+        self.stream = stream
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.carry = b""  # a byte read ahead to tell whether more follows
+
+    def next_part(self) -> int:
+        """Fill the buffer; the number of bytes in it (fewer than its size only at the end)."""
+        filled = len(self.carry)
+        self.view[:filled] = self.carry
+        self.carry = b""
+        readinto = getattr(self.stream, "readinto", None)
+        while filled < len(self.buf):
+            if readinto is not None:
+                n = readinto(self.view[filled:])
+            else:
+                data = self.stream.read(len(self.buf) - filled)
+                n = len(data)
+                self.view[filled:filled + n] = data
+            if not n:
+                break
+            filled += n
+        return filled
+
+    def more(self) -> bool:
+        """Whether the stream has more after a full part (reads one byte ahead)."""
+        self.carry = self.stream.read(1)
+        return bool(self.carry)
+
+
+class _ViewReader:
+    """Reads the first ``size`` bytes of a memoryview, as the archiver's copy loop wants them."""
+
+    def __init__(self, view: memoryview, size: int):
+        self.view = view[:size]
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.view) if n < 0 else min(len(self.view), self.pos + n)
+        data = bytes(self.view[self.pos:end])
+        self.pos = end
+        return data
 
 
 class PartSplitter:
@@ -57,13 +92,16 @@ class PartSplitter:
     def add_stream(self, relpath, stream, size, *, mode=0o600, mtime):
         if size is not None:
             return self._inner.add_stream(relpath, stream, size, mode=mode, mtime=mtime)
-        data = _read_up_to(stream, self._part_size + 1)
-        if len(data) <= self._part_size:
-            return self._inner.add_stream(relpath, io.BytesIO(data), len(data), mode=mode, mtime=mtime)
-        number = 1
-        while data:
-            chunk, data = data[: self._part_size], data[self._part_size:]
-            self._inner.add_stream(part_name(relpath, number), io.BytesIO(chunk), len(chunk), mode=mode, mtime=mtime)
+        fill = _Fill(stream, self._part_size)
+        n = fill.next_part()
+        more = n == self._part_size and fill.more()
+        if not more:  # it fits in one part: one ordinary member
+            return self._inner.add_stream(relpath, _ViewReader(fill.view, n), n, mode=mode, mtime=mtime)
+        number = 0
+        while True:
             number += 1
-            data += _read_up_to(stream, self._part_size - len(data))
-        return None
+            self._inner.add_stream(part_name(relpath, number), _ViewReader(fill.view, n), n, mode=mode, mtime=mtime)
+            if not more:
+                return None
+            n = fill.next_part()
+            more = n == self._part_size and fill.more()

@@ -1,6 +1,6 @@
 """Dumps archived as they are produced: no temporary copy, parts joined on restore.
 
-What a user checks: a dump bigger than one part (32 MiB) comes back byte for
+What a user checks: a dump bigger than one part (16 MiB) comes back byte for
 byte, in place of the parts, also from an incremental chain and by hand with
 ``cat``; while it is archived, no temporary file grows anywhere (TMPDIR is
 watched); a dump command that fails or hangs half way commits nothing.
@@ -21,14 +21,14 @@ import yaml
 from eternia_backup.errors import SourceError
 from eternia_backup.manager import BackupManager
 
-# 80 MiB of deterministic, poorly compressible bytes: three parts
+# 40 MiB of deterministic, incompressible bytes: three parts of 16 MiB
 DUMP = ("python3 -c 'import hashlib,sys\n"
-        "for i in range(80 * 32):\n"
+        "for i in range(40 * 32):\n"
         "    sys.stdout.buffer.write(hashlib.shake_128(str(i).encode()).digest(32768))'")
 
 
 def expected_dump() -> bytes:
-    return b"".join(hashlib.shake_128(str(i).encode()).digest(32768) for i in range(80 * 32))
+    return b"".join(hashlib.shake_128(str(i).encode()).digest(32768) for i in range(40 * 32))
 
 
 def make_config(tmp_path: Path, command: str = DUMP, **extra) -> Path:
@@ -120,7 +120,7 @@ def test_a_dump_in_parts_restores_from_an_incremental_chain(tmp_path):
 
 
 @pytest.mark.parametrize("command,message", [
-    (DUMP.replace("range(80 * 32)", "range(40 * 32)") + "; echo 'lost the connection' >&2; exit 4",
+    (DUMP.replace("range(40 * 32)", "range(20 * 32)") + "; echo 'lost the connection' >&2; exit 4",
      "exited with status 4: lost the connection"),
     ("head -c 40000000 /dev/zero; sleep 60", "did not finish within 2"),
 ])
@@ -136,3 +136,34 @@ def test_a_dump_that_fails_half_way_commits_nothing(tmp_path, command, message):
     assert time.monotonic() - started < 30
     assert mgr.list_backups() == []
     assert [p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith(".eternia")] == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 4096, 4097, 8191, 8192, 8193, 3 * 4096 + 5])
+def test_parts_cut_at_every_boundary_come_back_whole(tmp_path, size):
+    """Small parts (4 KiB) cut a stream exactly at, before and after part boundaries."""
+    import io
+
+    from eternia_backup.builtin.tar import TarArchiver
+    from eternia_backup.safety import Extractor, MemberChecker
+    from eternia_backup.streams import PartSplitter
+
+    data = os.urandom(size)
+    archive = io.BytesIO()
+    archiver = TarArchiver()
+    with archiver.writer(archive) as aw:
+        PartSplitter(aw.section("db"), part_size=4096).add_stream("d.bin", io.BytesIO(data), None, mtime=1e9)
+    archive.seek(0)
+    staging = tmp_path / "db"
+    staging.mkdir()
+    reader = archiver.reader(archive)
+    checker, extractor = MemberChecker(["db"], "test"), Extractor({"db": staging}, "test")
+    names = []
+    for member in reader:
+        source, rel = checker.check(member)
+        names.append(rel)
+        extractor.add(source, rel, member, reader)
+    extractor.finish()
+    parts = -(-size // 4096) if size > 4096 else 1
+    assert len(names) == parts
+    assert sorted(p.name for p in staging.iterdir()) == ["d.bin"]
+    assert (staging / "d.bin").read_bytes() == data

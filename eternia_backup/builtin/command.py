@@ -2,7 +2,7 @@
 
 ``command`` runs through ``/bin/sh -c`` when it is a string and directly when it
 is a list. Its stdout is archived as it is produced, as ``<source>/<filename>``
-(a dump over 32 MiB as parts ``<filename>.eternia-part-00001``, ... that a
+(a dump over 16 MiB as parts ``<filename>.eternia-part-00001``, ... that a
 restore joins again; see :mod:`eternia_backup.streams`): no temporary copy. A non-zero exit fails
 the backup, with the end of the command's stderr in the error. Restore pipes the
 entry into ``restore_command``; with ``--to DIR`` the dump file is written there
