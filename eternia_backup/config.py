@@ -513,6 +513,7 @@ def _expand_env(value: Any, keypath: str, environ) -> Any:
         if default is not None and not value:
             return default  # like the shell's ${VAR:-default}: unset or empty
         if value is not None:
+            redact.remember_expanded(value)  # a password given as ${VAR} inside a command or DSN
             return value
         raise ConfigError(
             f"{keypath}: environment variable {var} is not set; set it or write ${{{var}:-default}}"

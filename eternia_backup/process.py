@@ -132,12 +132,15 @@ class CommandOutput:
             return
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the output (fewer as they arrive); b"" at its end."""
         return self.proc.stdout.read(n)
 
     def readinto(self, b) -> int:
+        """Read into ``b`` (what the framework uses); 0 at the end."""
         return self.proc.stdout.readinto(b)
 
     def readable(self) -> bool:
+        """Always true: a file-like object for ``add_stream``."""
         return True
 
     def finish(self) -> tuple[int, bytes]:

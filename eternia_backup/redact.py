@@ -43,6 +43,21 @@ def remember(value: str) -> None:
             _known.add(value)
 
 
+_NOT_SECRET = re.compile(r"^([./~]|[0-9]+$|(true|false|yes|no|on|off)$)", re.IGNORECASE)
+
+
+def remember_expanded(value: str) -> None:
+    """Mask a value the config took from the environment (``${VAR}``) from now on.
+
+    Such values are how passwords reach a command line or a DSN, so they are
+    masked in every output, except those that cannot be one and are worth
+    seeing in messages: paths, numbers (ports), booleans, and values under 6
+    characters.
+    """
+    if len(value) >= 6 and not _NOT_SECRET.match(value):
+        remember(value)
+
+
 def redact_text(text: str) -> str:
     """Mask remembered secrets and URL/DSN passwords in free text."""
     if not text:
