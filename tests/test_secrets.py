@@ -19,7 +19,10 @@ ENV_SECRET = "env-secret-Zq81xLw0"
 CONFIG_SECRET = "config-secret-Kp44rTz9"
 DSN_PASSWORD = "dsn-pass-Hy62mNb3"
 PASSPHRASE = "passphrase-Ww37cVx5"
-SECRETS = (ENV_SECRET, CONFIG_SECRET, DSN_PASSWORD, PASSPHRASE, ADMIN[1])
+VAR_SECRET = "var-secret-Lm20pQa7"  # a command source's env: value, from ${DB_PASS}
+INLINE_SECRET = "inline-secret-Rt93sDk1"  # written as ${INLINE_PASS} inside a command string
+HOOK_SECRET = "hook-secret-Nb58vCx2"  # a literal value in hooks.env
+SECRETS = (ENV_SECRET, CONFIG_SECRET, DSN_PASSWORD, PASSPHRASE, ADMIN[1], VAR_SECRET, INLINE_SECRET, HOOK_SECRET)
 
 
 def all_files(*roots: Path):
@@ -43,8 +46,12 @@ def test_no_secret_in_logs_errors_config_show_manifests_or_files(app, s3_server,
             {"type": "directory", "name": "files", "path": "state/files"},
             # a dump command whose DSN carries a password (the command just prints)
             {"type": "command", "name": "dump", "command": f"echo connecting to {dsn} >&2; echo dumped",
-             "restore_command": "cat > /dev/null"},
+             "restore_command": "cat > /dev/null", "env": {"DB_PASS": "${DB_PASS}"}},
+            # a tool that insists on its password in argv, written as ${VAR}; and one read from env:
+            {"type": "command", "name": "inline", "command": "echo login -p${INLINE_PASS} >&2; test -n \"$DB_PASS\"; "
+             "echo inline dump", "env": {"DB_PASS": "${DB_PASS}"}},
         ],
+        "hooks": {"before_backup": 'test "$HOOK_TOKEN" = ' + HOOK_SECRET, "env": {"HOOK_TOKEN": HOOK_SECRET}},
         "targets": [{"name": "s3", "url": f"s3://{s3_bucket}/env",
                      "options": {"key": ADMIN[0], "secret": "${S3_SECRET}",
                                  "client_kwargs": {"endpoint_url": s3_server.endpoint}}},
@@ -59,11 +66,12 @@ def test_no_secret_in_logs_errors_config_show_manifests_or_files(app, s3_server,
     config = app / "eternia-backup.yaml"
     config.write_text(yaml.safe_dump({"backup": section}))
     env = {"S3_SECRET": ADMIN[1], "BACKUP_PASSPHRASE": PASSPHRASE, "AWS_SECRET_ACCESS_KEY": ENV_SECRET,
-           "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00"}
+           "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "DB_PASS": VAR_SECRET, "INLINE_PASS": INLINE_SECRET}
 
     outputs = []
     for args in (["-vv", "create"], ["-vv", "list"], ["-vv", "verify", "--all"], ["config", "show"],
-                 ["config", "show", "--json"], ["-vv", "status"], ["-vv", "cleanup"]):
+                 ["config", "show", "--json"], ["-vv", "status"], ["-vv", "cleanup"],
+                 ["-vv", "restore", "latest", "--dry-run"]):
         proc = cli(*args, config=config, env=env)
         outputs.append((args, proc))
         assert_clean(proc.stdout + proc.stderr, f"`{' '.join(args)}`")
