@@ -7,12 +7,16 @@ changes to the source tree, incremental and full backups, a user (or a failing
 disk) deleting a backup's archive, manifest or file index, flipped bytes, and
 cleanups with random policies at a controlled clock. After each cleanup:
 
-1. every backup that was intact before (its whole chain present, unflipped) and
-   was kept is still listed as ok and restores to exactly the tree it captured;
-2. the newest intact backup is never deleted;
+1. every backup that was intact before (its whole chain present, no archive
+   flipped) and was kept is still listed as ok and restores to exactly the tree
+   it captured;
+2. the newest intact backup is never deleted (intact as cleanup can know it: a
+   flipped byte is found only by reading the archive, see the xfail test below);
 3. no kept incremental loses a link of its chain to cleanup;
 4. cleanup deletes only the files of the backups it reports deleted (manifest,
-   archive, file index), all of them, and nothing else.
+   archive, file index), all of them, and nothing else;
+
+and its dry run, and ``list``'s "kept only as a base", say what it then does.
 
 Then plain tests of the chain a keep_last 1 policy keeps, and of how the CLI
 shows backups kept only as a base.
@@ -32,7 +36,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from eternia_backup import catalog
@@ -150,7 +154,7 @@ steps = st.one_of(
     st.tuples(st.just("create"), hours),
     st.tuples(st.just("create"), hours),
     st.tuples(st.just("full"), hours),
-    st.tuples(st.just("damage"), st.sampled_from(["archive", "manifest", "index", "flip"]), st.integers(0, 20)),
+    st.tuples(st.just("damage"), st.sampled_from(["archive", "manifest", "index", "flip", "flip index"]), st.integers(0, 20)),
     st.tuples(st.just("cleanup"), policies, st.integers(min_value=0, max_value=30)),
 )
 schedules = st.builds(lambda first, middle, policy: [("create", 1), *first, *middle, ("cleanup", policy, 1)],
@@ -170,12 +174,9 @@ class Made:
     archive: str
     index: str
     gone: set = dataclasses.field(default_factory=set)  # "manifest", "archive", "index" deleted by the test
-    flipped: bool = False
+    flipped: bool = False  # a byte of its archive
+    flipped_index: bool = False
     deleted: bool = False  # by cleanup
-
-    @property
-    def whole(self) -> bool:
-        return not self.gone and not self.flipped and not self.deleted
 
 
 def setup_dir(base: Path, full_every) -> Path:
@@ -218,8 +219,9 @@ class Run:
         return all(not m.gone and not m.deleted for m in self.links(made))
 
     def restorable(self, made: Made) -> bool:
-        """Every file of its chain is there, and no byte of it was flipped."""
-        return all(m.whole for m in self.links(made))
+        """Every file of its chain is there, no archive of it flipped, and its own index too if it needs one."""
+        return (self.listed_intact(made) and not any(m.flipped for m in self.links(made))
+                and not (made.chain and made.flipped_index))
 
     def create(self, full: bool) -> None:
         tree = tree_of(self.base / "data")
@@ -236,15 +238,16 @@ class Run:
         if not alive:
             return
         made = alive[pick % len(alive)]
-        name = {"manifest": made.manifest, "index": made.index}.get(what, made.archive)
+        name = {"manifest": made.manifest, "index": made.index, "flip index": made.index}.get(what, made.archive)
         path = self.storage / name
         if not path.exists():
             return
-        if what == "flip":
+        if what.startswith("flip"):
             data = bytearray(path.read_bytes())
             data[len(data) // 2] ^= 0x01
             path.write_bytes(bytes(data))
-            made.flipped = True
+            made.flipped_index = made.flipped_index or what == "flip index"
+            made.flipped = made.flipped or what == "flip"
         else:
             path.unlink()
             made.gone.add(what)
@@ -270,8 +273,13 @@ class Run:
         listed = [m for m in self.made.values() if m.backup_id in before and self.listed_intact(m)]
         newest_intact = listed[-1] if listed else None
 
+        (dry,) = self.mgr.cleanup(dry_run=True).targets
+        listings, _ = self.mgr.listings()
+        assert self.mgr.kept_only_as_base(listings) == {i for i, why in dry.kept.items() if only_as_base(why)}
+
         result = self.mgr.cleanup()
         (report,) = result.targets
+        assert (sorted(report.deleted), report.kept) == (sorted(dry.deleted), dry.kept), "the dry run said otherwise"
         assert result.ok, result.errors
         deleted = set(report.deleted)
         after = self.listing()
@@ -346,6 +354,11 @@ def play(schedule: list, full_every) -> Run:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(schedule=schedules, full_every=full_every)
+@example(schedule=[("create", 1), ("change", [("write", "d/x", b"x")]), ("create", 2), ("change", [("link", "a", "d")]),
+                   ("create", 3), ("cleanup", Retention(keep_last=1), 1), ("full", 30), ("change", [("remove", "d")]),
+                   ("create", 2), ("damage", "index", 1), ("cleanup", Retention(keep_last=1), 1),
+                   ("create", 5), ("cleanup", Retention(days=1), 30)],
+         full_every=None)
 def test_every_backup_retention_keeps_stays_restorable(schedule, full_every):
     run = play(schedule, full_every)
     event(f"incremental backups restored: {min(run.incremental_restores, 3)}+")
