@@ -49,6 +49,9 @@ class BackupCopy:
     manifest_file: str
     manifest: Manifest | None
     problem: str | None = None  # why the copy is damaged
+    #: what is wrong with its file index (missing, wrong size): an incremental cannot be restored
+    #: without it (it is then ``problem`` too), a full one can; neither can be a base for the next one
+    index_problem: str | None = None
     unreadable: bool = False  # the manifest could not be read (storage error): state unknown
     #: targets that could not be listed when this copy was found ({name: error})
     unlisted_targets: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -261,15 +264,15 @@ def list_target(target: Target, name: str, cache: ManifestCache | None = None, *
             elif stored.size is not None and stored.size != manifest.archive.size:
                 copy.problem = (f"archive {manifest.archive.file} is {stored.size} bytes, "
                                 f"the manifest says {manifest.archive.size}")
-            elif manifest.files_index is not None:
+            if manifest.files_index is not None:
                 stored_index = files.get(manifest.files_index.file)
                 if stored_index is None:
-                    copy.problem = f"file index {manifest.files_index.file} is missing"
+                    copy.index_problem = f"file index {manifest.files_index.file} is missing"
                 elif stored_index.size is not None and stored_index.size != manifest.files_index.size:
-                    copy.problem = (f"file index {manifest.files_index.file} is {stored_index.size} bytes, "
-                                    f"the manifest says {manifest.files_index.size}")
+                    copy.index_problem = (f"file index {manifest.files_index.file} is {stored_index.size} bytes, "
+                                          f"the manifest says {manifest.files_index.size}")
         copies.append(copy)
-    mark_broken_chains(copies)
+    mark_broken_chains(copies)  # by the archives of the chain: a base's own index is not needed to restore
     leftovers = [f for n, f in files.items() if n not in claimed and _is_leftover_of(n, name)]
     if cache is not None:
         cache.save({f for f, _ in wanted})

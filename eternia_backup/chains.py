@@ -22,8 +22,10 @@ log = logging.getLogger("eternia_backup.chains")
 
 
 def mark_broken_chains(copies: list) -> None:
-    """Give each incremental copy whose chain is incomplete on its target a ``problem`` naming the missing link."""
+    """Give each incremental copy a ``problem`` when its chain is incomplete on its target (naming the
+    missing link) or its own file index is missing; run once every copy has its own archive's problems."""
     by_id = {c.backup_id: c for c in copies}
+    broken = {}
     for copy in copies:
         manifest = copy.manifest
         if manifest is None or copy.problem or not manifest.is_incremental:
@@ -31,14 +33,15 @@ def mark_broken_chains(copies: list) -> None:
         for link in manifest.chain:
             base = by_id.get(link)
             if base is None:
-                copy.problem = f"its chain is broken on this target: base backup {link} is missing"
+                broken[copy.backup_id] = f"its chain is broken on this target: base backup {link} is missing"
                 break
             if base.problem and not base.unreadable:
-                copy.problem = f"its chain is broken on this target: base backup {link} is damaged"
+                broken[copy.backup_id] = f"its chain is broken on this target: base backup {link} is damaged"
                 break
-            if base.manifest is not None and base.manifest.files_index is None:
-                copy.problem = f"its chain is broken on this target: {link} is not a base of incrementals"
-                break
+    for copy in copies:  # after the loop: a link is judged by its own archive, not by its chain
+        copy.problem = copy.problem or broken.get(copy.backup_id)
+        if copy.problem is None and copy.index_problem and copy.manifest.is_incremental:
+            copy.problem = copy.index_problem  # the restore of an incremental reads its index
 
 
 def chain_copies(copy, listing_copies: list) -> list:
@@ -55,7 +58,7 @@ def chain_copies(copy, listing_copies: list) -> list:
             raise IntegrityError(f"{copy.describe()} is incremental and its base backup {link} is missing on "
                                  f"target {copy.target.name!r}; it cannot be restored from there, and nothing "
                                  "was changed")
-        if base.problem:
+        if base.problem and base.problem != base.index_problem:  # a base's own index is not needed here
             raise IntegrityError(f"{copy.describe()} is incremental and its base backup {link} is damaged "
                                  f"({base.problem}); nothing was changed")
         links.append(base)
@@ -98,11 +101,12 @@ def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: 
     newest = ours[0]
     parent = newest.manifest
     by_target = {c.target.name: c for c in newest.copies}
-    missing = [n for n in target_names if n not in by_target or not by_target[n].ok]
+    missing = [n for n in target_names
+               if n not in by_target or not by_target[n].ok or by_target[n].index_problem]
     if parent.files_index is None:
         reason = f"the newest backup {newest.backup_id} has no file index (made without incremental backups)"
     elif missing:
-        reason = (f"the newest backup {newest.backup_id} is not intact on target(s) "
+        reason = (f"the newest backup {newest.backup_id} is not intact (or has no file index) on target(s) "
                   f"{', '.join(repr(n) for n in missing)}")
     elif not _same_encryption(parent.encryption, encryptor):
         reason = "the encryption settings changed since the newest backup"

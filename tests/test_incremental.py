@@ -431,6 +431,25 @@ def test_a_damaged_file_index_is_named(tmp_path):
     assert mgr.create_backup().manifest.kind == "full"  # not built on an index that does not check
 
 
+def test_a_lost_index_damages_only_what_needs_it(tmp_path):
+    """A full backup restores without its index, an incremental needs only its own: losing a base's
+    index costs nothing but the next backup's base (it is then a full one)."""
+    mgr, made = _chain(tmp_path)
+    (tmp_path / "backups" / manifest_of(mgr, made[0][0]).files_index.file).unlink()
+    (tmp_path / "backups" / manifest_of(mgr, made[1][0]).files_index.file).unlink()
+    entries = {e.backup_id: e for e in mgr.list_backups()}
+    assert entries[made[0][0]].ok and entries[made[2][0]].ok
+    assert not entries[made[1][0]].ok and "file index" in entries[made[1][0]].copies[0].problem
+    for n in (0, 2):
+        mgr.restore_backup(made[n][0], to=tmp_path / f"r{n}")
+        assert snapshot(tmp_path / f"r{n}" / "files") == made[n][1]
+    assert mgr.verify_report(made[2][0]).ok
+    full = mgr.verify_report(made[0][0])
+    assert full.ok and "file index" in full.note
+    (tmp_path / "backups" / manifest_of(mgr, made[2][0]).files_index.file).unlink()
+    assert mgr.create_backup().manifest.kind == "full"
+
+
 def test_verify_checks_the_chain_and_verify_all_reads_each_archive_once(tmp_path, cli):
     mgr, made = _chain(tmp_path)
     report = mgr.verify_report(made[2][0])

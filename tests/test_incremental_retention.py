@@ -215,8 +215,13 @@ class Run:
         return [self.made[link] for link in made.chain] + [made]
 
     def listed_intact(self, made: Made) -> bool:
-        """Every file of its chain is there: what the catalog can tell without reading archives."""
-        return all(not m.gone and not m.deleted for m in self.links(made))
+        """What the catalog can tell without reading archives: the manifest and archive of every link are
+        there, and the backup's own file index if it is incremental (a restore reads only that index)."""
+        def present(m: Made) -> bool:
+            return not m.deleted and not ({"manifest", "archive"} & m.gone)
+
+        return (all(present(m) for m in self.links(made))
+                and not (made.chain and "index" in made.gone))
 
     def restorable(self, made: Made) -> bool:
         """Every file of its chain is there, no archive of it flipped, and its own index too if it needs one."""
