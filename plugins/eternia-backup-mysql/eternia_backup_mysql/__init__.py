@@ -412,7 +412,12 @@ class MysqlRestorePlan(RestorePlan):
 
     def __init__(self, source: MysqlSource, to_database: str | None = None):
         self.source = source
-        self.to_database = to_database if to_database is None else _check_database_name(to_database)
+        if to_database is not None:
+            try:
+                _check_database_name(to_database)
+            except ValueError as exc:
+                raise RestoreError(f"source {source.name!r}: {exc}") from None
+        self.to_database = to_database
         self.staging_dir = Path(tempfile.gettempdir()) / "eternia-mysql-not-prepared"
         into = f"database {to_database}" if to_database else "its databases"
         self.description = f"source {source.name!r}: load the dumps into {into} at {source.where}"
