@@ -186,8 +186,8 @@ def test_round_trip_in_place_with_two_databases(app, databases, cli, tmp_path):
     # --to DIR gives the dumps as files, which load by hand (docs/databases.md)
     to = cli("restore", "latest", "--to", str(tmp_path / "out"), "--yes", config=config)
     assert to.returncode == 0, to.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "db").iterdir()) == [f"{first}.sql", f"{second}.sql"]
-    assert unpack(app, tmp_path / "by-hand") == ["db", f"db/{first}.sql", f"db/{second}.sql"]
+    assert sorted(p.name for p in (tmp_path / "out" / "db").iterdir()) == sorted([f"{first}.sql", f"{second}.sql"])
+    assert unpack(app, tmp_path / "by-hand") == sorted(["db", f"db/{first}.sql", f"db/{second}.sql"])
     sql(f"DROP DATABASE `{first}`")
     with open(tmp_path / "by-hand" / "db" / f"{first}.sql", "rb") as dump:
         subprocess.run([CLIENT, *ROOT_LOGIN], stdin=dump, check=True, timeout=120)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterator, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from eternia_backup.api import (
     DirectorySwapPlan,
@@ -61,7 +61,8 @@ def _check_database_name(name: str) -> str:
 class MysqlOptions(SourceOptions):
     host: str | None = Field(None, description="The server's host name or address; default: the tools' default "
                              "(the local socket).", examples=["127.0.0.1"])
-    port: int | None = Field(None, ge=1, le=65535, description="The server's TCP port; default 3306.",
+    port: int | None = Field(None, ge=1, le=65535, json_schema_extra={"expected": "a TCP port, 1 to 65535"},
+                             description="The server's TCP port; default 3306.",
                              examples=[3306])
     socket: str | None = Field(None, description="The server's Unix socket, instead of host and port.",
                                examples=["/run/mysqld/mysqld.sock"])
@@ -74,7 +75,7 @@ class MysqlOptions(SourceOptions):
                                     "(credentials, TLS settings); relative to the config file.",
                                     examples=["/etc/eternia/mysql-backup.cnf"])
     databases: list[str] | Literal["all"] = Field(
-        description="The databases to back up, or `all`: every database the user sees except information_schema, "
+        json_schema_extra={"expected": "a list of database names, or all"}, description="The databases to back up, or `all`: every database the user sees except information_schema, "
         "performance_schema, sys and mysql (name those in a list to include them).",
         examples=[["shop", "wiki"]])
     dump_args: list[str] = Field(default_factory=list, description="More arguments for mariadb-dump / mysqldump "
@@ -83,15 +84,20 @@ class MysqlOptions(SourceOptions):
                                   "mariadb-dump if it is on PATH, else mysqldump.", examples=["/usr/bin/mysqldump"])
     mysql: str | None = Field(None, description="The client program that lists and restores databases; default: "
                               "mariadb if it is on PATH, else mysql.", examples=["/usr/bin/mysql"])
-    timeout: float | None = Field(None, gt=0, description="Seconds each dump or restore command may run; "
+    timeout: float | None = Field(None, gt=0, json_schema_extra={"expected": "a number of seconds > 0"},
+                                  description="Seconds each dump or restore command may run; "
                                   "default: as long as it takes.", examples=[3600])
     restore_to_database: str | None = Field(
         None, description="Restore in place into this database instead of the one backed up (which is left "
         "alone); needs `databases` to name exactly one database.", examples=["shop_restored"])
 
-    @field_validator("databases")
+    @field_validator("databases", mode="wrap")
     @classmethod
-    def _databases(cls, value):
+    def _databases(cls, value, handler):
+        try:
+            value = handler(value)
+        except ValidationError:  # one message rather than one per member of the union
+            raise ValueError("a list of database names, or all") from None
         if value == "all":
             return value
         if not value:
@@ -117,14 +123,13 @@ class MysqlOptions(SourceOptions):
 
     @field_validator("restore_to_database")
     @classmethod
-    def _restore_name(cls, value):
-        return value if value is None else _check_database_name(value)
-
-    @model_validator(mode="after")
-    def _one_database_to_rename(self):
-        if self.restore_to_database is not None and (self.databases == "all" or len(self.databases) != 1):
+    def _restore_name(cls, value, info: ValidationInfo):
+        if value is None:
+            return value
+        databases = info.data.get("databases")
+        if databases is not None and (databases == "all" or len(databases) != 1):
             raise ValueError("restore_to_database needs databases to name exactly one database")
-        return self
+        return _check_database_name(value)
 
 
 def quote_name(name: str) -> str:
