@@ -501,6 +501,42 @@ def test_the_password_is_never_shown(app, database, mysql_user, real_cli, tmp_pa
     assert secret not in (tmp_path / "unpacked" / "db" / f"{database}.sql").read_bytes()
 
 
+def test_dump_files_are_private_and_removed_even_on_failure(app, database, real_cli, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    slow = tmp_path / "slow-dump"
+    slow.write_text(f'#!/bin/sh\nsleep 0.5\nexec "{DUMP}" "$@"\n')
+    slow.chmod(0o755)
+    modes: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for path in tmp.rglob("*"):
+                try:
+                    modes.add((path.name if path.is_file() else "dir", path.stat().st_mode & 0o777))
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        ok = real_cli("create", config=write_config(app, [mysql_source([database], mysqldump=str(slow))]),
+                      env={"TMPDIR": str(tmp)})
+        assert ok.returncode == 0, ok.stderr
+        assert list(tmp.iterdir()) == []
+        failed = real_cli("create", config=write_config(app, [mysql_source([database], mysqldump=str(slow),
+                                                                           dump_args=["--no-such-option"])]),
+                          env={"TMPDIR": str(tmp)})
+        assert failed.returncode == 1 and "exited with status" in failed.stderr, failed.stderr
+        assert list(tmp.iterdir()) == []
+    finally:
+        done.set()
+        watcher.join(10)
+    assert modes == {("dir", 0o700), (f"{database}.sql", 0o600)}
+
+
 # -- the conformance kit --------------------------------------------------------------------
 
 
