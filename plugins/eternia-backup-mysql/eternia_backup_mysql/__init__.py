@@ -249,14 +249,15 @@ class MysqlSource(Source):
                 raise error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s "
                             f"and was stopped{what}") from exc
         if status != 0:
-            raise error(self._failure(program, status, stderr, what))
+            tail = stderr_tail(stderr)
+            found = re.search(r"(?:ERROR |error: )(\d{4})\b", tail)
+            failure = error(self._failure(program, status, tail, found.group(1) if found else None, what))
+            failure.server_error = found.group(1) if found else None  # type: ignore[attr-defined]
+            raise failure
         return stderr
 
-    def _failure(self, program: str, status: int, stderr: bytes, what: str) -> str:
+    def _failure(self, program: str, status: int, tail: str, code: str | None, what: str) -> str:
         """The message for a failed tool: the problem by the server's error code, and what to do."""
-        tail = stderr_tail(stderr)
-        found = re.search(r"(?:ERROR |error: )(\d{4})\b", tail)
-        code = found.group(1) if found else None
         head = f"source {self.name!r}: "
         if code in ("2002", "2003", "2005", "2006", "2013"):
             return (f"{head}cannot connect to the MySQL/MariaDB server at {self.where}{what}: {tail}; check that "
@@ -305,12 +306,21 @@ class MysqlSource(Source):
         if not databases:
             writer.warn("", f"no databases to back up at {self.where} (all leaves out {', '.join(SYSTEM_DATABASES)})")
         workdir = Path(tempfile.mkdtemp(prefix="eternia-mysql-"))  # 0700: the dumps hold the data
+        dumped = []
         try:
             for database in databases:
-                self.dump(database, writer, workdir)
+                try:
+                    self.dump(database, writer, workdir)
+                except SourceError as exc:
+                    # with all, a database dropped since it was listed is gone, not lost
+                    if self.options.databases != "all" or getattr(exc, "server_error", None) != "1049":
+                        raise
+                    writer.warn(f"{database}.sql", "the database was dropped while the backup ran; not backed up")
+                    continue
+                dumped.append(database)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        self.dumped = databases
+        self.dumped = dumped
 
     def dump(self, database: str, writer, workdir: Path) -> None:
         """Dump one database into ``writer`` as ``<database>.sql`` (through a private file in ``workdir``, for now)."""
