@@ -72,6 +72,37 @@ def new_name(kind: str = "test") -> str:
 
 
 @pytest.fixture
+def make_user(server):
+    """make(databases, grants=()) -> (name, password) of a new user allowed everything on ``databases``.
+
+    It sees only those (and what ``grants`` adds), so ``databases: all`` as this
+    user is not disturbed by the databases other tests create and drop meanwhile.
+    Dropped afterwards.
+    """
+    made: list[str] = []
+
+    def make(databases: list[str], grants: tuple[str, ...] = ()) -> tuple[str, str]:
+        name = new_name("user")[:32]
+        password = f"Pw-{uuid.uuid4().hex[:12]}-\"q'uote\\ $x"
+        literal = password.replace("\\", "\\\\").replace("'", "\\'")
+        made.append(name)
+        for host in ("127.0.0.1", "localhost"):
+            sql(f"CREATE USER '{name}'@'{host}' IDENTIFIED BY '{literal}'")
+            for db in databases:
+                sql(f"GRANT ALL ON `{db}`.* TO '{name}'@'{host}'")
+            # the routines' bodies (SHOW CREATE FUNCTION of root's function), and re-creating root's objects
+            sql(f"GRANT SELECT ON mysql.proc TO '{name}'@'{host}'; GRANT SET USER ON *.* TO '{name}'@'{host}'")
+            for grant in grants:
+                sql(f"GRANT {grant} TO '{name}'@'{host}'")
+        return name, password
+
+    yield make
+    for name in made:
+        for host in ("127.0.0.1", "localhost"):
+            sql(f"DROP USER IF EXISTS '{name}'@'{host}'")
+
+
+@pytest.fixture
 def databases(server):
     """make() -> the name of a new database with the full schema (or empty); all dropped afterwards."""
     made: list[str] = []
@@ -204,24 +235,36 @@ def test_round_trip_in_place_with_two_databases(app, databases, cli, tmp_path):
                        "databases": [first, second]}
 
 
-def test_all_leaves_out_the_system_databases_and_backs_up_ours(app, databases, cli, tmp_path):
-    mine = databases("CREATE TABLE t (x INT); INSERT INTO t VALUES (42);")
-    config = write_config(app, [mysql_source("all")])
-    created = cli("create", config=config)
-    # 3: a warning, when a database of a test running beside this one was dropped during the backup
-    assert created.returncode in (0, 3), created.stderr
+def test_all_leaves_out_the_system_databases_and_backs_up_ours(app, databases, make_user, cli, tmp_path):
+    mine, other = databases("CREATE TABLE t (x INT); INSERT INTO t VALUES (42);"), databases("")
+    user, password = make_user([mine, other], grants=("SELECT, SHOW VIEW ON mysql.*", "SELECT ON sys.*",
+                                                      "SELECT ON performance_schema.*"))
+    seen = sql("SHOW DATABASES", user=["--host=127.0.0.1", f"--user={user}", f"--password={password}"]).split()
+    assert {"mysql", "sys", "information_schema", "performance_schema", mine, other} <= set(seen)
+    config = write_config(app, [mysql_source("all", user=user, password="${ETERNIA_TEST_MYSQL_PASSWORD}")])
+    created = cli("create", config=config, env={"ETERNIA_TEST_MYSQL_PASSWORD": password})
+    assert created.returncode == 0, created.stderr
     names = unpack(app, tmp_path / "unpacked")
-    assert f"db/{mine}.sql" in names and "db/test.sql" in names
+    assert {f"db/{mine}.sql", f"db/{other}.sql"} <= set(names)
     assert not {f"db/{s}.sql" for s in ("mysql", "sys", "information_schema", "performance_schema")} & set(names)
+    # named in a list, mysql is backed up
+    config = write_config(app, [mysql_source([mine, "mysql"], user=user, password="${ETERNIA_TEST_MYSQL_PASSWORD}",
+                                             dump_args=["--skip-events"])])
+    created = cli("create", config=config, env={"ETERNIA_TEST_MYSQL_PASSWORD": password})
+    assert created.returncode == 0, created.stderr
 
 
-def test_with_all_a_database_dropped_during_the_backup_is_a_warning(app, databases, cli, tmp_path):
+def test_with_all_a_database_dropped_during_the_backup_is_a_warning(app, databases, make_user, cli, tmp_path):
     kept, dropped = databases("CREATE TABLE t (x INT)"), databases("CREATE TABLE t (x INT)")
+    user, password = make_user([kept, dropped])
+    login = {"user": user, "password": "${ETERNIA_TEST_MYSQL_PASSWORD}"}
+    env = {"ETERNIA_TEST_MYSQL_PASSWORD": password}
     dropping = tmp_path / "dropping-dump"  # drops the database just before its dump starts
     dropping.write_text(f'#!/bin/sh\ncase "$*" in *{dropped}*) "{CLIENT}" {" ".join(ROOT_LOGIN)} '
                         f'-e "DROP DATABASE {dropped}";; esac\nexec "{DUMP}" "$@"\n')
     dropping.chmod(0o755)
-    created = cli("create", config=write_config(app, [mysql_source("all", mysqldump=str(dropping))]))
+    created = cli("create", config=write_config(app, [mysql_source("all", mysqldump=str(dropping), **login)]),
+                  env=env)
     assert created.returncode == 3, created.stderr
     assert f"{dropped}.sql: the database was dropped while the backup ran" in created.stderr
     names = unpack(app, tmp_path / "unpacked")
@@ -230,8 +273,30 @@ def test_with_all_a_database_dropped_during_the_backup_is_a_warning(app, databas
     assert kept in manifest["sources"][0]["details"]["databases"]
     assert dropped not in manifest["sources"][0]["details"]["databases"]
     # a database named in a list is required: its disappearance fails the backup
-    failed = cli("create", config=write_config(app, [mysql_source([kept, dropped])]))
+    failed = cli("create", config=write_config(app, [mysql_source([kept, dropped], **login)]), env=env)
     assert failed.returncode == 1 and "do not exist" in failed.stderr
+
+
+def test_a_dump_that_meets_a_changed_table_is_taken_again(app, database, cli, tmp_path):
+    """mysqldump's error 1412 (a table changed after the snapshot began) asks for a retry."""
+    tries = tmp_path / "tries"
+    flaky = tmp_path / "flaky-dump"  # fails with 1412 (after some output) until ``tries`` has two lines
+    flaky.write_text(f'#!/bin/sh\necho x >> "{tries}"\nif [ "$(wc -l < "{tries}")" -lt 2 ]; then echo partial; '
+                     "echo 'mariadb-dump: Error 1412: Table definition has changed, please retry transaction' >&2; "
+                     f'exit 3; fi\nexec "{DUMP}" "$@"\n')
+    flaky.chmod(0o755)
+    config = write_config(app, [mysql_source([database], mysqldump=str(flaky))])
+    created = cli("create", config=config)
+    assert created.returncode == 0, created.stderr
+    assert len(tries.read_text().splitlines()) == 2
+    names = unpack(app, tmp_path / "unpacked")
+    assert names == ["db", f"db/{database}.sql"]
+    assert not (tmp_path / "unpacked" / "db" / f"{database}.sql").read_bytes().startswith(b"partial")
+
+    tries.write_text("")
+    flaky.write_text("#!/bin/sh\necho 'mariadb-dump: Error 1412: Table definition has changed' >&2\nexit 3\n")
+    failed = cli("create", config=config)
+    assert failed.returncode == 1 and "Table definition has changed" in failed.stderr, failed.stderr
 
 
 def test_restore_into_another_database(app, databases, cli):
@@ -424,19 +489,9 @@ def test_bad_options_are_config_errors_before_any_io(app, options, expected):
 
 
 @pytest.fixture
-def mysql_user(database):
-    """A dedicated user with a password, allowed everything on ``database``; dropped afterwards."""
-    name = new_name("user")[:32]
-    password = f"Pw-{uuid.uuid4().hex[:12]}-\"q'uote\\ $x"
-    literal = password.replace("\\", "\\\\").replace("'", "\\'")
-    for host in ("127.0.0.1", "localhost"):
-        sql(f"CREATE USER '{name}'@'{host}' IDENTIFIED BY '{literal}'")
-        sql(f"GRANT ALL ON `{database}`.* TO '{name}'@'{host}'")
-        # the routines' bodies (SHOW CREATE FUNCTION of root's function), and re-creating root's objects
-        sql(f"GRANT SELECT ON mysql.proc TO '{name}'@'{host}'; GRANT SET USER ON *.* TO '{name}'@'{host}'")
-    yield name, password
-    for host in ("127.0.0.1", "localhost"):
-        sql(f"DROP USER IF EXISTS '{name}'@'{host}'")
+def mysql_user(database, make_user):
+    """A dedicated user with a password, allowed everything on ``database``."""
+    return make_user([database])
 
 
 class ProcessWatch:
@@ -525,14 +580,15 @@ def test_dump_files_are_private_and_removed_even_on_failure(app, database, real_
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     slow = tmp_path / "slow-dump"
-    slow.write_text(f'#!/bin/sh\nsleep 0.5\nexec "{DUMP}" "$@"\n')
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec "{DUMP}" "$@"\n')
     slow.chmod(0o755)
     modes: set[tuple[str, int]] = set()
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            for path in tmp.rglob("*"):
+            # ours only, not the temporary files of others (tmpXXXX)
+            for path in [*tmp.glob("eternia-mysql-*"), *tmp.glob("eternia-mysql-*/*")]:
                 try:
                     modes.add((path.name if path.is_file() else "dir", path.stat().st_mode & 0o777))
                 except OSError:
@@ -545,12 +601,12 @@ def test_dump_files_are_private_and_removed_even_on_failure(app, database, real_
         ok = real_cli("create", config=write_config(app, [mysql_source([database], mysqldump=str(slow))]),
                       env={"TMPDIR": str(tmp)})
         assert ok.returncode == 0, ok.stderr
-        assert list(tmp.iterdir()) == []
+        assert [p for p in tmp.iterdir() if p.name.startswith("eternia-")] == []
         failed = real_cli("create", config=write_config(app, [mysql_source([database], mysqldump=str(slow),
                                                                            dump_args=["--no-such-option"])]),
                           env={"TMPDIR": str(tmp)})
         assert failed.returncode == 1 and "exited with status" in failed.stderr, failed.stderr
-        assert list(tmp.iterdir()) == []
+        assert [p for p in tmp.iterdir() if p.name.startswith("eternia-")] == []
     finally:
         done.set()
         watcher.join(10)

@@ -16,6 +16,7 @@ has that.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,9 @@ SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys", "mysql")
 #: views of the server's memory, not data: no dump can hold them
 NOT_DUMPABLE = ("information_schema", "performance_schema")
 DUMP_FLAGS = ("--single-transaction", "--routines", "--triggers", "--events")
+DUMP_ATTEMPTS = 3
+
+log = logging.getLogger("eternia_backup.source.mysql")  # under eternia_backup: masked like the framework's own
 
 
 def _check_database_name(name: str) -> str:
@@ -250,7 +254,8 @@ class MysqlSource(Source):
                             f"and was stopped{what}") from exc
         if status != 0:
             tail = stderr_tail(stderr)
-            found = re.search(r"(?:ERROR |error: )(\d{4})\b", tail)
+            # "ERROR 1045 (28000): ...", "Got error: 1045: ...", "Error 1412: ...", "... (1142)"
+            found = re.search(r"\berror:? (\d{4})\b", tail, re.IGNORECASE) or re.search(r"\((\d{4})\)$", tail)
             failure = error(self._failure(program, status, tail, found.group(1) if found else None, what))
             failure.server_error = found.group(1) if found else None  # type: ignore[attr-defined]
             raise failure
@@ -329,8 +334,21 @@ class MysqlSource(Source):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with open(fd, "wb") as out:
-                self._run("mysqldump", [*DUMP_FLAGS, *self.options.dump_args, "--databases", database],
-                          error=SourceError, what=f" (dumping database {database})", stdout=out)
+                for attempt in range(1, DUMP_ATTEMPTS + 1):
+                    try:
+                        self._run("mysqldump", [*DUMP_FLAGS, *self.options.dump_args, "--databases", database],
+                                  error=SourceError, what=f" (dumping database {database})", stdout=out)
+                        break
+                    except SourceError as exc:
+                        # 1412: a table was created or altered after the snapshot began (a migration, say),
+                        # and the server asks for the transaction to be retried
+                        if getattr(exc, "server_error", None) != "1412" or attempt == DUMP_ATTEMPTS:
+                            raise
+                        log.info("source %r: a table of %s changed during its dump; dumping it again", self.name,
+                                 database)
+                        out.seek(0)
+                        out.truncate()
+                        time.sleep(attempt)
             with open(path, "rb") as f:
                 writer.add_stream(f"{database}.sql", f, os.fstat(f.fileno()).st_size, mode=0o600, mtime=started)
         finally:
