@@ -322,6 +322,27 @@ def test_restore_into_another_database(app, databases, cli):
         sql(f"DROP DATABASE IF EXISTS `{target}`")
 
 
+def test_restore_to_database_from_the_command_line(app, database, cli):
+    """restore --source db --to-database NAME: the backup's one database into NAME; the original is left alone."""
+    target = new_name("copy")
+    config = write_config(app, [mysql_source([database])])
+    original = snapshot(database)
+    try:
+        assert cli("create", config=config).returncode == 0
+        change_after_backup(database)
+        changed = snapshot(database)
+        dry = cli("restore", "latest", "--source", "db", "--to-database", target, "--dry-run", config=config)
+        assert dry.returncode == 0 and f"database {target}" in dry.stdout, dry.stdout + dry.stderr
+        restored = cli("restore", "latest", "--source", "db", "--to-database", target, "--yes", config=config)
+        assert restored.returncode == 0, restored.stderr
+        assert snapshot(target) == original
+        assert snapshot(database) == changed
+        bad = cli("restore", "latest", "--source", "db", "--to-database", "a/b", "--yes", config=config)
+        assert bad.returncode != 0 and "not a database name" in bad.stderr, bad.stderr
+    finally:
+        sql(f"DROP DATABASE IF EXISTS `{target}`")
+
+
 def test_restore_plan_takes_the_target_database_as_an_argument(app, database, tmp_path):
     """The constructor argument a CLI option (restore --to-database NAME) can pass."""
     from eternia_backup_mysql import MysqlRestorePlan

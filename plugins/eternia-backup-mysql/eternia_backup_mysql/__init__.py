@@ -152,6 +152,7 @@ class MysqlSource(Source):
     type_name = "mysql"
     options_model = MysqlOptions
     restore_plan_types = (DirectorySwapPlan,)  # MysqlRestorePlan pipes into the server: nothing to resume
+    restores_to_database = True  # restore_plan(None, database=NAME): restore --source S --to-database NAME
 
     def __init__(self, name, options, base_dir):
         super().__init__(name, options, base_dir)
@@ -356,10 +357,11 @@ class MysqlSource(Source):
 
     # -- restore --------------------------------------------------------------------------------
 
-    def restore_plan(self, destination: Path | None):
+    def restore_plan(self, destination: Path | None, database: str | None = None):
+        """``database`` (``restore --to-database NAME``) wins over the ``restore_to_database`` option."""
         if destination is not None:
             return DirectorySwapPlan(destination, f"source {self.name!r}")
-        return MysqlRestorePlan(self, to_database=self.options.restore_to_database)
+        return MysqlRestorePlan(self, to_database=database or self.options.restore_to_database)
 
     def load(self, dump: Path, database: str, target: str) -> None:
         """Drop ``target`` and load the dump of ``database`` into it, in one client session."""
