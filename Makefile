@@ -8,11 +8,11 @@ EXAMPLE_PLUGINS = examples/plugins/eternia-backup-sqlitestore examples/plugins/e
 
 .PHONY: setup demo demo-s3 test test-fast bench clean
 
-$(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml plugins/eternia-backup-redis/pyproject.toml $(EXAMPLE_PLUGINS:%=%/pyproject.toml) \
+$(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml plugins/eternia-backup-redis/pyproject.toml plugins/eternia-backup-mysql/pyproject.toml $(EXAMPLE_PLUGINS:%=%/pyproject.toml) \
         $(wildcard $(EXAMPLE_PLUGINS:%=%/*/*.py))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[s3,encryption,test]' -e plugins/eternia-backup-postgres -e plugins/eternia-backup-redis
+	$(PY) -m pip install --quiet -e '.[s3,encryption,test]' -e plugins/eternia-backup-postgres -e plugins/eternia-backup-redis -e plugins/eternia-backup-mysql
 	$(PY) -m pip install --quiet $(addprefix ./,$(EXAMPLE_PLUGINS))
 	touch $(STAMP)
 

@@ -25,7 +25,8 @@ from pydantic_core import PydanticUndefined
 from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, BackupModel, SourceModel
 from .providers import SourceOptions
 
-FIRST_PARTY_SOURCE_PLUGINS = ("eternia_backup_postgres", "eternia_backup_redis")  # documented here when installed
+# documented here when installed
+FIRST_PARTY_SOURCE_PLUGINS = ("eternia_backup_postgres", "eternia_backup_redis", "eternia_backup_mysql")
 ENV_VALUE = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"  # a ${VAR} or ${VAR:-default} placeholder
 
 

@@ -62,10 +62,12 @@ def check_cancelled() -> None:
 
 
 def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float | None = None,
-        env=None) -> tuple[int, bytes]:
+        env=None, pass_fds: tuple[int, ...] = ()) -> tuple[int, bytes]:
     """Run a command; return (exit status, stderr). Raises Cancelled or TimeoutExpired.
 
-    Without ``env`` the command gets :func:`child_env` (no secrets).
+    Without ``env`` the command gets :func:`child_env` (no secrets). ``pass_fds``
+    are file descriptors the command inherits (as ``/dev/fd/N``): a way to hand
+    it a secret that is neither in argv nor in its environment.
     """
     cancel = CANCEL.get()
     if env is None:
@@ -73,7 +75,7 @@ def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float 
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, pass_fds=pass_fds)
         waited = 0.0
         try:
             while True:

@@ -29,6 +29,7 @@ def _example() -> dict:
 def test_configuration_page_is_what_the_models_generate():
     pytest.importorskip("eternia_backup_postgres", reason="the page documents the postgres plugin's source type")
     pytest.importorskip("eternia_backup_redis", reason="the page documents the redis plugin's source type")
+    pytest.importorskip("eternia_backup_mysql", reason="the page documents the mysql plugin's source type")
     assert PAGE.read_text() == render_markdown(), f"docs/configuration.md is out of date; {REGENERATE}"
 
 

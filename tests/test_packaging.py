@@ -23,7 +23,8 @@ import pytest
 
 from conftest import ROOT
 
-PLUGINS = [ROOT / "plugins" / "eternia-backup-postgres", ROOT / "plugins" / "eternia-backup-redis"]
+PLUGINS = [ROOT / "plugins" / "eternia-backup-postgres", ROOT / "plugins" / "eternia-backup-redis",
+           ROOT / "plugins" / "eternia-backup-mysql"]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 pytestmark = pytest.mark.slow
@@ -65,13 +66,14 @@ def test_sdist_holds_what_its_tests_need(dists):
               "examples/app/make_state.py", "examples/app/eternia-backup.yaml", "docs/plugins.md",
               "docs/configuration.md", "plugins/eternia-backup-postgres/pyproject.toml",
               "plugins/eternia-backup-redis/pyproject.toml",
+              "plugins/eternia-backup-mysql/pyproject.toml",
               "eternia_backup/py.typed"}
     assert needed <= names, f"missing from the sdist: {sorted(needed - names)}"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
 @pytest.mark.parametrize("name, typed", [("eternia_backup", True), ("eternia_backup_postgres", False),
-                                              ("eternia_backup_redis", False)])
+                                              ("eternia_backup_redis", False), ("eternia_backup_mysql", False)])
 def test_wheel_carries_license_and_markers(dists, name, typed):
     with zipfile.ZipFile(_one(dists, f"{name}-{VERSION}-py3-none-any.whl")) as whl:
         names = set(whl.namelist())
@@ -90,7 +92,8 @@ def test_installed_wheels_work_from_an_unrelated_directory(dists, tmp_path):
     env = _clean_env()
     _run([bin_dir / "python", "-m", "pip", "install", "--quiet",
           _one(dists, "eternia_backup-*.whl"), _one(dists, "eternia_backup_postgres-*.whl"),
-          _one(dists, "eternia_backup_redis-*.whl")], cwd=tmp_path, env=env)
+          _one(dists, "eternia_backup_redis-*.whl"),
+          _one(dists, "eternia_backup_mysql-*.whl")], cwd=tmp_path, env=env)
 
     work = tmp_path / "app"
     work.mkdir()
@@ -103,7 +106,7 @@ def test_installed_wheels_work_from_an_unrelated_directory(dists, tmp_path):
 
     assert VERSION in cli("--version").stdout
     plugins = cli("plugins").stdout
-    assert "postgres" in plugins and "eternia-backup-redis" in plugins
+    assert "postgres" in plugins and "eternia-backup-redis" in plugins and "eternia-backup-mysql" in plugins
 
     (work / "data").mkdir()
     (work / "data" / "notes.txt").write_text("first contact\n")

@@ -267,6 +267,8 @@ def test_cli_plugins_lists_every_provider_with_its_plugin():
     assert postgres["distribution"] == "eternia-backup-postgres"
     redis = next(r for r in rows if (r["kind"], r["name"]) == ("source", "redis"))
     assert (redis["distribution"], redis["plugin"]) == ("eternia-backup-redis", "redis")
+    mysql = next(r for r in rows if (r["kind"], r["name"]) == ("source", "mysql"))
+    assert (mysql["distribution"], mysql["class"]) == ("eternia-backup-mysql", "eternia_backup_mysql.MysqlSource")
 
 
 # -- registry hooks: third-party providers end to end --------------------------------------

@@ -72,4 +72,5 @@ def test_the_check_catches_a_private_import(tmp_path):
 def test_every_builtin_and_the_first_party_plugins_are_checked():
     assert {p.stem for p in BUILTINS} >= {"directory", "sqlite", "command", "tar", "compressions",
                                           "local_target", "fsspec_target", "s3_target", "webhook"}
-    assert {"eternia_backup_postgres", "eternia_backup_redis"} <= {p.parent.name for p in PLUGINS}
+    assert {"eternia_backup_postgres", "eternia_backup_redis",
+            "eternia_backup_mysql"} <= {p.parent.name for p in PLUGINS}
