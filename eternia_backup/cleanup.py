@@ -26,8 +26,9 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from .catalog import in_series, list_target
+from .chains import mark_broken_chains
 from .config import Retention
-from .errors import EterniaBackupError
+from .errors import EterniaBackupError, IntegrityError
 from .manifest import archive_stem
 from .providers import Target, UploadCleanup
 from .retention import Candidate, plan_retention
@@ -176,6 +177,51 @@ def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: floa
     return orphans
 
 
+def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retention, now, tz):
+    """Before an intact backup is deleted, read the archives of the one kept as the newest intact backup.
+
+    The listing shows sizes, not contents: a flipped byte in the newest backup
+    (or in the full backup of its chain) would make it look restorable while
+    the older good backups go. So, only when the plan deletes an intact backup,
+    the stored bytes of the newest intact one and of its chain are hashed and
+    compared with their manifests; a damaged one is marked so, and retention is
+    planned again without it, until the newest intact backup really is one.
+    """
+    by_id = {c.backup_id: c for c in copies}
+    checked: set[str] = set()
+    while any(by_id[i].ok for i in plan.delete if i in by_id):
+        newest = next((i for i, reasons in plan.keep.items() if "newest intact backup" in reasons), None)
+        if newest is None:
+            return plan
+        links = [by_id[i] for i in (*(by_id[newest].manifest.chain), newest) if i in by_id]
+        damaged = None
+        for link in links:
+            if link.backup_id in checked:
+                continue
+            try:
+                _check_stored(link)
+            except IntegrityError as exc:
+                damaged = link
+                link.problem = str(exc)
+                log.warning("cleanup on target %r: %s; it no longer counts as intact", target.name, exc)
+                break
+            checked.add(link.backup_id)
+        if damaged is None:
+            return plan
+        mark_broken_chains(copies)  # what was built on it is broken too
+        plan = plan_retention(retention_candidates(copies), policy, now, tz)
+    return plan
+
+
+def _check_stored(copy) -> None:
+    """Size and sha256 of a copy's stored archive against its manifest (IntegrityError if they differ)."""
+    from .verify import check_checksum, check_size
+
+    check_size(copy, copy.manifest)
+    with copy.target.open_read(copy.manifest.archive.file) as raw:
+        check_checksum(copy, copy.manifest, raw)
+
+
 def retention_candidates(copies) -> list[Candidate]:
     """What retention judges: each copy's id, time, whether it is intact (its chain too), and its chain."""
     return [Candidate(c.backup_id, c.created_at, c.ok, c.manifest.chain if c.manifest else ())
@@ -202,6 +248,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
     plan = plan_retention(retention_candidates(ours), policy, now, tz)
+    plan = _with_the_newest_checked(target, ours, plan, policy, now, tz)
     report.kept = plan.keep
     by_id = {c.backup_id: c for c in ours}
     for backup_id in plan.delete:

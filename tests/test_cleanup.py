@@ -141,6 +141,24 @@ def test_damaged_newest_backup_does_not_count_as_the_kept_copy(write_config, sto
     mgr.verify_backup("latest")
 
 
+def test_a_flipped_byte_in_the_newest_backup_is_found_before_an_older_one_is_deleted(write_config, storage):
+    """Sizes match, so the listing calls it intact: cleanup reads it before it lets the older good one go."""
+    mgr = BackupManager.from_config(write_config(retention_days=7))
+    ids = make_backups(mgr, 3)
+    for backup_id, days in zip(ids, (30, 20, 10)):
+        age(storage, backup_id, days)
+    (archive,) = storage.glob(f"*-{ids[2]}.tar.zst")
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+
+    mgr.cleanup_old_backups()
+
+    assert exists(storage, ids[1]), "the newest backup that restores was deleted"
+    assert not exists(storage, ids[0]) and not exists(storage, ids[2])
+    mgr.verify_backup(ids[1])
+
+
 def test_dry_run_reports_what_would_go_and_deletes_nothing(write_config, storage, cli):
     config = write_config(retention_days=7)
     mgr = BackupManager.from_config(config)

@@ -11,7 +11,8 @@ cleanups with random policies at a controlled clock. After each cleanup:
    flipped) and was kept is still listed as ok and restores to exactly the tree
    it captured;
 2. the newest intact backup is never deleted (intact as cleanup can know it: a
-   flipped byte is found only by reading the archive, see the xfail test below);
+   flipped byte is found only by reading the archive: cleanup reads the newest
+   kept chain before it deletes an intact backup, see the test below);
 3. no kept incremental loses a link of its chain to cleanup;
 4. cleanup deletes only the files of the backups it reports deleted (manifest,
    archive, file index), all of them, and nothing else;
@@ -445,9 +446,9 @@ def test_cli_cleanup_dry_run_and_list_show_backups_kept_only_as_a_base(chain_of_
     assert table.stdout.count("(kept only as a base)") == 3
 
 
-@pytest.mark.xfail(strict=True, reason="cleanup judges backups by the listing and never reads an archive, so a "
-                   "flipped byte in a chain's full backup leaves the chain counted as the newest intact backup")
-def test_a_flipped_byte_in_the_newest_chain_costs_the_last_restorable_backup(tmp_path):
+def test_a_flipped_byte_in_the_newest_chain_never_costs_the_last_restorable_backup(tmp_path):
+    """Cleanup reads the newest kept chain before it deletes an intact backup: a flipped byte there
+    (invisible in a listing) makes it keep the older backup that still restores."""
     config = setup_dir(tmp_path, None)
     clock = Clock(datetime.now(UTC) - timedelta(days=3))
     with clock.installed():
@@ -465,9 +466,12 @@ def test_a_flipped_byte_in_the_newest_chain_costs_the_last_restorable_backup(tmp
     archive.write_bytes(bytes(data))
     mgr.config = dataclasses.replace(mgr.config, retention=Retention(keep_last=1))
 
-    mgr.cleanup()
-
-    # the newest chain cannot be restored; the older full backup was the last one that could be
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError):  # the newest chain cannot be restored
         mgr.restore_backup(newest.backup_id, to=tmp_path / "out-newest")
+
+    dry = mgr.cleanup(dry_run=True)
+    result = mgr.cleanup()
+    (report,) = result.targets
+    assert report.kept[older] == ["newest intact backup", "keep_last"]  # the last one that restores
+    assert sorted(report.deleted) == sorted([base.backup_id, newest.backup_id]) == sorted(dry.targets[0].deleted)
     mgr.restore_backup(older, to=tmp_path / "out-older")
