@@ -74,7 +74,8 @@ def _same_encryption(parent_record: dict | None, encryptor) -> bool:
 
 def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: dict[str, str],
                    target_names: list[str], environment: str, encryptor, encryption_settings,
-                   now: datetime, plain_index: Path | None = None) -> IncrementPlan | None:
+                   now: datetime, plain_index: Path | None = None,
+                   damaged: set[str] | frozenset[str] = frozenset()) -> IncrementPlan | None:
     """The plan of the next backup: None without incremental backups, else full or on top of a parent.
 
     The parent is the newest backup, when it is intact on every target (so that
@@ -108,6 +109,10 @@ def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: 
     elif missing:
         reason = (f"the newest backup {newest.backup_id} is not intact (or has no file index) on target(s) "
                   f"{', '.join(repr(n) for n in missing)}")
+    elif damaged & {*parent.chain, parent.backup_id}:
+        found = sorted(damaged & {*parent.chain, parent.backup_id})
+        reason = (f"reading {', '.join(found)} found it damaged (verify, restore or cleanup), so the chain "
+                  f"of {newest.backup_id} is not built on")
     elif not _same_encryption(parent.encryption, encryptor):
         reason = "the encryption settings changed since the newest backup"
     else:

@@ -75,6 +75,8 @@ class TargetCleanup:
     orphans: list[Orphan] = dataclasses.field(default_factory=list)
     error: str | None = None
     unlisted: bool = False  # the listing failed: nothing was judged here
+    #: backups whose archive was read and found damaged before deleting ({id: problem}; not in the JSON)
+    found_damaged: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def fail(self, name: str, reason: str) -> None:
         """Record a deletion the target refused."""
@@ -86,6 +88,7 @@ class TargetCleanup:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["orphans"] = [o.to_dict() for o in self.orphans]
+        del data["found_damaged"]
         return data
 
 
@@ -177,7 +180,8 @@ def find_orphans(listing, uploads, *, name: str, grace_seconds: float, now: floa
     return orphans
 
 
-def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retention, now, tz):
+def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retention, now, tz,
+                             found: dict[str, str]):
     """Before an intact backup is deleted, read the archives of the one kept as the newest intact backup.
 
     The listing shows sizes, not contents: a flipped byte in the newest backup
@@ -202,7 +206,7 @@ def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retenti
                 _check_stored(link)
             except IntegrityError as exc:
                 damaged = link
-                link.problem = str(exc)
+                link.problem = found[link.backup_id] = str(exc)
                 log.warning("cleanup on target %r: %s; it no longer counts as intact", target.name, exc)
                 break
             checked.add(link.backup_id)
@@ -248,7 +252,7 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
     plan = plan_retention(retention_candidates(ours), policy, now, tz)
-    plan = _with_the_newest_checked(target, ours, plan, policy, now, tz)
+    plan = _with_the_newest_checked(target, ours, plan, policy, now, tz, report.found_damaged)
     report.kept = plan.keep
     by_id = {c.backup_id: c for c in ours}
     for backup_id in plan.delete:

@@ -185,7 +185,8 @@ class BackupManager:
         return plan_increment(policy, full=full, entries=catalog.merge(listings), unlisted=errors,
                               target_names=[t.name for t in self.targets], environment=self.config.environment,
                               encryptor=encryptor, encryption_settings=self.config.encryption,
-                              now=datetime.now(timezone.utc), plain_index=self.plain_index_path)
+                              now=datetime.now(timezone.utc), plain_index=self.plain_index_path,
+                              damaged=self.state.damaged_backups())
 
     @property
     def plain_index_path(self) -> Path:
@@ -350,6 +351,8 @@ class BackupManager:
             report = verify.verify_chain(links, self.registry, self.config.encryption, progress)
         else:
             report = verify.verify_copy(copy, self.registry, self.config.encryption, progress)
+        self._record_checked({report.damaged: report.problem or ""} if report.damaged else {},
+                             [c.backup_id for c in links or [copy]] if report.ok else [])
         report.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         if not report.ok and backup == "latest" and not allow_older:
             report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
@@ -369,8 +372,20 @@ class BackupManager:
         listings, errors = self.listings()
         if errors:
             raise StorageError("cannot verify every backup: " + "; ".join(errors.values()))
-        return [verify.verify_copy(c, self.registry, self.config.encryption, progress)
-                for e in catalog.merge(listings) for c in e.copies]
+        reports = [verify.verify_copy(c, self.registry, self.config.encryption, progress)
+                   for e in catalog.merge(listings) for c in e.copies]
+        self._record_checked({r.damaged: r.problem or "" for r in reports if r.damaged},
+                             [r.backup_id for r in reports if r.ok])
+        return reports
+
+    def _record_checked(self, damaged: dict[str, str], intact: list[str]) -> None:
+        """Remember what reading archives showed: damaged ones, and those that read back intact."""
+        if not damaged and not intact:
+            return
+        try:
+            self.state.record_checked(damaged=damaged, intact=intact)
+        except OSError as exc:
+            log.warning("could not record what reading the archives found in %s: %s", self.state.path, exc)
 
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
@@ -411,6 +426,9 @@ class BackupManager:
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
             from .encryption import DecryptionError
+
+            if getattr(exc, "damaged_backup", None) and not isinstance(exc, DecryptionError):
+                self._record_checked({exc.damaged_backup: str(exc)}, [])
 
             if backup == "latest" and not allow_older and not isinstance(exc, DecryptionError):  # a key is no damage
                 raise LatestDamagedError(copy.backup_id, str(exc)) from exc
@@ -504,6 +522,7 @@ class BackupManager:
                                    cache=self.manifest_cache(t))
             for t in self.targets
         ])
+        self._record_checked({i: p for t in result.targets for i, p in t.found_damaged.items()}, [])
         if not dry_run:
             call_lifecycle(self.pm, "eternia_cleanup_finished", result=result)
         return result

@@ -271,6 +271,9 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
                 link.backup_id, restored.backup_id)
         try:
             _stage(link, extractor, registry, identities[link.backup_id], wanted, progress)
+        except IntegrityError as exc:
+            exc.damaged_backup = link.backup_id  # the manager remembers it (no incremental builds on it)
+            raise
         finally:
             if wanted is not None:
                 wanted.close()

@@ -111,3 +111,21 @@ class StateStore:
                 data["last_successful_slot"] = iso_utc(slot)
 
         self.update(change)
+
+    def record_checked(self, *, damaged: dict[str, str] | None = None, intact: list[str] | None = None) -> None:
+        """Remember backups whose stored archive was found damaged by reading it (verify, restore,
+        cleanup), and forget those a later read found intact: the next incremental never builds on
+        a chain that holds a damaged one (a listing cannot see a flipped byte)."""
+        def change(data):
+            known = data.setdefault("damaged_backups", {})
+            for backup_id in intact or ():
+                known.pop(backup_id, None)
+            for backup_id, problem in (damaged or {}).items():
+                known[backup_id] = {"problem": problem[:500], "found": _now()}
+
+        self.update(change)
+
+    def damaged_backups(self) -> set[str]:
+        """Ids of backups recorded as damaged (see :meth:`record_checked`)."""
+        known = self.read().get("damaged_backups")
+        return set(known) if isinstance(known, dict) else set()

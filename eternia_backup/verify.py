@@ -57,10 +57,12 @@ class VerifyReport:
     #: targets that could not be listed when the backup was chosen ([{"target", "error"}]);
     #: the command's JSON carries it once, beside the reports
     unlisted_targets: list[dict[str, str]] = dataclasses.field(default_factory=list, repr=False)
+    #: the backup whose stored archive was found damaged (a base of the chain, or this one)
+    damaged: str | None = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        del data["unlisted_targets"]
+        del data["unlisted_targets"], data["damaged"]
         return data
 
 
@@ -154,7 +156,8 @@ def verify_chain(links: list[BackupCopy], registry, encryption=None, progress: P
         report = verify_copy(link, registry, encryption, progress, check_files_index=False)
         if not report.ok:
             return VerifyReport(copy.backup_id, copy.url, False,
-                                f"{copy.describe()}: its base backup {link.backup_id} is damaged: {report.problem}")
+                                f"{copy.describe()}: its base backup {link.backup_id} is damaged: {report.problem}",
+                                damaged=report.damaged)
     report = verify_copy(copy, registry, encryption, progress)
     if report.ok:
         report.note = " ".join(filter(None, [report.note, f"its chain of {len(links) - 1} base backup(s) verified too"]))
@@ -235,9 +238,13 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
                     report.note = f"{exc}; the backup restores without it, but the next one cannot build on it"
         report.ok, report.size, report.entries = True, manifest.archive.size, entries
     except UnsafeArchiveError as exc:
-        report.problem = str(exc)
+        report.problem, report.damaged = str(exc), copy.backup_id
     except IntegrityError as exc:
         report.problem = str(exc)
+        from .encryption import DecryptionError
+
+        if not isinstance(exc, DecryptionError):  # a missing or wrong key is no damage (altered bytes
+            report.damaged = copy.backup_id       # fail the sha256 comparison first)
     except StorageError as exc:
         report.problem = f"{copy.describe()}: {exc}"
     except OSError as exc:  # a store's file object failing half way (EIO, a reset connection)

@@ -417,6 +417,23 @@ def test_a_damaged_base_archive_fails_the_restore_before_anything_changes(tmp_pa
     assert not report.ok and made[0][0] in report.problem
 
 
+def test_no_incremental_builds_on_a_chain_that_reading_found_damaged(tmp_path):
+    """A flipped byte keeps sizes: the listing calls the chain intact, but once verify (or a restore, or
+    cleanup) read it, the next backup is a full one instead of one more link nobody can restore."""
+    mgr, made = _chain(tmp_path)
+    full = manifest_of(mgr, made[0][0])
+    path = tmp_path / "backups" / full.archive.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert all(e.ok for e in mgr.list_backups())  # invisible to a listing
+    assert not mgr.verify_report(made[2][0]).ok
+    assert mgr.create_backup().manifest.kind == "full"
+    path.write_bytes(bytes(data[: len(data) // 2]) + bytes([data[len(data) // 2] ^ 0xFF]) + bytes(data[len(data) // 2 + 1:]))
+    assert mgr.verify_report(made[0][0]).ok  # repaired (a copy put back): recorded intact again
+    assert made[0][0] not in mgr.state.damaged_backups()
+
+
 def test_a_damaged_file_index_is_named(tmp_path):
     mgr, made = _chain(tmp_path)
     last = manifest_of(mgr, made[2][0])
