@@ -105,15 +105,18 @@ class CommandOutput:
     Leaving the block early (an error) kills the command.
     """
 
-    def __init__(self, args, *, shell: bool, cwd=None, env=None, timeout: float | None = None):
+    def __init__(self, args, *, shell: bool, cwd=None, env=None, timeout: float | None = None,
+                 pass_fds: tuple[int, ...] = (), on_end=None):
         self.args = args
         self.timeout = timeout
+        self.on_end = on_end
+        self._result: tuple[int, bytes] | None = None
         self._cancel = CANCEL.get()  # a context variable: the watchdog thread would not see it
         self._err = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=self._err, env=env if env is not None else child_env(),
-                                         start_new_session=True, bufsize=0)
+                                         start_new_session=True, bufsize=0, pass_fds=pass_fds)
         except BaseException:
             self._err.close()
             raise
@@ -147,15 +150,25 @@ class CommandOutput:
 
     def finish(self) -> tuple[int, bytes]:
         """Wait for the command; (exit status, stderr). Raises Cancelled or TimeoutExpired if it was stopped."""
-        self.proc.stdout.close()
-        self.proc.wait()
-        self._done.set()
-        if self.cancelled:
-            raise Cancelled("backup abandoned because the scheduler is stopping; nothing was committed")
-        if self.timed_out:
-            raise subprocess.TimeoutExpired(self.args, self.timeout)
-        self._err.seek(0)
-        return self.proc.returncode, self._err.read()
+        if self._result is None:
+            self.proc.stdout.close()
+            self.proc.wait()
+            self._done.set()
+            if self.cancelled:
+                raise Cancelled("backup abandoned because the scheduler is stopping; nothing was committed")
+            if self.timed_out:
+                raise subprocess.TimeoutExpired(self.args, self.timeout)
+            self._err.seek(0)
+            self._result = (self.proc.returncode, self._err.read())
+        return self._result
+
+    def at_end(self) -> None:
+        """Called by the framework once the output ended, before its last part is archived: waits for
+        the command and calls ``on_end(status, stderr)``, which raises for a failed dump. A dump that
+        fails within its first part (16 MiB) thus leaves nothing in the archive, and may be retried."""
+        status, stderr = self.finish()
+        if self.on_end is not None:
+            self.on_end(status, stderr)
 
     def __enter__(self) -> "CommandOutput":
         return self

@@ -93,9 +93,12 @@ class PartSplitter:
         if size is not None:
             return self._inner.add_stream(relpath, stream, size, mode=mode, mtime=mtime)
         fill = _Fill(stream, self._part_size)
+        at_end = getattr(stream, "at_end", None)  # CommandOutput: did the dump succeed? (before the last part)
         n = fill.next_part()
         more = n == self._part_size and fill.more()
         if not more:  # it fits in one part: one ordinary member
+            if at_end is not None:
+                at_end()
             return self._inner.add_stream(relpath, _ViewReader(fill.view, n), n, mode=mode, mtime=mtime)
         number = 0
         while True:
@@ -105,3 +108,5 @@ class PartSplitter:
                 return None
             n = fill.next_part()
             more = n == self._part_size and fill.more()
+            if not more and at_end is not None:
+                at_end()

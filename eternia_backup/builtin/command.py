@@ -79,21 +79,22 @@ class CommandSource(Source):
         opts = self.options
         args, shell = run_args(opts.command)
         started = time.time()
+        def failed(status: int, stderr: bytes) -> None:  # the backup fails: nothing of it is committed
+            if status != 0:
+                raise SourceError(f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
+                                  f"{status}: {stderr_tail(stderr)}")
+
         try:
-            output = CommandOutput(args, shell=shell, cwd=self.base_dir, timeout=opts.timeout, env=child_env(opts.env))
+            output = CommandOutput(args, shell=shell, cwd=self.base_dir, timeout=opts.timeout, env=child_env(opts.env),
+                                   on_end=failed)
         except FileNotFoundError as exc:
             raise SourceError(f"source {self.name!r}: command not found: {exc.filename}") from exc
-        with output:
-            writer.add_stream(opts.filename, output, None, mode=0o600, mtime=started)
-            try:
-                status, stderr = output.finish()
-            except subprocess.TimeoutExpired as exc:
-                raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
-        if status != 0:  # the backup fails: what was archived is never committed
-            raise SourceError(
-                f"source {self.name!r}: command {_shown(opts.command)!r} exited with status "
-                f"{status}: {stderr_tail(stderr)}"
-            )
+        try:
+            with output:
+                writer.add_stream(opts.filename, output, None, mode=0o600, mtime=started)
+                output.at_end()  # (already done by the framework; a writer that reads to the end without it)
+        except subprocess.TimeoutExpired as exc:
+            raise SourceError(f"source {self.name!r}: command did not finish within {opts.timeout}s") from exc
 
     def restore_plan(self, destination: Path | None):
         if destination is not None:

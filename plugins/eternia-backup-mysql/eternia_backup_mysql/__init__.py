@@ -30,6 +30,7 @@ from typing import BinaryIO, Iterator, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from eternia_backup.api import (
+    CommandOutput,
     DirectorySwapPlan,
     RestoreError,
     RestorePlan,
@@ -254,13 +255,17 @@ class MysqlSource(Source):
                 raise error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s "
                             f"and was stopped{what}") from exc
         if status != 0:
-            tail = stderr_tail(stderr)
-            # "ERROR 1045 (28000): ...", "Got error: 1045: ...", "Error 1412: ...", "... (1142)"
-            found = re.search(r"\berror:? (\d{4})\b", tail, re.IGNORECASE) or re.search(r"\((\d{4})\)$", tail)
-            failure = error(self._failure(program, status, tail, found.group(1) if found else None, what))
-            failure.server_error = found.group(1) if found else None  # type: ignore[attr-defined]
-            raise failure
+            raise self._error(program, status, stderr, error, what)
         return stderr
+
+    def _error(self, program: str, status: int, stderr: bytes, error: type[Exception], what: str) -> Exception:
+        """The exception for a tool that failed, with the server's error code as ``server_error``."""
+        tail = stderr_tail(stderr)
+        # "ERROR 1045 (28000): ...", "Got error: 1045: ...", "Error 1412: ...", "... (1142)"
+        found = re.search(r"\berror:? (\d{4})\b", tail, re.IGNORECASE) or re.search(r"\((\d{4})\)$", tail)
+        failure = error(self._failure(program, status, tail, found.group(1) if found else None, what))
+        failure.server_error = found.group(1) if found else None  # type: ignore[attr-defined]
+        return failure
 
     def _failure(self, program: str, status: int, tail: str, code: str | None, what: str) -> str:
         """The message for a failed tool: the problem by the server's error code, and what to do."""
@@ -311,49 +316,65 @@ class MysqlSource(Source):
         databases = self.databases()
         if not databases:
             writer.warn("", f"no databases to back up at {self.where} (all leaves out {', '.join(SYSTEM_DATABASES)})")
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-mysql-"))  # 0700: the dumps hold the data
         dumped = []
-        try:
-            for database in databases:
-                try:
-                    self.dump(database, writer, workdir)
-                except SourceError as exc:
-                    # with all, a database dropped since it was listed is gone, not lost
-                    if self.options.databases != "all" or getattr(exc, "server_error", None) != "1049":
-                        raise
-                    writer.warn(f"{database}.sql", "the database was dropped while the backup ran; not backed up")
-                    continue
-                dumped.append(database)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        for database in databases:
+            try:
+                self.dump(database, writer)
+            except SourceError as exc:
+                # with all, a database dropped since it was listed is gone, not lost
+                if self.options.databases != "all" or getattr(exc, "server_error", None) != "1049":
+                    raise
+                writer.warn(f"{database}.sql", "the database was dropped while the backup ran; not backed up")
+                continue
+            dumped.append(database)
         self.dumped = dumped
 
-    def dump(self, database: str, writer, workdir: Path) -> None:
-        """Dump one database into ``writer`` as ``<database>.sql`` (through a private file in ``workdir``, for now)."""
-        path = workdir / f"{database}.sql"
-        started = time.time()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with open(fd, "wb") as out:
-                for attempt in range(1, DUMP_ATTEMPTS + 1):
-                    try:
-                        self._run("mysqldump", [*DUMP_FLAGS, *self.options.dump_args, "--databases", database],
-                                  error=SourceError, what=f" (dumping database {database})", stdout=out)
-                        break
-                    except SourceError as exc:
-                        # 1412: a table was created or altered after the snapshot began (a migration, say),
-                        # and the server asks for the transaction to be retried
-                        if getattr(exc, "server_error", None) != "1412" or attempt == DUMP_ATTEMPTS:
-                            raise
-                        log.info("source %r: a table of %s changed during its dump; dumping it again", self.name,
-                                 database)
-                        out.seek(0)
-                        out.truncate()
-                        time.sleep(attempt)
-            with open(path, "rb") as f:
-                writer.add_stream(f"{database}.sql", f, os.fstat(f.fileno()).st_size, mode=0o600, mtime=started)
-        finally:
-            path.unlink(missing_ok=True)
+    def dump(self, database: str, writer) -> None:
+        """Dump one database into ``writer`` as ``<database>.sql``, archived as mysqldump writes it (no copy on disk).
+
+        The framework holds the first 16 MiB in memory and asks whether the dump succeeded before it
+        archives the last part, so a dump that fails early (a table altered during it: error 1412,
+        a database dropped meanwhile: 1049) has left nothing in the archive and is retried or skipped;
+        a longer one that fails fails the backup (the next scheduled attempt dumps it again).
+        """
+        program = self._program("mysqldump")
+        what = f" (dumping database {database})"
+        if self.option_file is not None and not self.option_file.is_file():
+            raise SourceError(f"source {self.name!r}: option_file {self.option_file} does not exist; fix its path")
+        for attempt in range(1, DUMP_ATTEMPTS + 1):
+            started, before = time.time(), writer.entries
+
+            def check(status: int, stderr: bytes) -> None:
+                if status != 0:
+                    raise self._error(program, status, stderr, SourceError, what)
+
+            with self._credentials() as (leading, fds):
+                args = [program, *leading, *self._connection_args(), *DUMP_FLAGS, *self.options.dump_args,
+                        "--databases", database]
+                try:
+                    output = CommandOutput(args, shell=False, env=child_env(), timeout=self.options.timeout,
+                                           pass_fds=fds, on_end=check)
+                except FileNotFoundError as exc:
+                    raise SourceError(f"source {self.name!r}: the program {program!r} was not found{what}; install "
+                                      "the MariaDB or MySQL client tools (apt install mariadb-client) or set "
+                                      "mysqldump: to its path") from exc
+                try:
+                    with output:
+                        writer.add_stream(f"{database}.sql", output, None, mode=0o600, mtime=started)
+                        output.at_end()
+                    return
+                except subprocess.TimeoutExpired as exc:
+                    raise SourceError(f"source {self.name!r}: {program} ran longer than timeout: "
+                                      f"{self.options.timeout} s and was stopped{what}") from exc
+                except SourceError as exc:
+                    # 1412: a table was created or altered after the snapshot began (a migration, say),
+                    # and the server asks for the transaction to be retried
+                    retry = (getattr(exc, "server_error", None) == "1412" and attempt < DUMP_ATTEMPTS
+                             and writer.entries == before)
+                    if not retry:
+                        raise
+            log.info("source %r: a table of %s changed during its dump; dumping it again", self.name, database)
+            time.sleep(attempt)
 
     # -- restore --------------------------------------------------------------------------------
 
