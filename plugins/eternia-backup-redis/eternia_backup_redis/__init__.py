@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from eternia_backup.api import (
+    CommandOutput,
     ConfigError,
     DirectorySwapPlan,
     RestoreError,
@@ -178,20 +179,63 @@ class RedisSource(Source):
                             "server is Redis and that the user may run SYNC and REPLCONF")
 
     def backup(self, writer) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-redis-"))  # 0700
+        """Archive the snapshot as redis-cli receives it (``--rdb -``): no copy of it on disk."""
+        started = time.time()
+        user = ["--user", self.user] if self.user else []
+        argv = [self.options.redis_cli, "-h", self.host, "-p", str(self.port), *user, "--rdb", "-"]
+        env = child_env({"REDISCLI_AUTH": self.password} if self.password else None)
+        doing = "taking a snapshot (redis-cli --rdb)"
+        rdb = _RdbCheck(self.label, self.where)
+
+        def check(status: int, stderr: bytes) -> None:  # before the last part is archived
+            if status != 0:
+                raise SourceError(f"{self.label}: {doing} at {self.where} failed: {self._explain(stderr)}")
+            rdb.check()
+
         try:
-            dump = workdir / DUMP_NAME
-            started = time.time()
-            self.dump_rdb(dump)
-            with open(dump, "rb") as f:
-                writer.add_stream(DUMP_NAME, f, os.fstat(f.fileno()).st_size, mode=0o600, mtime=started)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            output = CommandOutput(argv, shell=False, env=env, timeout=self.options.timeout, on_end=check)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{self.label}: {self.options.redis_cli} not found; install the Redis command-line "
+                              "tools (apt install redis-tools) or set redis_cli to its path") from exc
+        except PermissionError as exc:
+            raise SourceError(f"{self.label}: {self.options.redis_cli} cannot be run (permission denied); "
+                              "fix redis_cli") from exc
+        rdb.stream = output
+        try:
+            with output:
+                writer.add_stream(DUMP_NAME, rdb, None, mode=0o600, mtime=started)
+                output.at_end()
+        except subprocess.TimeoutExpired as exc:
+            raise SourceError(f"{self.label}: redis-cli ran longer than {self.options.timeout} s while {doing} at "
+                              f"{self.where} and was stopped; raise timeout or check the server") from exc
 
     def restore_plan(self, destination: Path | None):
         if destination is not None:
             return DirectorySwapPlan(destination, self.label)
         return RedisRestorePlan(self)
+
+
+class _RdbCheck:
+    """The snapshot stream, remembering its first bytes: it must start as an RDB file does."""
+
+    def __init__(self, label: str, where: str):
+        self.label, self.where = label, where
+        self.stream = None
+        self.head = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        if len(self.head) < len(RDB_MAGIC):
+            self.head += data[: len(RDB_MAGIC) - len(self.head)]
+        return data
+
+    def at_end(self) -> None:
+        self.stream.at_end()
+
+    def check(self) -> None:
+        if self.head != RDB_MAGIC:
+            raise SourceError(f"{self.label}: redis-cli --rdb from {self.where} sent no RDB file; check that the "
+                              "server is Redis and that the user may run SYNC and REPLCONF")
 
 
 class RedisRestorePlan(RestorePlan):
