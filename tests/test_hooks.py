@@ -25,16 +25,34 @@ from eternia_backup.errors import EterniaBackupError, SourceError
 from eternia_backup.manager import BackupManager
 
 WRITER = textwrap.dedent("""
-    import os, sys, time
-    a, b = sys.argv[1], sys.argv[2]
+    import os, signal, sys, time
+    a, b, ack = sys.argv[1], sys.argv[2], sys.argv[3]
+    paused = False
+
+    def pause(*_):
+        global paused
+        paused = True
+
+    def resume(*_):
+        global paused
+        paused = False
+
+    signal.signal(signal.SIGUSR1, pause)  # pause after the current pair of writes, and say so
+    signal.signal(signal.SIGUSR2, resume)
     n = 0
     while True:
+        if paused:
+            open(ack, "w").close()
+            while paused:
+                time.sleep(0.005)
+            continue
         n += 1
         for path in (a, b):  # the same counter in both sources: one moment has them equal
             with open(path, "a") as f:
                 f.write(f"{n}\\n")
         time.sleep(0.001)
 """)
+
 
 
 def make_config(tmp_path: Path, hooks: dict, *, sources=("one", "two"), extra: dict | None = None) -> Path:
@@ -59,12 +77,14 @@ def last_line(path: Path) -> str:
 def test_a_writer_paused_by_the_hooks_gives_every_source_from_one_moment(tmp_path):
     make_config(tmp_path, {})
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "one" / "log"),
-                               str(tmp_path / "two" / "log")])
+                               str(tmp_path / "two" / "log"), str(tmp_path / "paused")])
     try:
         (tmp_path / "writer.pid").write_text(str(writer.pid))
         time.sleep(0.3)
-        cfg = make_config(tmp_path, {"before_backup": 'kill -STOP "$(cat writer.pid)"',
-                                     "after_backup": 'kill -CONT "$(cat writer.pid)"'})
+        # the documented way: ask the writer to pause at a consistent point, wait until it says it has
+        cfg = make_config(tmp_path, {
+            "before_backup": 'kill -USR1 "$(cat writer.pid)"; while [ ! -e paused ]; do sleep 0.01; done',
+            "after_backup": 'rm -f paused; kill -USR2 "$(cat writer.pid)"'})
         mgr = BackupManager.from_config(cfg)
         for n in range(3):
             result = mgr.create_backup()
@@ -75,7 +95,6 @@ def test_a_writer_paused_by_the_hooks_gives_every_source_from_one_moment(tmp_pat
         # resumed after each backup: the writer went on
         assert int(last_line(tmp_path / "one" / "log")) > int(last_line(tmp_path / "r2" / "one" / "log"))
     finally:
-        writer.send_signal(signal.SIGCONT)
         writer.kill()
         writer.wait()
 
