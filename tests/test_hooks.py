@@ -10,8 +10,6 @@ reach the commands but never ``config show`` or argv.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
