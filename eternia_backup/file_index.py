@@ -305,9 +305,21 @@ class Cursor:
 
 
 def check_stored(target, record: FileRecord, identities: list | None, where: str) -> None:
-    """Read a stored index once and check it against its manifest record (size, sha256, it parses)."""
-    reader = IndexReader(target, record, identities, where)
+    """Read a stored index once and check it against its manifest record (size, sha256).
+
+    Only the stored bytes are hashed (the lines are not decoded: that is what the
+    readers do, and a damaged stream fails them too); ``identities`` is unused
+    and kept for callers.
+    """
     try:
-        reader.finish()
-    finally:
-        reader.close()
+        raw = target.open_read(record.file)
+    except EterniaBackupError:
+        raise
+    except OSError as exc:
+        raise target.error_for("read", exc, record.file) from exc
+    with raw:
+        hashing = HashingReader(raw)
+        hashing.drain()
+    if hashing.size != record.size or hashing.sha.hexdigest() != record.sha256:
+        raise IntegrityError(f"{where}: file index {record.file} does not match its manifest "
+                             "(size or sha256 differ: it is damaged)")
