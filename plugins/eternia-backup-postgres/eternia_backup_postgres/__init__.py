@@ -167,6 +167,9 @@ def hint_for(stderr: str, program: str) -> str:
         return "the server refused the login; check the user and password in dsn (and the server's pg_hba.conf)"
     if re.search(r'database "[^"]*" does not exist', stderr):
         return "the database does not exist on the server; create it, or fix the database name in the config"
+    if "permission denied to create database" in stderr:
+        return ("the dsn's user may not create databases, and a restore into the server restores into a new one "
+                "first; grant it CREATEDB (ALTER ROLE ... CREATEDB) or restore as a superuser")
     if "permission denied" in stderr or "must be superuser" in stderr:
         return "the dsn's user lacks a privilege this needs (see the error)"
     return "see the error"
@@ -196,24 +199,28 @@ class PostgresSource(Source):
     # -- running the client tools ------------------------------------------------------
 
     def run(self, args: list[str], *, database: str | None, doing: str, error: type[Exception],
-            outcome: str, stdout=None) -> None:
-        """Run a client tool through the framework (a stopping scheduler can cancel it); raise ``error`` naming
-        the source, ``doing``, the cause, what to do and ``outcome`` (what was left as it was)."""
-        dsn = self.dsn if database is None else with_database(self.dsn, database)
+            outcome: str, stdout=None, check: bool = True) -> tuple[int, str]:
+        """Run a client tool through the framework (a stopping scheduler can cancel it); with ``check``, raise
+        ``error`` naming the source, ``doing``, the cause, what to do and ``outcome`` (what was left as it was).
+        ``database=None`` connects to the dsn's database; ``""`` passes no connection at all."""
         program = os.path.basename(args[0])
+        if database != "":
+            dsn = self.dsn if database is None else with_database(self.dsn, database)
+            args = [*args, f"--dbname={dsn}"]
         try:
-            status, stderr = run_process([*args, f"--dbname={dsn}"], shell=False, stdout=stdout,
-                                         timeout=self.options.timeout, env=child_env(self.env))
+            status, stderr = run_process(args, shell=False, stdout=stdout, timeout=self.options.timeout,
+                                         env=child_env(self.env))
         except FileNotFoundError as exc:
             raise error(f"source {self.name!r}: {exc.filename} not found while {doing}; install the PostgreSQL "
                         f"client tools (postgresql-client) or set {program}: to its path; {outcome}") from exc
         except subprocess.TimeoutExpired as exc:
             raise error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s while "
                         f"{doing} and was stopped; {outcome}") from exc
-        if status != 0:
-            text = stderr_tail(stderr)
+        text = stderr_tail(stderr) if stderr.strip() else ""
+        if check and status != 0:
             raise error(f"source {self.name!r}: {doing} failed ({program} exited with status {status}): "
                         f"{hint_for(text, program)}; {outcome}. {program} said: {text}")
+        return status, text
 
     def query(self, sql: str, *, database: str | None = None, doing: str, error: type[Exception] = SourceError,
               outcome: str = "nothing was changed") -> list[str]:
@@ -333,9 +340,9 @@ class PgRestorePlan(RestorePlan):
     def prepare(self) -> None:
         self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-pg-restore-"))
 
-    def _exists(self, database: str) -> bool:
+    def _exists(self, database: str, maintenance: str | None = None) -> bool:
         return bool(self.source.query(f"select 1 from pg_database where datname = {literal(database)}",
-                                      database=self._maintenance({database}), doing="looking for the database",
+                                      database=maintenance or self._maintenance({database}), doing="looking for the database",
                                       error=RestoreError))
 
     def replaces_existing(self) -> bool:
@@ -417,13 +424,11 @@ class PgRestorePlan(RestorePlan):
         dumped = set()
         for _live, dump in dumps:
             with tempfile.TemporaryFile() as out:
-                status, stderr = run_process([self.source.options.pg_restore, "--list", str(dump)], shell=False,
-                                             stdout=out, env=child_env())
+                self.source.run([self.source.options.pg_restore, "--list", str(dump)], database="",
+                                doing=f"reading {dump.name}", error=RestoreError, outcome="nothing was changed",
+                                stdout=out)
                 out.seek(0)
                 match = re.search(rb"Dumped from database version: (\S+)", out.read())
-            if status != 0:
-                raise RestoreError(f"{self.label}: {dump.name} cannot be read by pg_restore: "
-                                   f"{stderr_tail(stderr)}; nothing was changed")
             if match:
                 dumped.add(major_of(match.group(1).decode()))
         others = sorted(dumped - {server})
@@ -435,16 +440,10 @@ class PgRestorePlan(RestorePlan):
     def _restore_globals(self, path: Path) -> None:
         # Not ON_ERROR_STOP: roles that exist already ("role ... already exists") are the usual case and harmless;
         # the CREATE fails, the ALTER ROLE after it still sets the backed-up attributes.
-        source = self.source
         with tempfile.TemporaryFile() as out:
-            status, stderr = run_process([source.options.psql, "-X", "-q", "-f", str(path),
-                                          f"--dbname={with_database(source.dsn, self._connection_db)}"],
-                                         shell=False, stdout=out, timeout=source.options.timeout,
-                                         env=child_env(source.env))
-        text = stderr_tail(stderr) if stderr.strip() else ""
-        if status != 0:
-            raise RestoreError(f"{self.label}: running {GLOBALS_NAME} failed: {hint_for(text, 'psql')}; "
-                               f"nothing was changed. psql said: {text}")
+            _status, text = self.source.run([self.source.options.psql, "-X", "-q", "-f", str(path)],
+                                            database=self._connection_db, doing=f"running {GLOBALS_NAME}",
+                                            error=RestoreError, outcome="nothing was changed", stdout=out)
         problems = [line for line in text.splitlines() if "ERROR" in line and "already exists" not in line]
         if problems:
             log.warning("%s: %d statement(s) of %s failed (roles and tablespaces may differ from the backup's): %s",
@@ -474,7 +473,7 @@ class PgRestorePlan(RestorePlan):
         renames, old, closed = [], [], []
         try:
             for live, scratch in scratches:
-                if self._exists(live):
+                if self._exists(live, maintenance):
                     # No new sessions from here on: the rename fails while any is connected.
                     source.query(f"alter database {ident(live)} allow_connections false", database=maintenance,
                                  doing=f"closing database {live} to new sessions", error=RestoreError)
