@@ -245,6 +245,22 @@ def test_a_backup_during_writes_restores_one_snapshot_into_another_database(app,
         psql(f"drop database if exists {copy} with (force)")
 
 
+def test_schemas_exclude_tables_and_pg_dump_args_reach_pg_dump(app, new_db, cli, tmp_path):
+    db = new_db()
+    psql("create schema app; create schema scratch; create table app.orders (id int); "
+         "create table app.sessions (id int); create table scratch.junk (id int); "
+         "comment on table app.orders is 'the orders'", db=db)
+    config = write_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [db],
+                                "schemas": ["app"], "exclude_tables": ["app.sessions"],
+                                "pg_dump_args": ["--no-comments"]})
+    assert cli("create", config=config).returncode == 0
+    assert cli("restore", "latest", "--to", str(tmp_path / "out"), config=config).returncode == 0
+    listing = subprocess.run([shutil.which("pg_restore"), "--list", str(tmp_path / "out" / "pg" / f"{db}.pgcustom")],
+                             capture_output=True, text=True, check=True).stdout
+    assert "TABLE app orders" in listing
+    assert "sessions" not in listing and "junk" not in listing and "COMMENT" not in listing
+
+
 def test_to_database_needs_a_source_of_one_database(app, new_db, cli):
     one, two = new_db(), new_db()
     config = write_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [one, two]})

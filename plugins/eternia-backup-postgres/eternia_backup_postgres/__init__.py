@@ -65,10 +65,10 @@ class PostgresOptions(SourceOptions):
     exclude_databases: list[str] = Field([], description="Databases left out of `databases: all`.",
                                          examples=[["postgres"]])
     globals: bool | None = Field(None, description="Also archive `pg_dumpall --globals-only` (roles, tablespaces) as "
-                                 "globals.sql. Default: true with `databases: all`, else false.")
+                                 "globals.sql. Default: true with `databases: all`, else false.", examples=[True])
     restore_globals: bool = Field(False, description="Run globals.sql before the databases at an in-place restore. "
                                   "Off by default: it creates and alters roles of the whole server (passwords "
-                                  "too), not only of the restored databases.")
+                                  "too), not only of the restored databases.", examples=[True])
     schemas: list[str] = Field([], description="Dump only these schemas (pg_dump --schema, each a pattern).",
                                examples=[["public", "billing"]])
     exclude_tables: list[str] = Field([], description="Leave these tables' definitions and data out "
