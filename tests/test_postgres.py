@@ -187,6 +187,26 @@ def test_the_dsn_form_is_unchanged_and_objects_made_after_the_backup_are_gone(ap
     assert to.returncode == 0, to.stderr
     assert (tmp_path / "dump" / "appdb" / "dump.pgcustom").read_bytes().startswith(b"PGDMP")
 
+    psql(f"drop database {database}")  # a database that is gone is created again
+    again = cli("restore", "latest", "--yes", config=config)
+    assert again.returncode == 0, again.stderr
+    assert content(database) == before
+
+
+def test_the_restore_by_hand_of_the_docs(app, new_db, cli, tmp_path):
+    db, by_hand = new_db(), new_db()
+    psql(SCHEMA, db=db)
+    config = write_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [db], "globals": True})
+    assert cli("create", config=config).returncode == 0
+    archive = next((app / "backups").glob("*.tar.zst"))
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    subprocess.run(f"zstd -dc '{archive}' | tar -x", shell=True, cwd=work, check=True)
+    assert "CREATE ROLE postgres;" in (work / "pg" / "globals.sql").read_text()
+    subprocess.run([shutil.which("pg_restore"), "-h", "127.0.0.1", "-U", "postgres", "-d", by_hand, "--clean",
+                    "--if-exists", f"pg/{db}.pgcustom"], cwd=work, check=True, capture_output=True)
+    assert content(by_hand) == content(db)
+
 
 def start_writer(db: str) -> subprocess.Popen:
     """A psql process inserting pairs of rows, one transaction per pair, until killed."""

@@ -127,6 +127,20 @@ def with_database(dsn: str, database: str) -> str:
     return f"{dsn} dbname={value}"  # libpq: the last dbname= wins
 
 
+def dsn_database(dsn: str) -> str | None:
+    """The database a DSN names, or ``None`` (libpq then takes the user's name)."""
+    parts = urlsplit(dsn)
+    if parts.scheme in ("postgres", "postgresql"):
+        return unquote(parts.path.lstrip("/")) or None
+    if "=" not in dsn:
+        return dsn.strip() or None
+    found = re.findall(r"dbname\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    if not found:
+        return None
+    value = found[-1]
+    return re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith("'") else value
+
+
 def member_name(database: str) -> str:
     """``<db>.pgcustom``; a ``/`` or ``%`` in the name is %-escaped (a member name is a path)."""
     return quote(database, safe=" !$&'()*+,;=:@-._~") + DUMP_SUFFIX
@@ -383,15 +397,15 @@ class PgRestorePlan(RestorePlan):
             return [(self.to_database, staged[0])]
         out = []
         for dump in staged:
-            if dump.name == DUMP_NAME:  # a dsn:-only source: its dsn's database
-                out.append((self.source.connection_database(RestoreError), dump))
+            if dump.name == DUMP_NAME:  # a dsn:-only source: its dsn's database (which may have been dropped)
+                out.append((dsn_database(self.source.dsn) or self.source.connection_database(RestoreError), dump))
             else:
                 out.append((unquote(dump.name[:-len(DUMP_SUFFIX)]), dump))
         return out
 
     def commit(self) -> None:
         source = self.source
-        self._connection_db = source.connection_database(RestoreError)
+        self._connection_db = dsn_database(source.dsn)
         dumps = self._dumps()
         self._warn_versions(dumps)
         globals_sql = self.staging_dir / GLOBALS_NAME
@@ -417,7 +431,7 @@ class PgRestorePlan(RestorePlan):
 
     def _warn_versions(self, dumps: list[tuple[str, Path]]) -> None:
         """One warning when the server's major version is not the one the dumps were taken from."""
-        rows = self.source.query("show server_version_num", database=self._connection_db,
+        rows = self.source.query("show server_version_num", database=self._maintenance({db for db, _ in dumps}),
                                  doing="reading the server's version", error=RestoreError)
         num = int(rows[0])
         server = str(num // 10000) if num >= 100000 else f"{num // 10000}.{num // 100 % 100}"
@@ -442,7 +456,7 @@ class PgRestorePlan(RestorePlan):
         # the CREATE fails, the ALTER ROLE after it still sets the backed-up attributes.
         with tempfile.TemporaryFile() as out:
             _status, text = self.source.run([self.source.options.psql, "-X", "-q", "-f", str(path)],
-                                            database=self._connection_db, doing=f"running {GLOBALS_NAME}",
+                                            database=self._maintenance(set()), doing=f"running {GLOBALS_NAME}",
                                             error=RestoreError, outcome="nothing was changed", stdout=out)
         problems = [line for line in text.splitlines() if "ERROR" in line and "already exists" not in line]
         if problems:
