@@ -292,19 +292,27 @@ def test_to_database_needs_a_source_of_one_database(app, new_db, cli):
     assert (content(one), content(two)) == before and not databases(like=f"{one}_x%")
 
 
-def test_databases_all_on_the_shared_server_lists_every_database_and_the_globals(app, new_db, cli):
-    mine = new_db()
+def test_databases_all_on_the_shared_server_lists_every_database_and_the_globals(app, new_db, cli, tmp_path):
+    mine, gone = new_db(), new_db()
     role = f"eternia_role_{uuid.uuid4().hex[:8]}"
     psql(f"create role {role} nologin")
+    # a database dropped between the listing and its dump (here: just before its pg_dump starts)
+    spy = fake_program(tmp_path / "bin", "pg_dump",
+                       f'case "$*" in *{gone}*) {PSQL} -X -q -h 127.0.0.1 -U postgres -d postgres '
+                       f'-c "drop database {gone}";; esac\nexec {PG_DUMP} "$@"\n')
     try:
         config = write_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": "all",
-                                    "exclude_databases": ["root"]})
+                                    "exclude_databases": ["root"], "pg_dump": str(spy)})
         created = cli("create", config=config)
-        # 3: another test's database was dropped while this backup ran (a warning, not a failure)
-        assert created.returncode in (0, 3), created.stderr
+        assert created.returncode == 3, created.stderr  # a warning, not a failure
+        assert f"database {gone} was dropped while the backup ran" in created.stdout + created.stderr
         names = members(app)
         assert {"pg/globals.sql", f"pg/{mine}.pgcustom", "pg/postgres.pgcustom"} <= set(names)
-        assert not {"pg/template0.pgcustom", "pg/template1.pgcustom", "pg/root.pgcustom"} & set(names)
+        assert not {"pg/template0.pgcustom", "pg/template1.pgcustom", "pg/root.pgcustom",
+                    f"pg/{gone}.pgcustom"} & set(names)
+        assert f"CREATE ROLE {role};" in subprocess.run(
+            f"zstd -dc '{next((app / 'backups').glob('*.tar.zst'))}' | tar -xO pg/globals.sql", shell=True,
+            capture_output=True, text=True, check=True).stdout
     finally:
         psql(f"drop role if exists {role}")
 
