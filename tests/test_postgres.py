@@ -130,7 +130,7 @@ def test_round_trip_of_two_databases_in_place(app, new_db, cli, tmp_path):
     before = content(one), content(two)
     created = cli("create", config=config)
     assert created.returncode == 0, created.stderr
-    assert members(app) == [f"pg/{one}.pgcustom", f"pg/{two}.pgcustom"]
+    assert members(app) == sorted([f"pg/{one}.pgcustom", f"pg/{two}.pgcustom"])
 
     psql("insert into orders (item, amount) values ('after', 99); select nextval('invoice_no');"
          "create table later_table (x int); create view later_view as select 1 as one;"
