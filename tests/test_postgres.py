@@ -122,9 +122,20 @@ select nextval('invoice_no') from generate_series(1, 5);
 """
 
 
-def test_round_trip_of_two_databases_in_place(app, new_db, cli, tmp_path):
+def test_round_trip_of_two_databases_in_place(app, new_db, cli, tmp_path, request):
     one, two = new_db(), new_db()
     psql(SCHEMA, db=one)
+    reader = f"eternia_reader_{uuid.uuid4().hex[:8]}"
+    psql(f"create role {reader} nologin")
+    request.addfinalizer(lambda: psql(f"drop owned by {reader}; drop role {reader}"))  # its grant on the database
+    properties = (f"alter database {one} set search_path to \"$user\", public; alter database {one} set work_mem "
+                  f"to '8MB'; alter database {one} connection limit 40; revoke all on database {one} from public; "
+                  f"grant connect on database {one} to {reader}; comment on database {one} is 'the shop''s'")
+    psql(properties)
+    properties_of = ("select d.datconnlimit, d.datacl::text, shobj_description(d.oid, 'pg_database'), "
+                     "(select setconfig::text from pg_db_role_setting where setdatabase = d.oid and setrole = 0) "
+                     f"from pg_database d where datname = '{one}'")
+    props_before = psql(properties_of).replace(one, "DB")
     psql("create table notes (id int primary key, body text); insert into notes values (1, 'kept')", db=two)
     config = write_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [one, two]})
     before = content(one), content(two)
@@ -152,6 +163,7 @@ def test_round_trip_of_two_databases_in_place(app, new_db, cli, tmp_path):
         session.wait()
     assert "terminated 1 session(s)" in restored.stderr
     assert (content(one), content(two)) == before
+    assert psql(properties_of).replace(one, "DB") == props_before  # the database's own settings are kept
     objects = psql("select string_agg(relname, ',' order by relname) from pg_class "
                    "where relname like 'later%' or relname = 'big_orders'", db=one)
     assert objects == "big_orders"

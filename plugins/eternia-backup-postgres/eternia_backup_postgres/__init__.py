@@ -189,6 +189,45 @@ def hint_for(stderr: str, program: str) -> str:
     return "see the error"
 
 
+# What a dump without --create lacks and a database replaced in place should keep: its own settings
+# (ALTER DATABASE ... SET), connection limit, GRANTs and comment, copied server-side so that no value is parsed
+# here. List-valued settings are written bare, as pg_dumpall does: quoted they would become one element.
+COPY_DATABASE_PROPERTIES = """
+do $eternia$
+declare
+  r record;
+  live constant text := :live;
+  scratch constant text := :scratch;
+begin
+  for r in select cfg from pg_db_role_setting st join pg_database d on d.oid = st.setdatabase,
+                  unnest(st.setconfig) cfg where d.datname = live and st.setrole = 0 loop
+    execute format('alter database %I set %s to %s', scratch, split_part(r.cfg, '=', 1),
+      case when split_part(r.cfg, '=', 1) in ('search_path', 'temp_tablespaces', 'local_preload_libraries',
+               'session_preload_libraries', 'shared_preload_libraries', 'unix_socket_directories')
+           then substr(r.cfg, strpos(r.cfg, '=') + 1) else quote_literal(substr(r.cfg, strpos(r.cfg, '=') + 1)) end);
+  end loop;
+  for r in select datconnlimit from pg_database where datname = live and datconnlimit <> -1 loop
+    execute format('alter database %I connection limit %s', scratch, r.datconnlimit);
+  end loop;
+  if (select datacl from pg_database where datname = live) is not null then
+    execute format('revoke all on database %I from public', scratch);
+    for r in select a.grantee, a.privilege_type, a.is_grantable from pg_database d, aclexplode(d.datacl) a
+             where d.datname = live loop
+      execute format('grant %s on database %I to %s%s', r.privilege_type, scratch,
+        case when r.grantee = 0 then 'public' else quote_ident(pg_get_userbyid(r.grantee)) end,
+        case when r.is_grantable then ' with grant option' else '' end);
+    end loop;
+  end if;
+  for r in select shobj_description(oid, 'pg_database') as note from pg_database where datname = live loop
+    if r.note is not null then
+      execute format('comment on database %I is %L', scratch, r.note);
+    end if;
+  end loop;
+end
+$eternia$
+"""
+
+
 class PostgresSource(Source):
     type_name = "postgres"
     options_model = PostgresOptions
@@ -478,6 +517,10 @@ class PgRestorePlan(RestorePlan):
                        f"lc_ctype {literal(ctype)}")
         source.query(create, database=maintenance, doing=f"creating the scratch database {scratch}",
                      error=RestoreError, outcome=f"database {live} was left as it was")
+        if rows:
+            source.query(COPY_DATABASE_PROPERTIES.replace(":live", literal(live)).replace(":scratch", literal(scratch)),
+                         database=maintenance, doing=f"copying database {live}'s settings to {scratch}",
+                         error=RestoreError, outcome=f"database {live} was left as it was")
 
     def _swap(self, scratches: list[tuple[str, str]]) -> None:
         """Every scratch database takes its live one's name in one transaction; the old ones are then dropped."""
