@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import secrets
-import shutil
+import time
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import Field, model_validator
 
 from eternia_backup.api import (
+    CommandOutput,
     DirectorySwapPlan,
     RestoreError,
     RestorePlan,
@@ -257,23 +258,60 @@ class PostgresSource(Source):
         ``error`` naming the source, ``doing``, the cause, what to do and ``outcome`` (what was left as it was).
         ``database=None`` connects to the dsn's database; ``""`` passes no connection at all."""
         program = os.path.basename(args[0])
-        if database != "":
-            dsn = self.dsn if database is None else with_database(self.dsn, database)
-            args = [*args, f"--dbname={dsn}"]
         try:
-            status, stderr = run_process(args, shell=False, stdout=stdout, timeout=self.options.timeout,
-                                         env=child_env(self.env))
+            status, stderr = run_process(self._with_dbname(args, database), shell=False, stdout=stdout,
+                                         timeout=self.options.timeout, env=child_env(self.env))
         except FileNotFoundError as exc:
-            raise error(f"source {self.name!r}: {exc.filename} not found while {doing}; install the PostgreSQL "
-                        f"client tools (postgresql-client) or set {program}: to its path; {outcome}") from exc
+            raise self._not_found(exc, program, doing, outcome, error) from exc
         except subprocess.TimeoutExpired as exc:
-            raise error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s while "
-                        f"{doing} and was stopped; {outcome}") from exc
+            raise self._timed_out(program, doing, outcome, error) from exc
         text = stderr_tail(stderr) if stderr.strip() else ""
         if check and status != 0:
-            raise error(f"source {self.name!r}: {doing} failed ({program} exited with status {status}): "
-                        f"{hint_for(text, program)}; {outcome}. {program} said: {text}")
+            raise self._failed(program, status, text, doing, outcome, error)
         return status, text
+
+    def stream(self, writer, member: str, args: list[str], *, database: str | None, doing: str) -> None:
+        """Archive a dump tool's stdout as ``member`` while it runs: no copy of the dump on disk.
+
+        The framework asks whether the tool succeeded before it archives the dump's last
+        part, so a dump that fails within its first 16 MiB has left nothing in the archive.
+        """
+        program, outcome = os.path.basename(args[0]), "nothing was backed up"
+
+        def check(status: int, stderr: bytes) -> None:
+            if status != 0:
+                text = stderr_tail(stderr) if stderr.strip() else ""
+                raise self._failed(program, status, text, doing, outcome, SourceError)
+
+        try:
+            output = CommandOutput(self._with_dbname(args, database), shell=False, timeout=self.options.timeout,
+                                   env=child_env(self.env), on_end=check)
+        except FileNotFoundError as exc:
+            raise self._not_found(exc, program, doing, outcome, SourceError) from exc
+        try:
+            with output:
+                writer.add_stream(member, output, None, mode=0o600, mtime=time.time())
+                output.at_end()
+        except subprocess.TimeoutExpired as exc:
+            raise self._timed_out(program, doing, outcome, SourceError) from exc
+
+    def _with_dbname(self, args: list[str], database: str | None) -> list[str]:
+        if database == "":
+            return args
+        dsn = self.dsn if database is None else with_database(self.dsn, database)
+        return [*args, f"--dbname={dsn}"]
+
+    def _not_found(self, exc: FileNotFoundError, program: str, doing: str, outcome: str, error: type[Exception]):
+        return error(f"source {self.name!r}: {exc.filename} not found while {doing}; install the PostgreSQL "
+                     f"client tools (postgresql-client) or set {program}: to its path; {outcome}")
+
+    def _timed_out(self, program: str, doing: str, outcome: str, error: type[Exception]):
+        return error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s while "
+                     f"{doing} and was stopped; {outcome}")
+
+    def _failed(self, program: str, status: int, text: str, doing: str, outcome: str, error: type[Exception]):
+        return error(f"source {self.name!r}: {doing} failed ({program} exited with status {status}): "
+                     f"{hint_for(text, program)}; {outcome}. {program} said: {text}")
 
     def query(self, sql: str, *, database: str | None = None, doing: str, error: type[Exception] = SourceError,
               outcome: str = "nothing was changed") -> list[str]:
@@ -308,57 +346,42 @@ class PostgresSource(Source):
         return [db for db in rows if db not in self.options.exclude_databases]
 
     def backup(self, writer) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-pg-"))  # 0700
-        try:
-            if self.options.with_globals:
-                self._add(writer, self.dump_globals(workdir / GLOBALS_NAME), GLOBALS_NAME)
-            databases = self.databases()
-            if not databases:
-                self._add(writer, self.dump_database(None, workdir / DUMP_NAME), DUMP_NAME)
-            for db in databases:
-                dump = workdir / member_name(db)
-                try:
-                    self.dump_database(db, dump)
-                except SourceError as exc:
-                    if self.options.databases == "all" and self._gone(db):
-                        writer.warn(dump.name, f"database {db} was dropped while the backup ran; not backed up")
-                        continue
-                    raise
-                self._add(writer, dump, dump.name)
-                dump.unlink()  # one dump on disk at a time
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        """Each dump is archived as pg_dump writes it (no temporary file)."""
+        if self.options.with_globals:
+            self.dump_globals(writer)
+        databases = self.databases()
+        if not databases:
+            self.dump_database(None, writer, DUMP_NAME)
+        for db in databases:
+            before = writer.entries
+            try:
+                self.dump_database(db, writer, member_name(db))
+            except SourceError:
+                # with all, a database dropped since it was listed is gone, not lost (its failed
+                # dump left nothing in the archive: it failed within its first part)
+                if self.options.databases == "all" and writer.entries == before and self._gone(db):
+                    writer.warn(member_name(db), f"database {db} was dropped while the backup ran; not backed up")
+                    continue
+                raise
 
     def _gone(self, database: str) -> bool:
         return not self.query(f"select 1 from pg_database where datname = {literal(database)}",
                               doing="listing the databases", outcome="nothing was backed up")
 
-    @staticmethod
-    def _add(writer, path: Path, member: str) -> None:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            writer.add_stream(member, f, st.st_size, mode=0o600, mtime=st.st_mtime)
-
-    def dump_database(self, database: str | None, path: Path) -> Path:
-        """pg_dump of one database (``None``: the dsn's) into ``path``, a new 0600 file."""
+    def dump_database(self, database: str | None, writer, member: str) -> None:
+        """pg_dump of one database (``None``: the dsn's) into the archive as ``member``."""
         opts = self.options
         args = [opts.pg_dump, "--format=custom"]
         args += [f"--schema={s}" for s in opts.schemas]
         args += [f"--exclude-table={t}" for t in opts.exclude_tables]
         args += opts.pg_dump_args
         what = f"database {database}" if database is not None else "the dsn's database"
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            self.run(args, database=database, doing=f"dumping {what}", error=SourceError,
-                     outcome="nothing was backed up", stdout=out)
-        return path
+        self.stream(writer, member, args, database=database, doing=f"dumping {what}")
 
-    def dump_globals(self, path: Path) -> Path:
-        """pg_dumpall --globals-only (roles, tablespaces) into ``path``, a new 0600 file."""
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            self.run([self.options.pg_dumpall, "--globals-only"], database=None,
-                     doing="dumping the roles and tablespaces (globals: true)", error=SourceError,
-                     outcome="nothing was backed up", stdout=out)
-        return path
+    def dump_globals(self, writer) -> None:
+        """pg_dumpall --globals-only (roles, tablespaces) into the archive as globals.sql."""
+        self.stream(writer, GLOBALS_NAME, [self.options.pg_dumpall, "--globals-only"], database=None,
+                    doing="dumping the roles and tablespaces (globals: true)")
 
     # -- restore -----------------------------------------------------------------------
 
