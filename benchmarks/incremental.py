@@ -286,7 +286,7 @@ class IncrementalBench:
                    "ours_stored_pct_of_full": round(100 * statistics.median(r["stored_bytes"] for r in ours)
                                                     / full_archive, 3),
                    "ours_archive_pct_of_full": round(100 * statistics.median(r["archive_bytes"] for r in ours)
-                                                     / full_archive, 3),
+                                                     / full_archive, 6),
                    "kinds": sorted({r["kind"] for r in ours}), "load_1min": [r["load_1min"] for r in ours + theirs]}
             if theirs:
                 res.update(restic=[self.brief(r) for r in theirs], restic_median_s=median([r["seconds"] for r in theirs]))
@@ -491,7 +491,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| no-change backup: time | {nc['ours_median_s']:.2f} s (restic not installed) | "
                          f"≤ restic | - | {loads(nc['load_1min'])} |")
         lines.append(f"| no-change backup: stored (archive + index + manifest) ÷ full archive | "
-                     f"{nc['ours_stored_pct_of_full']:.3f}% (archive alone {nc['ours_archive_pct_of_full']:.3f}%) | "
+                     f"{nc['ours_stored_pct_of_full']:.3f}% (the archive alone: {human(nc['ours'][-1]['archive_bytes'])}, "
+                     f"the index {human(nc['ours'][-1]['index_bytes'] or 0)}; full archive {human(nc['full_archive_bytes'])}) | "
                      f"≤ 1% | {verdict(nc['ours_stored_pct_of_full'] <= 1)} | {loads(nc['load_1min'])} |")
     ch = f.get("changes")
     if ch:
