@@ -74,11 +74,12 @@ def log_lines(rng: random.Random, n_bytes: int) -> bytes:
     return "".join(lines).encode()[:n_bytes]
 
 
-def change_set(data: Path, rnd: int, appended_to: Path | None = None, *, churn: bool = False) -> dict:
+def change_set(data: Path, rnd: int, appended_to: Path | None = None, *, churn: bool = False,
+               append: int = APPEND) -> dict:
     """Change the state as round ``rnd`` (same round, same bytes).
 
     Rewrites 1% of the small JSON files (picked by a seeded RNG; same size range, new
-    notes text and a new score) and appends 10 MiB of new lines to files/app.log. The
+    notes text and a new score) and appends ``append`` bytes (10 MiB) of new lines to files/app.log. The
     appended bytes are also written to ``appended_to`` (for the reference archive).
     ``churn``: also one new small file and one removed, so that a chain restore has
     additions and removals to get right.
@@ -93,9 +94,10 @@ def change_set(data: Path, rnd: int, appended_to: Path | None = None, *, churn: 
         start = rng.randrange(0, len(pool) - n - 1)
         doc.update(score=round(rng.random(), 6), rev=rnd, notes=pool[start:start + n])
         p.write_bytes(json.dumps(doc).encode())
-    tail = log_lines(rng, APPEND)
-    with open(data / "files" / "app.log", "ab") as f:
-        f.write(tail)
+    tail = log_lines(rng, append) if append else b""
+    if tail:
+        with open(data / "files" / "app.log", "ab") as f:
+            f.write(tail)
     if appended_to is not None:
         appended_to.parent.mkdir(parents=True, exist_ok=True)
         appended_to.write_bytes(tail)
@@ -360,7 +362,7 @@ class IncrementalBench:
         log(f"\n== chain: a full backup, then {n} incrementals, each after a change set with churn")
         made = [self.create(cfg, store, warm=[self.data])]
         for i in range(n):
-            change_set(self.data, 100 + i, churn=True)
+            change_set(self.data, 100 + i, churn=True, append=self.args.chain_append)
             r = self.create(cfg, store, warm=[self.data])
             made.append(r)
             log(f"   incremental {i + 1:2d}: {r['seconds']:5.2f} s  {r['peak_rss_mib']:4.0f} MiB  {r['kind']}  "
@@ -380,7 +382,7 @@ class IncrementalBench:
                     f"tree matches: {r['tree_matches']}  load {r['load_1min']}")
         chain_s, full_s = median([r["seconds"] for r in chain_runs]), median([r["seconds"] for r in full_runs])
         self.results["chain"] = {
-            "incrementals": n, "kinds": [r["kind"] for r in made],
+            "incrementals": n, "appended_per_link": self.args.chain_append, "kinds": [r["kind"] for r in made],
             "chain_archive_bytes": sum(r["archive_bytes"] for r in made), "full_archive_bytes": full["archive_bytes"],
             "create_seconds": [round(r["seconds"], 2) for r in made], "full_create": self.brief(full),
             "live_tree": live, "chain_restores": [self.brief(r) for r in chain_runs],
@@ -501,7 +503,8 @@ def markdown(report: dict) -> str:
                      f"≤ 1.2x | {verdict(ch['ratio_median'] <= 1.2)} | {loads(ch['load_1min'])} |")
     cn = f.get("chain")
     if cn:
-        lines.append(f"| restore of the {ordinal(cn['incrementals'])} incremental ÷ restore of a full backup of the same "
+        lines.append(f"| restore of the {ordinal(cn['incrementals'])} incremental (the log appended by "
+                     f"{human(cn.get('appended_per_link', APPEND))} per link) ÷ restore of a full backup of the same "
                      f"state | {cn['chain_median_s']:.2f} s ÷ {cn['full_median_s']:.2f} s = {cn['ratio']:.2f}x; "
                      f"trees match: {cn['trees_match']} | ≤ 1.3x | {verdict(cn['ratio'] <= 1.3 and cn['trees_match'])} "
                      f"| {loads(cn['load_1min'])} |")
@@ -545,7 +548,8 @@ def markdown(report: dict) -> str:
                          f"| {r['ratio_stored']:.2f}x | {rs} |")
         lines.append("")
     if cn:
-        lines += [f"Chain: a full backup then {cn['incrementals']} incrementals, each after a change set as above plus "
+        lines += [f"Chain: a full backup then {cn['incrementals']} incrementals, each after a change set as above "
+                  f"(the log appended by {human(cn.get('appended_per_link', APPEND))}) plus "
                   "one new and one removed small file; then `create --full` of the same state. The chain's archives "
                   f"hold {human(cn['chain_archive_bytes'])}, the full backup's {human(cn['full_archive_bytes'])}. "
                   f"Restores (`restore ID --to DIR --yes`, an empty DIR, alternating): chain "
@@ -569,6 +573,9 @@ def main() -> int:
     p.add_argument("--size", default="1G", help="size of the generated state (default 1G)")
     p.add_argument("--repeat", type=int, default=3, help="runs of the no-change and change-set figures (default 3)")
     p.add_argument("--chain", type=int, default=24, help="incrementals before the chain restore (default 24)")
+    p.add_argument("--chain-append", type=parse_size, default=APPEND,
+                   help="bytes appended to the log in each change set of the chain figure (default 10M; 0: the "
+                        "small files only)")
     p.add_argument("--restore-repeat", type=int, default=1, help="restores of each in the chain figure (default 1)")
     p.add_argument("--tiny", type=int, default=1_000_000, help="files for the index figure (default 1,000,000; 0 skips)")
     p.add_argument("--no-index-restore", dest="index_restore", action="store_false",
