@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 # Example third-party plugins (docs/plugins.md): installed as users would, not editable
 EXAMPLE_PLUGINS = examples/plugins/eternia-backup-sqlitestore examples/plugins/eternia-backup-callable
 
-.PHONY: setup demo demo-s3 test test-fast bench clean
+.PHONY: setup demo demo-s3 test test-fast bench bench-incremental clean
 
 $(STAMP): pyproject.toml plugins/eternia-backup-postgres/pyproject.toml plugins/eternia-backup-redis/pyproject.toml plugins/eternia-backup-mysql/pyproject.toml $(EXAMPLE_PLUGINS:%=%/pyproject.toml) \
         $(wildcard $(EXAMPLE_PLUGINS:%=%/*/*.py))
@@ -45,6 +45,11 @@ test-fast: $(STAMP)
 ## BENCH_ARGS="--size 128M --tiny 20000 --repeat 1 --list-backups 100" for a quick look
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+## bench-incremental: no-change and small-change backups vs restic, a chain restore, a 1,000,000-entry index
+## (benchmarks/README.md); BENCH_ARGS="--size 128M --tiny 50000 --chain 5" for a quick look
+bench-incremental: $(STAMP)
+	$(PY) benchmarks/incremental.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
