@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, process
-from .errors import BackupFailedError, EterniaBackupError, SourceError, StorageError
+from .errors import BackupFailedError, EterniaBackupError, StorageError
 from .hooks import GlobalHooks, run_hook
 from .streams import PartSplitter
 from .file_index import Cursor, IndexReader, IndexWriter, index_name
@@ -39,7 +39,6 @@ from .manifest import ArchiveRecord, Manifest, SourceRecord, archive_stem, new_b
 from .plugins import call_lifecycle
 from .progress import Progress, as_progress
 from .providers import Archiver, AtomicWrite, Compression, Source, Target, local_path_of
-from .redact import redact_text
 from .storage import describe_os_error
 
 log = logging.getLogger("eternia_backup.backup")

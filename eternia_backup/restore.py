@@ -42,7 +42,7 @@ from .errors import (
     UsageError,
 )
 from .fsutil import processes_using, remove_empty_dirs
-from .increments import OriginFilter, is_meta_member
+from .increments import ChainFilter, LinkFilter, is_meta_member
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
@@ -262,25 +262,25 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
         p.prepare()
     where = restored.describe()
     extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
-    for link in links:
-        wanted = None
-        if manifest.is_incremental:
-            wanted = OriginFilter(
-                lambda: file_index.IndexReader(restored.target, manifest.files_index,
-                                               identities[restored.backup_id], where),
-                link.backup_id, restored.backup_id)
-        try:
-            _stage(link, extractor, registry, identities[link.backup_id], wanted, progress)
-        except IntegrityError as exc:
-            exc.damaged_backup = link.backup_id  # the manager remembers it (no incremental builds on it)
-            raise
-        finally:
-            if wanted is not None:
-                wanted.close()
+    chain = None
+    if manifest.is_incremental:  # which archive holds each path: the restored backup's index, read once
+        chain = ChainFilter(file_index.IndexReader(restored.target, manifest.files_index,
+                                                   identities[restored.backup_id], where), restored.backup_id)
+    try:
+        for link in links:
+            wanted = chain.for_link(link.backup_id) if chain is not None else None
+            try:
+                _stage(link, extractor, registry, identities[link.backup_id], wanted, progress)
+            except IntegrityError as exc:
+                exc.damaged_backup = link.backup_id  # the manager remembers it (no incremental builds on it)
+                raise
+    finally:
+        if chain is not None:
+            chain.close()
     extractor.finish()
 
 
-def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | None, wanted: OriginFilter | None,
+def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | None, wanted: LinkFilter | None,
            progress: Progress = NO_PROGRESS) -> None:
     """Extract the selected sources of one archive into their staging places in one read of it.
 
