@@ -28,6 +28,12 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<
 # (an unquoted value stops at a quote: the DSN itself may be quoted, and its closing quote must stay)
 _DSN_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|[^\s'\"]+)", re.IGNORECASE)
 
+# a password written into a command line: --password=..., --password ..., PGPASSWORD=..., MYSQL_PWD=...
+_OPTION_PASSWORD = re.compile(r"(?P<head>--(?:password|passwd|pass)(?:=|\s+))(?P<pw>'[^']*'|\"[^\"]*\"|[^\s'\"]+)",
+                              re.IGNORECASE)
+_ASSIGNED_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN)[A-Za-z_]*=)(?P<pw>'[^']*'|\"[^\"]*\"|[^\s'\";]+)")
+
 _known: set[str] = set()
 _lock = threading.Lock()
 
@@ -64,6 +70,8 @@ def redact_text(text: str) -> str:
         return text
     text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + m["at"], text)
     text = _DSN_PASSWORD.sub(lambda m: m["head"] + ("'" + MASK + "'" if m["pw"].startswith("'") else MASK), text)
+    text = _OPTION_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    text = _ASSIGNED_PASSWORD.sub(lambda m: m["head"] + MASK, text)
     with _lock:
         known = sorted(_known, key=len, reverse=True)
     for secret in known:
@@ -87,6 +95,9 @@ def find_secrets(data: Any, key: str = "") -> None:
             remember(m["pw"])
         for m in _DSN_PASSWORD.finditer(data):
             remember(m["pw"].strip("'"))
+        for pattern in (_OPTION_PASSWORD, _ASSIGNED_PASSWORD):
+            for m in pattern.finditer(data):
+                remember(m["pw"].strip("'\""))
 
 
 def mask(data: Any, key: str = "") -> Any:

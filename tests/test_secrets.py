@@ -163,3 +163,23 @@ def test_an_encrypted_backups_plain_manifest_holds_no_source_details_or_paths(tm
     with open(tmp_path / "backups" / result.manifest.archive.file, "rb") as raw:
         tar = zstandard.ZstdDecompressor().stream_reader(DecryptingReader(raw, ids)).read()
     assert b"secret-project-name" in tar and b".eternia/sources.json" in tar
+
+
+@pytest.mark.parametrize("command", [
+    "echo dumping --password=lit-pass-Qx71; echo data",
+    "PGPASSWORD=lit-pass-Qx71 sh -c 'echo data'",
+    "MYSQL_PWD='lit-pass-Qx71' sh -c 'echo data'",
+])
+def test_a_password_written_into_a_command_is_masked_everywhere(tmp_path, cli, command):
+    """Users do write passwords into dump commands; they never reach config show, logs or manifests."""
+    section = {"name": "app", "storage_path": str(tmp_path / "backups"),
+               "sources": [{"type": "command", "name": "dump", "command": command}]}
+    cfg = tmp_path / "eternia-backup.yaml"
+    cfg.write_text(yaml.safe_dump({"backup": section}))
+    for args in (["-vv", "create"], ["config", "show"], ["-vv", "restore", "latest", "--to", str(tmp_path / "r"),
+                                                          "--dry-run"], ["list", "--json"]):
+        proc = cli(*args, config=cfg)
+        assert proc.returncode == 0, proc.stderr
+        assert "lit-pass-Qx71" not in proc.stdout + proc.stderr, args
+    for p in (tmp_path / "backups").glob("*.json"):
+        assert "lit-pass-Qx71" not in p.read_text()
