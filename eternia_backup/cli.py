@@ -84,7 +84,11 @@ def cmd_create(mgr, args) -> int:
             m = result.manifest
             files = sum(s.entries for s in m.sources)
             ratio = m.archive.content_size / m.archive.size if m.archive.size else 0.0
-            kind = f"incremental on top of {m.parent}, " if m.is_incremental else ""
+            kind = ""
+            if m.is_incremental:
+                unchanged = sum((s.increment or {}).get("unchanged", 0) for s in m.sources)
+                removed = sum((s.increment or {}).get("removed", 0) for s in m.sources)
+                kind = f"incremental on top of {m.parent} ({unchanged} unchanged, {removed} removed), "
             print(f"backup {result.backup_id}: {kind}{files} files, {_human_size(m.archive.content_size)} in, "
                   f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s",
                   file=sys.stderr)
