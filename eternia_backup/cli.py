@@ -26,6 +26,7 @@ from .errors import (
     EXIT_WARNINGS,
     BackupFailedError,
     EterniaBackupError,
+    UsageError,
 )
 from .timefmt import display_zone, for_people
 
@@ -195,16 +196,44 @@ def _confirm_factory(args):
     return confirm
 
 
+def cmd_ls(mgr, args) -> int:
+    from .progress import NO_PROGRESS
+
+    progress = _progress(args) or NO_PROGRESS
+    try:
+        rows = mgr.list_members(args.backup, args.path, allow_partial_listing=args.allow_partial_listing,
+                                progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        _print_json({"entries": rows})
+        return EXIT_OK
+    zone = _zone(mgr)
+    for r in rows:
+        when = for_people(r["mtime"], zone)
+        link = f" -> {r['link']}" if r["link"] and r["type"] == "symlink" else ""
+        kind = {"dir": "d", "symlink": "l", "hardlink": "h"}.get(r["type"], "-")
+        print(f"{kind}{r['mode']}  {_human_size(r['size']) if r['type'] == 'file' else '-':>10}  {when}  "
+              f"{r['path']}{'/' if r['type'] == 'dir' else ''}{link}")
+    return EXIT_OK
+
+
 def cmd_restore(mgr, args) -> int:
     from .progress import NO_PROGRESS
 
+    if args.stdout is not None:
+        if args.to or args.include or args.exclude or args.dry_run or args.json:
+            raise UsageError("--stdout PATH writes one file; it cannot be combined with --to, --include, "
+                             "--exclude, --dry-run or --json")
+        mgr.read_file(args.backup, args.stdout, sys.stdout.buffer, allow_partial_listing=args.allow_partial_listing)
+        return EXIT_OK
     progress = _progress(args) or NO_PROGRESS
     try:
         result = mgr.restore_backup(args.backup, to=args.to, sources=args.source or None, dry_run=args.dry_run,
                                     confirm=_confirm_factory(args), keep_setid=args.keep_setid,
                                     allow_older=args.allow_older, force=args.force,
                                     allow_partial_listing=args.allow_partial_listing, progress=progress,
-                                    to_database=args.to_database)
+                                    to_database=args.to_database, include=args.include, exclude=args.exclude)
     finally:
         progress.close()
     if args.json:
@@ -491,6 +520,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "  eternia-backup -c /etc/myapp/eternia-backup.yaml create --json"),
     "list": ("list backups on every target, newest first",
              "eternia-backup list\n  eternia-backup list --json | jq '.backups[0].backup_id'"),
+    "ls": ("list what a backup holds: type, mode, size, time and path of each entry",
+           "eternia-backup ls latest\n  eternia-backup ls latest files/uploads --json"),
     "restore": ("verify a backup and restore it (in place, or into --to DIR)",
                 "eternia-backup restore latest --dry-run\n  eternia-backup restore latest --to /tmp/r --source db\n"
                 "  eternia-backup restore 20261129T020000Z-3f2a1c --yes"),
@@ -549,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("backup", help="a path, URL, backup id (or unique prefix), or 'latest'")
     s.add_argument("--to", metavar="DIR", help="restore into DIR/<source> instead of the configured places")
     s.add_argument("--source", action="append", metavar="NAME", help="restore only this source (repeatable)")
+    s.add_argument("--include", action="append", metavar="PATTERN",
+                   help="restore only paths matching PATTERN (<source>/<path> glob; a directory brings its tree; "
+                   "without /, a name anywhere); repeatable; needs --to")
+    s.add_argument("--exclude", action="append", metavar="PATTERN", help="leave out paths matching PATTERN; repeatable")
+    s.add_argument("--stdout", metavar="PATH", help="write the one file <source>/<path> to stdout (checked first)")
     s.add_argument("--to-database", metavar="NAME",
                    help="restore the one --source database into database NAME (created if missing) instead of its own")
     s.add_argument("--dry-run", action="store_true", help="verify and say what would change; change nothing")
@@ -558,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
     s.add_argument("--force", action="store_true",
                    help="restore in place although processes hold files open under the destination")
+    s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
+
+    s = _add_command(sub, "ls")
+    s.add_argument("backup", help="a path, URL, backup id (or unique prefix), or 'latest'")
+    s.add_argument("path", nargs="?", help="only what is under <source>/<path>")
     s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
 
     s = _add_command(sub, "download")
@@ -660,7 +701,7 @@ def _run(args) -> int:
 
     mgr = BackupManager.from_config(args.config)
     handler = {
-        "create": cmd_create, "list": cmd_list, "restore": cmd_restore, "download": cmd_download,
+        "create": cmd_create, "list": cmd_list, "ls": cmd_ls, "restore": cmd_restore, "download": cmd_download,
         "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run,
     }[args.command]
     return handler(mgr, args)

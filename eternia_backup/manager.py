@@ -31,6 +31,7 @@ from .errors import (
     LatestDamagedError,
     SourceError,
     StorageError,
+    UsageError,
 )
 from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
@@ -391,7 +392,8 @@ class BackupManager:
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
                        force: bool = False, keep_setid: bool = False, allow_partial_listing: bool = False,
-                       progress: Progress = NO_PROGRESS, to_database: str | None = None) -> restore.RestoreResult:
+                       progress: Progress = NO_PROGRESS, to_database: str | None = None,
+                       include: list[str] | None = None, exclude: list[str] | None = None) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
@@ -401,9 +403,11 @@ class BackupManager:
         may be there) unless ``allow_partial_listing``. Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
         the restore runs as root into the configured places. ``to_database`` restores
         the one selected database source into that database instead of its own.
+        ``include``/``exclude`` (glob patterns over ``<source>/<path>``, with ``to``)
+        restore only the matching part.
         """
         args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress,
-                to_database)
+                to_database, include, exclude)
         if dry_run:
             return self._restore(*args)
         if self.lock.held:
@@ -414,7 +418,8 @@ class BackupManager:
             return self._restore(*args)
 
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
-                 allow_partial_listing, progress, to_database=None) -> restore.RestoreResult:
+                 allow_partial_listing, progress, to_database=None, include=None,
+                 exclude=None) -> restore.RestoreResult:
         copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         links = self.chain_of(copy)
         try:
@@ -423,6 +428,7 @@ class BackupManager:
                 dry_run=dry_run, registry=self.registry, pm=self.pm, confirm=confirm,
                 encryption=self.config.encryption, journal_path=self.journal_path, force=force,
                 keep_setid=keep_setid, progress=progress, links=links, to_database=to_database,
+                include=include, exclude=exclude,
             )
         except IntegrityError as exc:  # found only by reading the archive (a flipped byte)
             from .encryption import DecryptionError
@@ -435,6 +441,80 @@ class BackupManager:
             raise
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         return result
+
+    def list_members(self, backup: str, path: str | None = None, *, allow_partial_listing: bool = False,
+                     progress: Progress = NO_PROGRESS) -> list[dict]:
+        """What a backup holds (under ``path``, a ``<source>/...`` prefix), as restore would put it back.
+
+        Each entry: ``path``, ``type`` (file, dir, symlink, hardlink), ``size``, ``mode`` (octal
+        text), ``mtime`` (UTC ISO 8601) and ``link``. The archives are read (and checked) once;
+        an incremental backup shows its whole state, from its chain.
+        """
+        from .streams import split_part
+
+        copy = self.find_backup(backup, allow_partial_listing=allow_partial_listing)
+        if copy.manifest is None or copy.problem:
+            raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}")
+        links = self.chain_of(copy) or [copy]
+        for link in links:
+            verify.check_size(link, link.manifest)
+        identities = {link.backup_id: verify.keys_for(link.manifest, self.config.encryption) for link in links}
+        if copy.manifest.is_incremental:
+            restore.check_index(copy, identities[copy.backup_id])
+        prefix = (path or "").strip("/")
+        rows: dict[str, dict] = {}
+
+        def visit(source: str, rel: str, member, reader) -> None:
+            part = split_part(rel)
+            name = f"{source}/{part[0] if part else rel}" if rel else source
+            if prefix and name != prefix and not name.startswith(prefix + "/"):
+                return
+            if part is not None and name in rows:  # a dump in parts is one file
+                rows[name]["size"] += member.size
+                return
+            mtime = datetime.fromtimestamp(member.mtime_ns / 1e9 if member.mtime_ns is not None else member.mtime,
+                                           timezone.utc)
+            rows[name] = {"path": name, "type": member.kind, "size": member.size,
+                          "mode": f"{member.mode & 0o7777:04o}", "mtime": iso_utc(mtime),
+                          "link": member.linkname or None}
+
+        restore.read_backup(links, self.registry, identities, visit, progress=progress, phase="list")
+        if prefix and not rows:
+            raise BackupNotFoundError(f"backup {copy.backup_id} holds nothing under {prefix!r}; see "
+                                      f"`eternia-backup ls {copy.backup_id}`")
+        return [rows[k] for k in sorted(rows)]
+
+    def read_file(self, backup: str, path: str, out, *, allow_partial_listing: bool = False) -> int:
+        """Write the file ``path`` (``<source>/...``) of a backup to the binary stream ``out``; its size.
+
+        The file is staged in a private directory first, so nothing is written to ``out``
+        unless the archives it came from matched their checksums.
+        """
+        import glob
+        import shutil
+        import tempfile
+
+        name = path.strip("/")
+        if "/" not in name:
+            raise UsageError(f"--stdout {path}: name a file as <source>/<path>, e.g. files/config.json")
+        scratch_root = self.state.path.parent
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".eternia-stdout-", dir=scratch_root))  # 0700
+        try:
+            self.restore_backup(backup, to=scratch / "r", sources=[name.split("/", 1)[0]],
+                                include=[glob.escape(name)], allow_partial_listing=allow_partial_listing)
+            staged = scratch / "r" / name
+            if staged.is_symlink() or not staged.is_file():
+                raise BackupNotFoundError(f"backup {backup} has no file {name!r}; see `eternia-backup ls`")
+            size = 0
+            with open(staged, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    out.write(chunk)
+                    size += len(chunk)
+            out.flush()
+            return size
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def chain_of(self, copy: catalog.BackupCopy) -> list[catalog.BackupCopy] | None:
         """The copies of an incremental backup's chain on its own target (full first, ``copy`` last); None for a full one.

@@ -74,7 +74,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                  confirm: Callable[[list[str]], bool] | None = None, encryption=None,
                  journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
                  progress: Progress = NO_PROGRESS, links: list[BackupCopy] | None = None,
-                 to_database: str | None = None) -> RestoreResult:
+                 to_database: str | None = None, include: list[str] | None = None,
+                 exclude: list[str] | None = None) -> RestoreResult:
     """Restore ``copy``; ``links`` is its chain on the same target, full first and ``copy`` last
     (:func:`eternia_backup.chains.chain_copies`), for an incremental backup."""
     manifest = copy.manifest
@@ -103,6 +104,9 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
 
     if to_database is not None:
         _check_to_database(names, sources, to, to_database)
+    if (include or exclude) and to is None:
+        raise UsageError("--include/--exclude restore part of a backup: give --to DIR (in place, the rest of "
+                         "the state would be replaced by nothing); nothing was changed")
     plans: dict[str, RestorePlan] = {}
     for n in names:
         src = sources.get(n)
@@ -138,7 +142,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                        destination=to, dry_run=False)
         try:
             _stage_chain(links, plans, registry, identities, encryption,
-                         keep_setid=_setid_allowed(keep_setid, to), progress=progress)
+                         keep_setid=_setid_allowed(keep_setid, to), progress=progress, include=include,
+                         exclude=exclude)
             log.info("restore %s: staged; size and sha256 verified", copy.backup_id)
             if journal_path is not None:  # the next run finishes the swaps if this process dies
                 journal.write(journal_path, copy.backup_id,
@@ -253,36 +258,85 @@ def check_index(copy: BackupCopy, identities: list | None) -> None:
 
 
 def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registry, identities: dict,
-                 encryption=None, *, keep_setid: bool = False, progress: Progress = NO_PROGRESS) -> None:
-    """Stage the restored backup (the last link) from every archive of its chain, oldest first."""
-    restored = links[-1]
-    manifest = restored.manifest
-    progress.phase("restore", sum(link.manifest.archive.size for link in links))
+                 encryption=None, *, keep_setid: bool = False, progress: Progress = NO_PROGRESS,
+                 include: list[str] | None = None, exclude: list[str] | None = None) -> None:
+    """Stage the restored backup (the last link) from every archive of its chain, oldest first.
+
+    ``include``/``exclude`` (glob patterns over ``<source>/<path>``) restore only part of it.
+    """
     for p in plans.values():
         p.prepare()
-    where = restored.describe()
-    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=where, keep_setid=keep_setid)
+    extractor = Extractor({n: p.staging_dir for n, p in plans.items()}, where=links[-1].describe(),
+                          keep_setid=keep_setid)
+
+    touched: set[str] = set()
+
+    def extract(source: str, rel: str, member, reader) -> None:
+        if (include or exclude) and not wanted_by_patterns(f"{source}/{rel}" if rel else source, include, exclude):
+            return
+        touched.add(source)
+        extractor.add(source, rel, member, reader)
+
+    read_backup(links, registry, identities, extract, selected=set(plans), progress=progress, phase="restore")
+    extractor.finish()
+    if include or exclude:  # a source nothing of which was selected is not restored (no empty directory)
+        for name in [n for n in plans if n not in touched]:
+            plans.pop(name).discard()
+
+
+def wanted_by_patterns(path: str, include: list[str] | None, exclude: list[str] | None) -> bool:
+    """restic-like selection of ``<source>/<path>``: included (a pattern matches it, one of its parent
+    directories, or, without ``/``, its name) and not excluded the same way."""
+    return (not include or _matches(path, include)) and not (exclude and _matches(path, exclude))
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    import fnmatch
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pat in patterns:
+        pat = pat.strip("/")
+        if any(fnmatch.fnmatchcase(prefix, pat) for prefix in prefixes):
+            return True
+        if "/" not in pat and any(fnmatch.fnmatchcase(name, pat) for name in parts[1:]):
+            return True
+    return False
+
+
+def read_backup(links: list[BackupCopy], registry, identities: dict, visit, *, selected: set[str] | None = None,
+                progress: Progress = NO_PROGRESS, phase: str = "read") -> None:
+    """Call ``visit(source, relpath, member, reader)`` for each entry of the backup ``links[-1]`` holds.
+
+    An incremental backup's entries come from every archive of its chain (``links``,
+    full first), each path from the one archive holding the restored version. Every
+    archive is read once and its size and sha256 checked against its manifest;
+    ``visit`` may read the current member. ``selected`` limits the sources.
+    """
+    restored = links[-1]
+    manifest = restored.manifest
+    progress.phase(phase, sum(link.manifest.archive.size for link in links))
     chain = None
     if manifest.is_incremental:  # which archive holds each path: the restored backup's index, read once
         chain = ChainFilter(file_index.IndexReader(restored.target, manifest.files_index,
-                                                   identities[restored.backup_id], where), restored.backup_id)
+                                                   identities[restored.backup_id], restored.describe()),
+                            restored.backup_id)
     try:
         for link in links:
             wanted = chain.for_link(link.backup_id) if chain is not None else None
             try:
-                _stage(link, extractor, registry, identities[link.backup_id], wanted, progress)
+                _stage(link, visit, selected, registry, identities[link.backup_id], wanted, progress)
             except IntegrityError as exc:
                 exc.damaged_backup = link.backup_id  # the manager remembers it (no incremental builds on it)
                 raise
     finally:
         if chain is not None:
             chain.close()
-    extractor.finish()
 
 
-def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | None, wanted: LinkFilter | None,
-           progress: Progress = NO_PROGRESS) -> None:
-    """Extract the selected sources of one archive into their staging places in one read of it.
+def _stage(copy: BackupCopy, visit, selected: set[str] | None, registry, identities: list | None,
+           wanted: LinkFilter | None, progress: Progress = NO_PROGRESS) -> None:
+    """Hand the selected sources' members of one archive to ``visit``, in one read of it.
 
     ``wanted`` (a chain) says which members this archive contributes; the others are read over.
 
@@ -305,8 +359,8 @@ def _stage(copy: BackupCopy, extractor: Extractor, registry, identities: list | 
                 if is_meta_member(member.name):  # what the framework stores for itself (.eternia/)
                     continue
                 source, rel = checker.check(member)
-                if source in extractor.staging and (wanted is None or wanted.wants(source, rel)):
-                    extractor.add(source, rel, member, reader)
+                if (selected is None or source in selected) and (wanted is None or wanted.wants(source, rel)):
+                    visit(source, rel, member, reader)
                 progress.file_done()
             checker.finish()
             content.finish()
