@@ -484,7 +484,6 @@ def parse_config(section: Any, *, base_dir: str | os.PathLike, path: Path | None
     if not isinstance(section, dict):
         raise ConfigError(f"backup: expected a mapping of settings, got {_show(section)}")
     section = _expand_env(section, "backup", environ)
-    section = _pass_command_vars(section, environ)
     redact.find_secrets(section)
     try:
         model = BackupModel.model_validate(section)
@@ -496,20 +495,12 @@ def parse_config(section: Any, *, base_dir: str | os.PathLike, path: Path | None
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-#: shell command strings: their ${VAR} is left for /bin/sh to expand from the command's environment,
-#: so that a password given as ${VAR} never appears in the argv of the shell (/proc/<pid>/cmdline)
-SHELL_KEYS = ("command", "restore_command", "before", "after", "before_backup", "after_backup", "on_error")
-
-
 def _expand_env(value: Any, keypath: str, environ) -> Any:
     if isinstance(value, dict):
         return {k: _expand_env(v, _join(keypath, k), environ) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand_env(v, f"{keypath}[{i}]", environ) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
-        return value
-    if keypath.rsplit(".", 1)[-1] in SHELL_KEYS:
-        _VAR.sub(lambda m: _checked_var(m, keypath, environ), value)  # unset without a default: a config error
         return value
 
     secret = redact.is_secret_key(re.sub(r"\[\d+\]$", "", keypath).rsplit(".", 1)[-1])
@@ -529,46 +520,6 @@ def _expand_env(value: Any, keypath: str, environ) -> Any:
         )
 
     return _VAR.sub(substitute, value)
-
-
-def _checked_var(m: re.Match, keypath: str, environ) -> str:
-    """A ${VAR} of a shell command: it must be set (or have a default); its value is masked in outputs."""
-    var, default = m.group(1), m.group(2)
-    value = environ.get(var)
-    if value:
-        redact.remember_expanded(value)
-    elif default is None and value is None:
-        raise ConfigError(f"{keypath}: environment variable {var} is not set; set it or write ${{{var}:-default}}")
-    return m.group(0)
-
-
-def _pass_command_vars(section: dict, environ) -> dict:
-    """Give each shell command the variables its ${VAR}s name, through its ``env:`` (never argv).
-
-    A variable the framework withholds from commands (a secret's source) reaches
-    the commands that name it, and only those.
-    """
-    def named(*commands) -> dict[str, str]:
-        found = {}
-        for command in commands:
-            if isinstance(command, str):
-                for m in _VAR.finditer(command):
-                    if environ.get(m.group(1)) is not None:
-                        found[m.group(1)] = environ[m.group(1)]
-        return found
-
-    for source in section.get("sources") or ():
-        if isinstance(source, dict) and source.get("type") == "command":
-            extra = named(source.get("command"), source.get("restore_command"), source.get("before"),
-                          source.get("after"))
-            if extra and (source.get("env") is None or isinstance(source.get("env"), dict)):
-                source["env"] = {**extra, **(source.get("env") or {})}
-    hooks = section.get("hooks")
-    if isinstance(hooks, dict):
-        extra = named(hooks.get("before_backup"), hooks.get("after_backup"), hooks.get("on_error"))
-        if extra and (hooks.get("env") is None or isinstance(hooks.get("env"), dict)):
-            hooks["env"] = {**extra, **(hooks.get("env") or {})}
-    return section
 
 
 def _join(keypath: str, key: Any) -> str:

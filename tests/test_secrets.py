@@ -185,20 +185,21 @@ def test_a_password_written_into_a_command_is_masked_everywhere(tmp_path, cli, c
         assert "lit-pass-Qx71" not in p.read_text()
 
 
-def test_a_var_in_a_shell_command_reaches_it_through_the_environment_not_argv(tmp_path, cli, monkeypatch):
-    """${VAR} in a command string is expanded by /bin/sh from the command's environment, so the
+def test_a_password_in_env_reaches_the_shell_command_through_the_environment_not_argv(tmp_path, cli, monkeypatch):
+    """The documented way: env: {DB_PASS: ${VAR}} and $DB_PASS in the command; the shell expands it, so the
     value is not in the shell's argv (/proc/<pid>/cmdline), nor in config show or the manifest."""
     monkeypatch.setenv("INLINE_DB_PASS", "inline-pass-Vv82kJ")
     command = ("tr '\\0' ' ' < /proc/$$/cmdline > " + str(tmp_path / "argv.txt") +
-               "; [ \"${INLINE_DB_PASS}\" = \"$(printf %s inline-pass; printf %s -Vv82kJ)\" ] && echo got-it")
+               "; [ \"$DB_PASS\" = \"$(printf %s inline-pass; printf %s -Vv82kJ)\" ] && echo got-it")
     section = {"name": "app", "storage_path": str(tmp_path / "backups"),
-               "sources": [{"type": "command", "name": "dump", "command": command, "filename": "d"}]}
+               "sources": [{"type": "command", "name": "dump", "command": command, "filename": "d",
+                            "env": {"DB_PASS": "${INLINE_DB_PASS}"}}]}
     cfg = tmp_path / "eternia-backup.yaml"
     cfg.write_text(yaml.safe_dump({"backup": section}))
     created = cli("create", config=cfg)
     assert created.returncode == 0, created.stderr
     argv = (tmp_path / "argv.txt").read_text()
-    assert "${INLINE_DB_PASS}" in argv and "inline-pass-Vv82kJ" not in argv
+    assert "$DB_PASS" in argv and "inline-pass-Vv82kJ" not in argv
     assert cli("restore", "latest", "--to", str(tmp_path / "r"), config=cfg).returncode == 0
     assert (tmp_path / "r" / "dump" / "d").read_text() == "got-it\n"  # the shell did get the value
     shown = cli("config", "show", config=cfg)
