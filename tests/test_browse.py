@@ -39,9 +39,11 @@ def tree(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("extra", [{}, {"encryption": {"enabled": True, "passphrase": "${BROWSE_PASS}"}},
-                                   {"archive": {"incremental": {"enabled": True}}}],
-                         ids=["plain", "encrypted", "incremental"])
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="plain"),
+    pytest.param({"encryption": {"enabled": True, "passphrase": "${BROWSE_PASS}"}}, id="encrypted",
+                 marks=pytest.mark.slow),  # an scrypt per backup and per read
+    pytest.param({"archive": {"incremental": {"enabled": True}}}, id="incremental")])
 def test_ls_shows_what_a_restore_gives(tmp_path, cli, monkeypatch, extra):
     monkeypatch.setenv("BROWSE_PASS", "browse-passphrase-1")
     cfg = make_config(tmp_path, **extra)

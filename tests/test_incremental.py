@@ -172,6 +172,7 @@ def test_every_backup_of_a_chain_restores_to_its_own_tree(tmp_path, compression)
         assert snapshot(out / "files") == tree, f"backup {n} ({backup_id})"
 
 
+@pytest.mark.slow  # passphrase mode costs an scrypt per backup and per restore
 def test_an_encrypted_chain_restores(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKUP_PASSPHRASE", "correct horse battery staple")
     make_initial(tmp_path / "data")

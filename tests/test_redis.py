@@ -25,8 +25,13 @@ from eternia_backup.testing import SourceConformance
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None or REDIS_CLI is None,
-                                reason="redis-server and redis-cli are not installed (apt install redis-server)")
+pytestmark = [
+    pytest.mark.skipif(REDIS_SERVER is None or REDIS_CLI is None,
+                       reason="redis-server and redis-cli are not installed (apt install redis-server)"),
+    # every test starts its own server and most take a snapshot through replication: about 3 s each,
+    # 75 s of the fast suite's work; `make test` (and CI) runs them
+    pytest.mark.slow,
+]
 
 PASSWORD = "redis-Secret-7qXv2"
 

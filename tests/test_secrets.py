@@ -121,6 +121,7 @@ def test_backup_files_are_owner_only_whatever_the_umask(app, cli, write_config):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
+@pytest.mark.slow  # passphrase mode costs an scrypt per backup, restore and verify
 def test_an_encrypted_backups_plain_manifest_holds_no_source_details_or_paths(tmp_path, monkeypatch):
     """With encryption on, what lies in clear beside the archive is only what list, retention and verify need."""
     import json
