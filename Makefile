@@ -36,7 +36,8 @@ TEST_ENV = PYTHONDONTWRITEBYTECODE=
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2
 
-## test-fast: the suite without the slow tests (crash, S3 fault, scheduler timing, S3 scale, wheel install)
+## test-fast: the suite without the slow tests (crash, S3 fault, scheduler timing, S3 scale, wheel install,
+## the database plugins against their real servers)
 ## Three workers on two cores: much of the fast suite waits on CLI processes and servers (74-78 s against 91 s with two).
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 3 -m "not slow"

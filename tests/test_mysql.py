@@ -27,6 +27,10 @@ CLIENT = shutil.which("mariadb") or shutil.which("mysql")
 DUMP = shutil.which("mariadb-dump") or shutil.which("mysqldump")
 ROOT_LOGIN = ["--host=127.0.0.1", "--port=3306", "--user=root"]
 
+# integration tests against the machine's real server (tens of databases made and dropped): `make test`
+# and CI run them; `make test-fast` leaves them out to stay within its budget
+pytestmark = pytest.mark.slow
+
 
 def sql(query: str, db: str | None = None, *, user: list[str] = ROOT_LOGIN) -> str:
     """Run SQL as root; the output without column names, tab-separated."""

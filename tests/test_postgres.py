@@ -29,6 +29,10 @@ PSQL = shutil.which("psql")
 PG_DUMP = shutil.which("pg_dump")  # the real one: some tests put a fake first on PATH
 SHARED = {"host": "127.0.0.1", "port": "5432"}
 
+# integration tests against the machine's real server (tens of databases made and dropped): `make test`
+# and CI run them; `make test-fast` leaves them out to stay within its budget
+pytestmark = pytest.mark.slow
+
 
 def psql(sql: str, db: str = "postgres", server: dict = SHARED, user: str = "postgres") -> str:
     proc = subprocess.run([PSQL, "-X", "-h", server["host"], "-p", server["port"], "-U", user, "-d", db,
