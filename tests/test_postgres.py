@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -406,8 +407,8 @@ def assert_failed_cleanly(proc, app: Path, *, says: list[str], secret: str | Non
     assert manifests(app) == []
 
 
-@pytest.mark.parametrize("case", ["server down", "unknown role", "database missing", "pg_dump missing",
-                                  "pg_dump older than the server"])
+@pytest.mark.parametrize("case", ["server down", "server silent", "unknown role", "database missing",
+                                  "pg_dump missing", "pg_dump older than the server"])
 def test_backup_failures_say_what_to_do(app, database, cli, tmp_path, monkeypatch, case):
     secret = "pg-secret-Tq93Lm"
     source = {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [database]}
@@ -415,6 +416,16 @@ def test_backup_failures_say_what_to_do(app, database, cli, tmp_path, monkeypatc
     if case == "server down":
         source["dsn"] = f"postgresql://postgres:{secret}@127.0.0.1:1/postgres"
         says = ["no PostgreSQL server answers there", "fix the host and port"]
+    elif case == "server silent":  # it takes the connection and never answers: the connect timeout ends it
+        import eternia_backup_postgres
+
+        monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+        monkeypatch.setattr(eternia_backup_postgres, "CONNECT_TIMEOUT", 2)
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        source["dsn"] = f"postgresql://postgres:{secret}@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        says = ["did not answer within the connect timeout", "listens at the dsn's host and port"]
     elif case == "unknown role":
         source["dsn"] = f"postgresql://nosuchuser:{secret}@127.0.0.1:5432/postgres"
         says = ["the server refused the login", "check the user and password"]
@@ -431,9 +442,13 @@ def test_backup_failures_say_what_to_do(app, database, cli, tmp_path, monkeypatc
         monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         says = ["pg_dump is older than the server", "install the PostgreSQL client tools of the server's major"]
     before = content(database)
+    started = time.monotonic()
     proc = cli("-vv", "create", config=write_config(app, source))
+    assert time.monotonic() - started < 60
     assert_failed_cleanly(proc, app, says=says, secret=secret)
     assert content(database) == before
+    if case == "server silent":
+        silent.close()
 
 
 @pytest.mark.parametrize("case", ["server down", "pg_restore fails", "pg_restore missing"])

@@ -175,6 +175,9 @@ def hint_for(stderr: str, program: str) -> str:
     if "server version mismatch" in stderr:
         return (f"{program} is older than the server; install the PostgreSQL client tools of the server's major "
                 f"version (or newer) and set {program}: to that program if it is not first on PATH")
+    if "timeout expired" in stderr:
+        return ("the server took the connection but did not answer within the connect timeout; check that a "
+                "PostgreSQL server (not another service) listens at the dsn's host and port, and that it is not hung")
     if "Connection refused" in stderr or "could not connect" in stderr or "Is the server running" in stderr:
         return "no PostgreSQL server answers there; start it, or fix the host and port in dsn"
     if ("password authentication failed" in stderr or re.search(r'role "[^"]*" does not exist', stderr)
@@ -229,6 +232,10 @@ $eternia$
 """
 
 
+#: seconds the tools wait for the server to answer a connection (libpq's PGCONNECT_TIMEOUT)
+CONNECT_TIMEOUT = 10
+
+
 class PostgresSource(Source):
     type_name = "postgres"
     options_model = PostgresOptions
@@ -238,6 +245,11 @@ class PostgresSource(Source):
     def __init__(self, name, options, base_dir):
         super().__init__(name, options, base_dir)
         self.dsn, self.env = split_password(self.options.dsn)
+        # a server that accepts the connection and never answers would hold every tool forever
+        # (libpq waits without end by default): give up connecting after CONNECT_TIMEOUT seconds,
+        # unless the dsn (connect_timeout=) or the environment (PGCONNECT_TIMEOUT) says otherwise
+        if "connect_timeout" not in self.dsn and "PGCONNECT_TIMEOUT" not in os.environ:
+            self.env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT), **self.env}
 
     @property
     def where(self) -> str:
