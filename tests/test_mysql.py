@@ -679,3 +679,24 @@ class TestMysqlSource(SourceConformance):
         assert a == b, "a transaction was half in the dump"
         assert re.fullmatch(r"[\d,]+", b)
 
+
+
+def test_a_server_that_never_answers_fails_the_backup_in_time(app, database, cli, monkeypatch):
+    """It takes the connection and says nothing: the client's connect timeout ends the wait, with a message."""
+    import socket
+
+    import eternia_backup_mysql
+
+    monkeypatch.setattr(eternia_backup_mysql, "CONNECT_TIMEOUT", 2)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    try:
+        config = write_config(app, [mysql_source([database], port=silent.getsockname()[1])])
+        started = time.monotonic()
+        proc = cli("create", config=config)
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+    assert_failed_cleanly(proc, "cannot connect", "check that it is running")
+    assert [n for n in stored(app) if n.endswith(".json")] == []

@@ -51,6 +51,8 @@ SYSTEM_DATABASES = ("information_schema", "performance_schema", "sys", "mysql")
 NOT_DUMPABLE = ("information_schema", "performance_schema")
 DUMP_FLAGS = ("--single-transaction", "--routines", "--triggers", "--events")
 DUMP_ATTEMPTS = 3
+#: seconds the client waits for the server to answer a connection
+CONNECT_TIMEOUT = 10
 
 log = logging.getLogger("eternia_backup.source.mysql")  # under eternia_backup: masked like the framework's own
 
@@ -241,7 +243,10 @@ class MysqlSource(Source):
             raise error(f"source {self.name!r}: option_file {self.option_file} does not exist; fix its path")
         with self._credentials() as (leading, fds):
             try:
-                status, stderr = run_process([program, *leading, *self._connection_args(), *args], shell=False,
+                # the client (not mariadb-dump, which has no such option) gives up on a server that takes
+                # the connection and never answers; every backup and restore asks it first
+                timeout = [f"--connect-timeout={CONNECT_TIMEOUT}"] if key == "mysql" else []
+                status, stderr = run_process([program, *leading, *self._connection_args(), *timeout, *args], shell=False,
                                              stdin=stdin, stdout=stdout, timeout=self.options.timeout,
                                              env=child_env(), pass_fds=fds)
             except FileNotFoundError as exc:
