@@ -33,6 +33,7 @@ from .manifest import archive_stem
 from .providers import Target, UploadCleanup
 from .retention import Candidate, plan_retention
 from .storage import parse_temp_name
+from .verify import check_size, check_stored_archive
 
 log = logging.getLogger("eternia_backup.cleanup")
 
@@ -203,7 +204,8 @@ def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retenti
             if link.backup_id in checked:
                 continue
             try:
-                _check_stored(link)
+                check_size(link, link.manifest)
+                check_stored_archive(link)  # a StorageError (unreadable) goes to the caller: nothing is deleted
             except IntegrityError as exc:
                 damaged = link
                 link.problem = found[link.backup_id] = str(exc)
@@ -215,15 +217,6 @@ def _with_the_newest_checked(target: Target, copies: list, plan, policy: Retenti
         mark_broken_chains(copies)  # what was built on it is broken too
         plan = plan_retention(retention_candidates(copies), policy, now, tz)
     return plan
-
-
-def _check_stored(copy) -> None:
-    """Size and sha256 of a copy's stored archive against its manifest (IntegrityError if they differ)."""
-    from .verify import check_checksum, check_size
-
-    check_size(copy, copy.manifest)
-    with copy.target.open_read(copy.manifest.archive.file) as raw:
-        check_checksum(copy, copy.manifest, raw)
 
 
 def retention_candidates(copies) -> list[Candidate]:
@@ -252,7 +245,12 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
     plan = plan_retention(retention_candidates(ours), policy, now, tz)
-    plan = _with_the_newest_checked(target, ours, plan, policy, now, tz, report.found_damaged)
+    try:
+        plan = _with_the_newest_checked(target, ours, plan, policy, now, tz, report.found_damaged)
+    except EterniaBackupError as exc:  # the newest backup could not be read: whether it is whole is unknown
+        report.error = f"the newest backup could not be read to check it, nothing deleted: {exc}"
+        log.info("cleanup on target %r: %s", target.name, report.error)
+        return report
     report.kept = plan.keep
     by_id = {c.backup_id: c for c in ours}
     for backup_id in plan.delete:

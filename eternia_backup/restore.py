@@ -38,7 +38,6 @@ from .errors import (
     EterniaBackupError,
     IntegrityError,
     RestoreError,
-    StorageError,
     UsageError,
 )
 from .fsutil import processes_using, remove_empty_dirs
@@ -46,10 +45,18 @@ from .increments import ChainFilter, LinkFilter, is_meta_member
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
-from .providers import RestorePlan, Source, local_path_of
+from .providers import RestorePlan, Source
 from .safety import Extractor, MemberChecker
-from .storage import describe_os_error
-from .verify import Content, HashingReader, check_checksum, check_size, compare_checksum, keys_for
+from .verify import (
+    Content,
+    HashingReader,
+    check_size,
+    check_stored_archive,
+    compare_checksum,
+    keys_for,
+    open_archive,
+    reading_failed,
+)
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -126,7 +133,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     if dry_run:
         progress.phase("verify", sum(link.manifest.archive.size for link in links))
         for link in links:
-            _check_stored_bytes(link, progress)
+            check_stored_archive(link, progress)
         log.info("restore %s: size and sha256 verified%s", copy.backup_id,
                  f" (and of the {len(links) - 1} backup(s) it is built on)" if len(links) > 1 else "")
         call_lifecycle(pm, "eternia_restore_started", backup_id=copy.backup_id, sources=names,
@@ -203,33 +210,6 @@ def _check_open_files(plans: dict[str, RestorePlan], force: bool) -> None:
             continue
         raise RestoreError(f"{message}. Stop them first, restore with --to DIR, or pass --force to restore anyway; "
                            "nothing was changed")
-
-
-def _open_archive(copy: BackupCopy):
-    """The stored archive, opened for one sequential read (a store's errors become StorageErrors)."""
-    try:
-        return copy.target.open_read(copy.manifest.archive.file)
-    except EterniaBackupError:
-        raise
-    except OSError as exc:
-        raise StorageError(f"{copy.describe()}: opening the archive failed: {describe_os_error(exc)}; "
-                           "nothing was changed") from exc
-
-
-def _reading_failed(copy: BackupCopy, exc: OSError) -> StorageError:
-    """A store's file object failing mid-read with its own errors (EIO, a reset connection)."""
-    return StorageError(f"{copy.describe()}: reading the archive failed: {describe_os_error(exc)}; "
-                        "nothing was changed")
-
-
-def _check_stored_bytes(copy: BackupCopy, progress: Progress) -> None:
-    with _open_archive(copy) as raw:
-        try:
-            check_checksum(copy, copy.manifest, ProgressReader(raw, progress))
-        except OSError as exc:
-            if isinstance(exc, EterniaBackupError):
-                raise
-            raise _reading_failed(copy, exc) from exc
 
 
 def _setid_allowed(asked: bool, to: Path | None) -> bool:
@@ -350,7 +330,7 @@ def _stage(copy: BackupCopy, visit, selected: set[str] | None, registry, identit
     compression = registry.compression(manifest.archive.compression)()
     where = copy.describe()
     checker = MemberChecker([s.name for s in manifest.sources], where=where)
-    with _open_archive(copy) as raw:
+    with open_archive(copy) as raw:
         hashing = HashingReader(ProgressReader(raw, progress))
         content = Content(hashing, manifest, compression, identities, where, read_ahead=True)
         try:
@@ -375,7 +355,7 @@ def _stage(copy: BackupCopy, visit, selected: set[str] | None, registry, identit
             raise
         except OSError as exc:
             if hashing.failed:
-                raise _reading_failed(copy, exc) from exc
+                raise reading_failed(copy, exc) from exc
             raise RestoreError(f"restore of {copy.backup_id} failed while staging: {exc.strerror or exc}; "
                                "the current state was left as it was") from exc
         except Exception as exc:  # zstd, gzip, lzma and tarfile each raise their own
@@ -392,7 +372,7 @@ def _explain_damage(copy: BackupCopy, hashing: HashingReader, content: Content, 
     try:
         hashing.drain()
     except OSError as read_error:
-        raise _reading_failed(copy, read_error) from exc
+        raise reading_failed(copy, read_error) from exc
     compare_checksum(copy, copy.manifest, hashing)
 
 

@@ -11,18 +11,20 @@ import dataclasses
 from typing import BinaryIO
 
 from .catalog import BackupCopy
-from .increments import is_meta_member
 from .errors import (
     ArchiveError,
     BackupNotFoundError,
+    EterniaBackupError,
     IntegrityError,
     StorageError,
     UnsafeArchiveError,
 )
+from .hashing import HashingReader
+from .increments import is_meta_member
 from .manifest import Manifest
 from .progress import NO_PROGRESS, Progress, ProgressReader
-from .hashing import HashingReader
 from .safety import MemberChecker
+from .storage import describe_os_error
 
 _CHUNK = 1024 * 1024
 
@@ -92,6 +94,35 @@ def compare_checksum(copy: BackupCopy, manifest: Manifest, reader: HashingReader
         )
     if reader.sha.hexdigest() != manifest.archive.sha256:
         raise IntegrityError(f"{copy.describe()}: sha256 does not match the manifest (the archive is corrupted)")
+
+
+def open_archive(copy: BackupCopy):
+    """The stored archive, opened for one sequential read (a store's errors become StorageErrors)."""
+    try:
+        return copy.target.open_read(copy.manifest.archive.file)
+    except EterniaBackupError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{copy.describe()}: opening the archive failed: {describe_os_error(exc)}; "
+                           "nothing was changed") from exc
+
+
+def reading_failed(copy: BackupCopy, exc: OSError) -> StorageError:
+    """A store's file object failing mid-read with its own errors (EIO, a reset connection)."""
+    return StorageError(f"{copy.describe()}: reading the archive failed: {describe_os_error(exc)}; "
+                        "nothing was changed")
+
+
+def check_stored_archive(copy: BackupCopy, progress: Progress = NO_PROGRESS) -> None:
+    """Hash a copy's stored archive and compare it with its manifest: IntegrityError when it differs,
+    StorageError when the store cannot be read."""
+    with open_archive(copy) as raw:
+        try:
+            check_checksum(copy, copy.manifest, ProgressReader(raw, progress))
+        except OSError as exc:
+            if isinstance(exc, EterniaBackupError):
+                raise
+            raise reading_failed(copy, exc) from exc
 
 
 class Content:
@@ -186,8 +217,7 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
             identities = keys_for(manifest, encryption)
         except DecryptionError as exc:
             # No usable key: the stored bytes can still be checked against the manifest.
-            with copy.target.open_read(manifest.archive.file) as raw:
-                check_checksum(copy, manifest, raw)
+            check_stored_archive(copy)
             report.ok, report.size = True, manifest.archive.size
             report.note = f"size and sha256 checked; contents not read: {exc}"
             return report
@@ -248,7 +278,5 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
     except StorageError as exc:
         report.problem = f"{copy.describe()}: {exc}"
     except OSError as exc:  # a store's file object failing half way (EIO, a reset connection)
-        from .storage import describe_os_error
-
         report.problem = f"{copy.describe()}: reading the archive failed: {describe_os_error(exc)}"
     return report

@@ -159,6 +159,31 @@ def test_a_flipped_byte_in_the_newest_backup_is_found_before_an_older_one_is_del
     mgr.verify_backup(ids[1])
 
 
+def test_a_newest_backup_that_cannot_be_read_stops_deletions_on_that_target(write_config, storage, monkeypatch):
+    """Whether it is whole is unknown (EIO, a dropped connection): cleanup deletes nothing there and says so."""
+    import errno
+
+    from eternia_backup.builtin.local_target import LocalTarget
+
+    mgr = BackupManager.from_config(write_config(retention_days=7))
+    ids = make_backups(mgr, 3)
+    for backup_id, days in zip(ids, (30, 20, 10)):
+        age(storage, backup_id, days)
+
+    read = LocalTarget.open_read
+
+    def unreadable(self, filename):  # the manifests read, the archives do not
+        if filename.endswith(".tar.zst"):
+            raise OSError(errno.EIO, "Input/output error")
+        return read(self, filename)
+
+    monkeypatch.setattr(LocalTarget, "open_read", unreadable)
+    result = mgr.cleanup()
+    assert result.deleted_count == 0 and not result.ok
+    assert "could not be read to check it, nothing deleted" in result.errors["local"]
+    assert all(exists(storage, i) for i in ids)
+
+
 def test_dry_run_reports_what_would_go_and_deletes_nothing(write_config, storage, cli):
     config = write_config(retention_days=7)
     mgr = BackupManager.from_config(config)
