@@ -364,7 +364,7 @@ def _with_increment(source: Source, section, backup_id: str, index: IndexWriter 
         return section, SourceIncrement("whole"), None
     cursor = base.take(source.name, fp) if removed is not None else None
     counts = SourceIncrement("changes" if cursor is not None else "whole")
-    changes = ChangeFilter(section, source.name, backup_id, cursor, index, removed or RemovedList(), counts)
+    changes = ChangeFilter(section, source.name, backup_id, cursor, index, removed, counts)
     return changes, counts, changes
 
 

@@ -136,7 +136,7 @@ def plan_increment(policy: Incremental, *, full: bool, entries: list, unlisted: 
             if kept is None or kept[0] != parent.backup_id:
                 raise
             source, record, where, identities = local, kept[1], local.describe(), None
-        check_stored(source, record, identities, where)
+        check_stored(source, record, where)
     except EterniaBackupError as exc:
         log.warning("a full backup: the file index of %s cannot be used (%s)", newest.backup_id, exc)
         return full_plan

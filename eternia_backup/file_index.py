@@ -162,7 +162,6 @@ class LocalIndexFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self.name = "local"
 
     def record(self) -> tuple[str, FileRecord] | None:
         """(backup id, record) of the kept copy, or None when there is none."""
@@ -175,9 +174,6 @@ class LocalIndexFile:
     def open_read(self, filename: str):
         return open(self.path, "rb")
 
-    def size(self, filename: str) -> int:
-        return self.path.stat().st_size
-
     def error_for(self, action: str, exc: BaseException, filename: str | None = None):
         from .errors import StorageError
 
@@ -187,29 +183,31 @@ class LocalIndexFile:
         return f"the local copy of the file index {self.path}"
 
 
+def _open(target, record: FileRecord):
+    """The stored index, opened for reading (a store's errors become StorageErrors)."""
+    try:
+        return target.open_read(record.file)
+    except EterniaBackupError:
+        raise
+    except OSError as exc:
+        raise target.error_for("read", exc, record.file) from exc
+
+
 class IndexReader:
     """Reads one stored index forward: its sources' headers and entries, in order.
 
-    ``check=True`` compares the bytes read with the manifest's record once the end
-    was reached (:meth:`finish`).
+    Callers check the stored bytes first (:func:`check_stored`): this decodes them.
     """
 
     def __init__(self, target, record: FileRecord, identities: list | None, where: str):
         self.where = where
         self.record = record
-        try:
-            self._raw = target.open_read(record.file)
-        except EterniaBackupError:
-            raise
-        except OSError as exc:
-            raise target.error_for("read", exc, record.file) from exc
-        self._hashing = HashingReader(self._raw)
-        source = self._hashing
+        self._raw = source = _open(target, record)
         self._decrypting = None
         if identities is not None:
             from .encryption import DecryptingReader
 
-            self._decrypting = source = DecryptingReader(self._hashing, identities)
+            self._decrypting = source = DecryptingReader(self._raw, identities)
         stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
         self._text = io.BufferedReader(stream, 1024 * 1024)
         self._pending: Any = None
@@ -255,16 +253,6 @@ class IndexReader:
                 return
             yield item
 
-    def finish(self) -> None:
-        """Read to the end and raise IntegrityError unless the bytes match the manifest's record."""
-        while self._next() is not None:
-            pass
-        self._hashing.drain()
-        self.close()
-        if self._hashing.size != self.record.size or self._hashing.sha.hexdigest() != self.record.sha256:
-            raise IntegrityError(f"{self.where}: file index {self.record.file} does not match its manifest "
-                                 "(size or sha256 differ: it is damaged)")
-
     def close(self) -> None:
         if self._decrypting is not None:
             self._decrypting.close()
@@ -304,20 +292,12 @@ class Cursor:
             self._advance()
 
 
-def check_stored(target, record: FileRecord, identities: list | None, where: str) -> None:
-    """Read a stored index once and check it against its manifest record (size, sha256).
+def check_stored(target, record: FileRecord, where: str) -> None:
+    """Hash a stored index and compare it with its manifest record (size, sha256); IntegrityError if they differ.
 
-    Only the stored bytes are hashed (the lines are not decoded: that is what the
-    readers do, and a damaged stream fails them too); ``identities`` is unused
-    and kept for callers.
+    The lines are not decoded here: the readers do that, and a damaged stream fails them too.
     """
-    try:
-        raw = target.open_read(record.file)
-    except EterniaBackupError:
-        raise
-    except OSError as exc:
-        raise target.error_for("read", exc, record.file) from exc
-    with raw:
+    with _open(target, record) as raw:
         hashing = HashingReader(raw)
         hashing.drain()
     if hashing.size != record.size or hashing.sha.hexdigest() != record.sha256:

@@ -109,13 +109,11 @@ class RemovedList:
     def __init__(self):
         self.spool = tempfile.TemporaryFile(prefix="eternia-removed-")
         self.size = 0
-        self.count = 0
 
     def add(self, archive_path: str) -> None:
         data = archive_path.encode("utf-8", "surrogateescape") + b"\0"
         self.spool.write(data)
         self.size += len(data)
-        self.count += 1
 
     def close(self) -> None:
         self.spool.close()
@@ -124,14 +122,14 @@ class RemovedList:
 class ChangeFilter:
     """An EntryWriter in front of a source's archive section: passes on only what changed.
 
-    ``base`` is the parent's entries of this source (None: everything is new);
-    ``index`` receives every entry with its origin. The source must add entries
+    ``base`` is the parent's entries of this source (None: everything is new, and
+    ``removed`` may be None); ``index`` receives every entry with its origin. The source must add entries
     in path order (a directory, then its children by name): an entry out of
     order fails the backup, since the merge with the base would be wrong.
     """
 
-    def __init__(self, inner, source_name: str, backup_id: str, base: Cursor | None, index, removed: RemovedList,
-                 counts: SourceIncrement):
+    def __init__(self, inner, source_name: str, backup_id: str, base: Cursor | None, index,
+                 removed: RemovedList | None, counts: SourceIncrement):
         self._inner = inner
         self._source = source_name
         self._id = backup_id

@@ -234,7 +234,7 @@ def check_index(copy: BackupCopy, identities: list | None) -> None:
     if size != record.size:
         raise IntegrityError(f"{copy.describe()}: file index {record.file} is {size} bytes, the manifest says "
                              f"{record.size}; nothing was changed")
-    file_index.check_stored(copy.target, record, identities, copy.describe())
+    file_index.check_stored(copy.target, record, copy.describe())
 
 
 def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registry, identities: dict,
