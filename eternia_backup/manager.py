@@ -456,11 +456,7 @@ class BackupManager:
         if copy.manifest is None or copy.problem:
             raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}")
         links = self.chain_of(copy) or [copy]
-        for link in links:
-            verify.check_size(link, link.manifest)
-        identities = {link.backup_id: verify.keys_for(link.manifest, self.config.encryption) for link in links}
-        if copy.manifest.is_incremental:
-            restore.check_index(copy, identities[copy.backup_id])
+        identities = restore.check_links(links, self.config.encryption)
         prefix = (path or "").strip("/")
         rows: dict[str, dict] = {}
 

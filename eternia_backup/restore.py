@@ -103,11 +103,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
             "unknown where they go; restore with --to DIR"
         )
 
-    for link in links:  # every archive of the chain is there, whole, and can be opened: else nothing changes
-        check_size(link, link.manifest)
-    identities = {link.backup_id: keys_for(link.manifest, encryption) for link in links}  # no key, no restore
-    if manifest.is_incremental:
-        check_index(copy, identities[copy.backup_id])
+    identities = check_links(links, encryption)  # before anything: a missing link or key changes nothing
 
     if to_database is not None:
         _check_to_database(names, sources, to, to_database)
@@ -224,7 +220,19 @@ def _setid_allowed(asked: bool, to: Path | None) -> bool:
     return True
 
 
-def check_index(copy: BackupCopy, identities: list | None) -> None:
+def check_links(links: list[BackupCopy], encryption) -> dict[str, list | None]:
+    """Before a backup (``links[-1]``, with its chain) is read: every archive is there at its size, a key
+    opens each, and an incremental's file index checks; returns the identities per backup id."""
+    for link in links:
+        check_size(link, link.manifest)
+    identities = {link.backup_id: keys_for(link.manifest, encryption) for link in links}  # no key, no restore
+    restored = links[-1]
+    if restored.manifest.is_incremental:
+        check_index(restored)
+    return identities
+
+
+def check_index(copy: BackupCopy) -> None:
     """Check the stored file index of ``copy`` against its manifest (size, sha256) before it is relied on."""
     record = copy.manifest.files_index
     try:

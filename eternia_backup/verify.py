@@ -261,7 +261,7 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
                 from .restore import check_index
 
                 try:
-                    check_index(copy, identities)
+                    check_index(copy)
                 except IntegrityError as exc:
                     if manifest.is_incremental:  # its restore reads the index
                         raise
