@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from . import process, redact
 from .encryption import EncryptionSettings
+from .hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from .hooks import Hooks
 from .increments import Incremental
 from .errors import ConfigError
@@ -230,7 +231,7 @@ class HooksModel(_Model):
     env: dict[str, str] = _f("a mapping of variable names to values", default_factory=dict,
                              description="Extra environment of the hook commands (never argv; values may be "
                              "${VAR}; masked by config show).", examples=[{"PGPASSWORD": "${PGPASSWORD}"}])
-    timeout: float = _f("a number of seconds > 0", 300.0, gt=0,
+    timeout: float = _f("a number of seconds > 0", DEFAULT_HOOK_TIMEOUT, gt=0,
                         description="Seconds each hook command may run; one that runs longer is stopped and "
                         "counts as failed.", examples=[60])
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from . import process
 from .errors import SourceError
+from .providers import HOOK_TIMEOUT
 from .redact import redact_text
 
 log = logging.getLogger("eternia_backup.hooks")
 
-#: seconds a hook command may run when the config does not say
-DEFAULT_TIMEOUT = 300.0
+#: seconds a hook command may run when the config does not say (the sources' before/after too)
+DEFAULT_TIMEOUT = HOOK_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,10 @@ from typing import IO, Any, BinaryIO, ClassVar, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 
+#: seconds a hook command may run unless the config says (eternia_backup.hooks.DEFAULT_TIMEOUT)
+HOOK_TIMEOUT = 300.0
+
+
 class SourceOptions(BaseModel):
     """Base for a source's options model: unknown keys are errors.
 
@@ -29,7 +33,7 @@ class SourceOptions(BaseModel):
                                "a failure fails the backup.", examples=["systemctl stop myapp-worker"])
     after: str | None = Field(None, description="A shell command run after the source was backed up, "
                               "even when that failed.", examples=["systemctl start myapp-worker"])
-    hook_timeout: float = Field(300.0, gt=0, description="Seconds the before and after commands may each run; "
+    hook_timeout: float = Field(HOOK_TIMEOUT, gt=0, description="Seconds the before and after commands may each run; "
                                 "one that runs longer is stopped and fails the backup.", examples=[60])
 
 
