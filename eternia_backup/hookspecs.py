@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for type checkers only, as pytest's hookspec does: no impor
     from .backup import BackupResult
     from .cleanup import CleanupResult
     from .config import BackupConfig
+    from .drill import DrillResult
     from .providers import Archiver, Compression, Source, Target
     from .restore import RestoreResult
 
@@ -169,9 +170,35 @@ def eternia_restore_finished(backup_id: str, error: BaseException | None, result
 
 
 @hookspec
+def eternia_cleanup_started(targets: list[str]) -> None:
+    """Retention is about to run (not called for a dry run).
+
+    :param targets: names of the targets it will run on.
+    """
+
+
+@hookspec
 def eternia_cleanup_finished(result: CleanupResult) -> None:
     """Retention ran on every target.
 
     :param result: the :class:`~eternia_backup.retention.CleanupResult`: per
         target what was deleted, kept (and why) and any listing error.
+    """
+
+
+@hookspec
+def eternia_drill_started(backup_id: str) -> None:
+    """A restore drill is about to restore a backup into a scratch directory.
+
+    :param backup_id: the backup the drill restores.
+    """
+
+
+@hookspec
+def eternia_drill_finished(result: DrillResult) -> None:
+    """A restore drill ended; the scratch copy is already removed.
+
+    :param result: the :class:`~eternia_backup.drill.DrillResult`: backup id,
+        start time, duration, each check (source, name, ok, detail), the error
+        that stopped the drill if any, and ``ok``.
     """

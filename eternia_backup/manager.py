@@ -592,6 +592,8 @@ class BackupManager:
             return self._cleanup(dry_run, guard)
 
     def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
+        if not dry_run:
+            call_lifecycle(self.pm, "eternia_cleanup_started", targets=[t.name for t in self.targets])
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
                                    policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard,

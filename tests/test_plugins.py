@@ -143,6 +143,10 @@ class Recorder:
         self._record("eternia_restore_finished", backup_id=backup_id, error=error, result=result)
 
     @hookimpl
+    def eternia_cleanup_started(self, targets):
+        self._record("eternia_cleanup_started", targets=targets)
+
+    @hookimpl
     def eternia_cleanup_finished(self, result):
         self._record("eternia_cleanup_finished", result=result)
 
@@ -172,6 +176,10 @@ class Raiser:
     @hookimpl
     def eternia_restore_finished(self):
         self._boom("eternia_restore_finished")
+
+    @hookimpl
+    def eternia_cleanup_started(self):
+        self._boom("eternia_cleanup_started")
 
     @hookimpl
     def eternia_cleanup_finished(self):
@@ -629,6 +637,19 @@ def test_hook_eternia_restore_finished(write_config, app, tmp_path):
     assert blocker.read_text() == "a file, not a directory"
 
 
+def test_hook_eternia_cleanup_started(write_config, app):
+    recorder = Recorder(watch=app / "backups")
+    mgr = manager(write_config(retention_days=7), recorder)
+    backup = mgr.create_backup()
+    mgr.cleanup(dry_run=True)
+    assert not recorder.of("eternia_cleanup_started")  # a dry run is not reported
+    mgr.cleanup_old_backups()
+    [call] = recorder.of("eternia_cleanup_started")
+    assert call["targets"] == ["local"]
+    assert backup.manifest.filename in call["_files"]  # called before anything is deleted
+    assert recorder.names()[-2:] == ["eternia_cleanup_started", "eternia_cleanup_finished"]
+
+
 def test_hook_eternia_cleanup_finished(write_config, app):
     recorder = Recorder()
     mgr = manager(write_config(retention_days=7), recorder)
@@ -667,7 +688,7 @@ def test_lifecycle_hook_errors_do_not_change_the_outcome(write_config, app, tmp_
     # the other plugin still saw every event
     assert recorder.names() == ["eternia_backup_started", "eternia_backup_succeeded",
                                 "eternia_restore_started", "eternia_restore_finished",
-                                "eternia_cleanup_finished"]
+                                "eternia_cleanup_started", "eternia_cleanup_finished"]
     # each failure is logged (at WARNING or above: caplog captures nothing lower here)
     for hook in recorder.names():
         assert f"monitoring plugin bug in {hook}" in caplog.text
