@@ -18,6 +18,14 @@ memory stays flat whatever the number of files:
   origin, link]``: kind ``f`` file, ``d`` directory, ``l`` symlink, ``s``
   stream (a dump: never compared); ``origin`` is the backup id whose archive
   holds the entry.
+
+Version 2 entries of files may have two more fields: ``digest``, the sha256 of
+the file's content as restored (recorded for files of 1 MiB or more, so that
+the next backup can tell a file that only grew), and ``appends``,
+``[[backup_id, offset], ...]``: the archives holding what was appended to the
+file after its first ``offset`` bytes (member ``<path>.eternia-append-<offset>``),
+oldest first; the file's first bytes come from ``origin``. Version 1 indexes
+(no such fields) are still read.
 """
 
 from __future__ import annotations
@@ -36,11 +44,12 @@ from .hashing import HashingReader, HashingWriter
 from .manifest import FileRecord
 
 FORMAT = "eternia-backup-files"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)
 SUFFIX = ".files.jsonl.zst"
 
 # positions in an entry
-PATH, KIND, SIZE, MTIME, CTIME, INO, MODE, ORIGIN, LINK = range(9)
+PATH, KIND, SIZE, MTIME, CTIME, INO, MODE, ORIGIN, LINK, DIGEST, APPENDS = range(11)
 
 
 def index_name(archive_stem: str, encrypted: bool) -> str:
@@ -212,7 +221,7 @@ class IndexReader:
         self._text = io.BufferedReader(stream, 1024 * 1024)
         self._pending: Any = None
         header = self._next()
-        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in READ_VERSIONS:
             raise IntegrityError(f"{where}: file index {record.file} is not an index this version reads")
         self.backup_id = header.get("backup_id")
 

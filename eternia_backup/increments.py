@@ -9,6 +9,12 @@ that holds it. Entries of the parent that the walk did not meet are *removed*:
 listed in the archive's ``.eternia/removed`` member (NUL-separated archive
 paths) and counted in the manifest.
 
+A file of 1 MiB or more that only grew since the parent (same inode and mode,
+larger, and its first bytes hash to the digest the parent's index recorded: a
+log) is not archived whole: only the bytes after the old size go in, as the
+member ``<path>.eternia-append-<offset>``, and the index entry lists that
+backup in its ``appends``. Everything else that changed is archived whole.
+
 Restore side: :class:`ChainFilter` reads the restored backup's index once and
 says, for a member of one archive of the chain, whether it is the version the
 restored backup has (its origin in that index is that archive). Each path is
@@ -20,14 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import stat as statmod
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .errors import SourceError
-from .streams import split_part
-from .file_index import CTIME, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE, Cursor, IndexReader, path_key
+from .streams import append_name, split_append, split_part
+from .file_index import (APPENDS, CTIME, DIGEST, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE, Cursor,
+                         IndexReader, path_key)
 
 log = logging.getLogger("eternia_backup.increments")
 
@@ -39,6 +48,9 @@ REMOVED_MEMBER = "removed"
 SOURCES_MEMBER = "sources.json"
 #: how many removed paths per source the manifest lists (the archive member has all)
 REMOVED_IN_MANIFEST = 100
+#: files this large get a digest in the index, and only they can be stored as appended parts
+APPEND_MIN = 1024 * 1024
+_READ = 1024 * 1024
 
 
 def is_meta_member(name: str) -> bool:
@@ -97,10 +109,11 @@ class SourceIncrement:
     unchanged: int = 0
     removed: int = 0
     removed_paths: list[str] = field(default_factory=list)
+    appended: int = 0  # of the changed files, those stored as what was appended since the parent
 
     def record(self) -> dict:
         return {"mode": self.mode, "changed": self.changed, "unchanged": self.unchanged,
-                "removed": self.removed, "removed_paths": list(self.removed_paths)}
+                "appended": self.appended, "removed": self.removed, "removed_paths": list(self.removed_paths)}
 
 
 class RemovedList:
@@ -140,6 +153,7 @@ class ChangeFilter:
         self._last: list[str] | None = None
         self.exact_metadata = getattr(inner, "exact_metadata", False)
         self.str_paths = getattr(inner, "str_paths", False)
+        self._digests = getattr(inner, "file_digests", False)  # the archiver can hash what it stores
 
     def __getattr__(self, name: str):  # size, entries, warnings, warn ...
         return getattr(self._inner, name)
@@ -194,14 +208,63 @@ class ChangeFilter:
             self._index.add(old)  # unchanged: its origin stays
             self.counts.unchanged += 1
             return
+        if stat is not None and old is not None and self._digests and _may_have_grown(old, stat):
+            entry = self._add_appended(relpath, path, old)
+            if entry is not None:
+                self._index.add(entry)
+                self.counts.changed += 1
+                self.counts.appended += 1
+                return
         before = self._inner.entries
-        self._inner.add_file(relpath, path, stat=stat)
+        wants_digest = self._digests and stat is not None and stat.st_size >= APPEND_MIN
+        digest = self._inner.add_file(relpath, path, stat=stat, digest=True) if wants_digest \
+            else self._inner.add_file(relpath, path, stat=stat)
         if stat is None:
             entry = [relpath.strip("/"), "f", -1, 0, 0, 0, 0, self._id, ""]  # never equal: always archived
         else:
             entry = [relpath.strip("/"), "f", stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino,
                      stat.st_mode, self._id, ""]
+            if digest is not None and digest[0] == stat.st_size:  # the bytes archived are those the walk saw
+                entry.append(digest[1])
         self._written(before, old, entry)
+
+    def _add_appended(self, relpath: str, path, old: list) -> list | None:
+        """Archive only what was appended to ``path`` since the parent; its new index entry, or None
+        when it did not only grow (then it is archived whole)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None  # archiving it whole says what happened (vanished, unreadable ...)
+        try:
+            before = os.fstat(fd)
+            offset = old[SIZE]
+            if not statmod.S_ISREG(before.st_mode) or not _may_have_grown(old, before) \
+                    or before.st_blocks * 512 < before.st_size:  # a sparse file is archived whole, with its holes
+                return None
+            sha = hashlib.sha256()
+            pos = 0
+            while pos < offset:
+                chunk = os.pread(fd, min(_READ, offset - pos), pos)
+                if not chunk:
+                    return None
+                sha.update(chunk)
+                pos += len(chunk)
+            if sha.hexdigest() != old[DIGEST]:
+                return None  # rewritten, not only appended to
+            tail = _Tail(fd, offset, before.st_size - offset, sha)
+            self._inner.add_stream(append_name(relpath.strip("/"), offset), tail, tail.size,
+                                   mode=before.st_mode, mtime=before.st_mtime_ns / 1e9, mtime_ns=before.st_mtime_ns)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if tail.padded:
+            self._inner.warn(relpath, f"shrank while it was read: its last {tail.padded} bytes were archived as zeros")
+        elif (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != \
+                (after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+            self._inner.warn(relpath, "changed while it was read; archived as read, its contents may be inconsistent")
+        appends = list(old[APPENDS]) if len(old) > APPENDS else []
+        return [relpath.strip("/"), "f", before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino,
+                before.st_mode, old[ORIGIN], "", sha.hexdigest(), appends + [[self._id, offset]]]
 
     def add_stream(self, relpath, stream, size, *, mode=0o600, mtime):
         old = self._seek(relpath)
@@ -221,6 +284,43 @@ class ChangeFilter:
         self._written(before, old, [relpath.strip("/"), "l", 0, mtime_ns, 0, 0, 0o777, self._id, target])
 
 
+def _may_have_grown(old: list, st) -> bool:
+    """Whether a file may be ``old`` with bytes appended: same inode and mode, larger, and a digest to check."""
+    return (old[KIND] == "f" and len(old) > DIGEST and bool(old[DIGEST]) and old[SIZE] >= APPEND_MIN
+            and st.st_size > old[SIZE] and st.st_ino == old[INO] and st.st_mode == old[MODE]
+            and st.st_nlink == 1)  # a hard-linked file is archived whole: its other names share the bytes
+
+
+class _Tail:
+    """The ``size`` bytes of an open file after ``offset``, hashed on into ``sha`` as they are read.
+
+    A file that ends early (truncated while read) is padded with zeros, as the
+    archiver does for whole files, and ``padded`` says by how much; the digest
+    covers the zeros too, since that is what a restore gives.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int, sha):
+        self.fd, self.pos, self.end, self.size, self.sha = fd, offset, offset + size, size, sha
+        self.padded = 0
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
+        parts, got = [], 0
+        while got < want and not self.padded:
+            chunk = os.pread(self.fd, want - got, self.pos + got)
+            if not chunk:  # the file ends early: zeros from here on
+                self.padded = self.end - (self.pos + got)
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        if got < want:
+            parts.append(bytes(want - got))
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(data)
+        self.sha.update(data)
+        return data
+
+
 # -- restore side -------------------------------------------------------------------------------
 
 
@@ -229,7 +329,8 @@ class ChainFilter:
 
     The restored backup's index is read in one pass and, per (archive, source),
     the paths that archive contributes are spooled to a private temporary file
-    in path order (memory stays flat; a million paths take some 40 MB of disk).
+    in path order (memory stays flat; a million paths take some 40 MB of disk):
+    the whole file, or what was appended to it after some offset.
     :meth:`for_link` then gives the filter one archive's members go through.
     """
 
@@ -244,18 +345,26 @@ class ChainFilter:
                     continue  # archived whole: it comes from the restored backup's own archive
                 self.indexed.add(source)
                 for entry in entries:
-                    spool = self._spools.get((entry[ORIGIN], source))
-                    if spool is None:
-                        spool = self._spools[(entry[ORIGIN], source)] = tempfile.TemporaryFile(prefix="eternia-chain-")
-                    spool.write(entry[PATH].encode("utf-8", "surrogateescape") + b"\0")
+                    path = entry[PATH].encode("utf-8", "surrogateescape")
+                    self._spool(entry[ORIGIN], source).write(b"w:" + path + b"\0")
+                    if len(entry) > APPENDS:
+                        for link, offset in entry[APPENDS]:
+                            self._spool(link, source).write(b"%d:" % offset + path + b"\0")
         finally:
             reader.close()
+
+    def _spool(self, link_id: str, source: str):
+        spool = self._spools.get((link_id, source))
+        if spool is None:
+            spool = self._spools[(link_id, source)] = tempfile.TemporaryFile(prefix="eternia-chain-")
+        return spool
 
     def for_link(self, link_id: str) -> "LinkFilter":
         return LinkFilter(self, link_id)
 
     def paths(self, link_id: str, source: str):
-        """The paths archive ``link_id`` contributes to ``source``, in path order."""
+        """``[path, what]`` that archive ``link_id`` contributes to ``source``, in path order:
+        ``what`` is ``"w"`` for the whole file, else the offset its appended part starts at."""
         spool = self._spools.get((link_id, source))
         if spool is None:
             return
@@ -263,8 +372,9 @@ class ChainFilter:
         rest = b""
         while chunk := spool.read(1024 * 1024):
             *whole, rest = (rest + chunk).split(b"\0")
-            for path in whole:
-                yield [path.decode("utf-8", "surrogateescape")]
+            for record in whole:
+                what, path = record.split(b":", 1)
+                yield [path.decode("utf-8", "surrogateescape"), what.decode()]
 
     def close(self) -> None:
         for spool in self._spools.values():
@@ -280,7 +390,7 @@ class LinkFilter:
         self._link = link_id
         self._source: str | None = None
         self._cursor: Cursor | None = None
-        self._last: tuple[str, bool] | None = None  # the last path asked about, and the answer
+        self._last: tuple[str, list | None] | None = None  # the last path asked about, and its record
 
     def wants(self, source: str, relpath: str) -> bool:
         if source not in self._chain.indexed:
@@ -288,10 +398,16 @@ class LinkFilter:
         if source != self._source:
             self._source, self._last = source, None
             self._cursor = Cursor(self._chain.paths(self._link, source))
-        part = split_part(relpath)  # a dump in parts is one entry of the index
-        key = part[0] if part is not None else relpath
+        # a dump in parts is one entry of the index; an appended part is asked for by its file's
+        # path (it is in the archive where the file is in the walk's order)
+        piece, what = split_part(relpath), "w"
+        if piece is None:
+            piece = split_append(relpath)
+            what = str(piece[1]) if piece is not None else "w"
+        key = piece[0] if piece is not None else relpath
         if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        wanted = self._cursor.seek(key) is not None
-        self._last = (key, wanted)
-        return wanted
+            record = self._last[1]
+        else:
+            record = self._cursor.seek(key)
+            self._last = (key, record)
+        return record is not None and record[1] == what

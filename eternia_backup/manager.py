@@ -450,7 +450,7 @@ class BackupManager:
         text), ``mtime`` (UTC ISO 8601) and ``link``. The archives are read (and checked) once;
         an incremental backup shows its whole state, from its chain.
         """
-        from .streams import split_part
+        from .streams import split_append, split_part
 
         copy = self.find_backup(backup, allow_partial_listing=allow_partial_listing)
         if copy.manifest is None or copy.problem:
@@ -461,15 +461,18 @@ class BackupManager:
         rows: dict[str, dict] = {}
 
         def visit(source: str, rel: str, member, reader) -> None:
-            part = split_part(rel)
-            name = f"{source}/{part[0] if part else rel}" if rel else source
+            part, appended = split_part(rel), split_append(rel)
+            piece = part or appended
+            name = f"{source}/{piece[0] if piece else rel}" if rel else source
             if prefix and name != prefix and not name.startswith(prefix + "/"):
-                return
-            if part is not None and name in rows:  # a dump in parts is one file
-                rows[name]["size"] += member.size
                 return
             mtime = datetime.fromtimestamp(member.mtime_ns / 1e9 if member.mtime_ns is not None else member.mtime,
                                            timezone.utc)
+            if piece is not None and name in rows:  # a dump in parts, or a file and what was appended to it
+                rows[name]["size"] += member.size
+                if appended is not None:  # the file as it is after the append (the chain is read oldest first)
+                    rows[name].update(mode=f"{member.mode & 0o7777:04o}", mtime=iso_utc(mtime))
+                return
             rows[name] = {"path": name, "type": member.kind, "size": member.size,
                           "mode": f"{member.mode & 0o7777:04o}", "mtime": iso_utc(mtime),
                           "link": member.linkname or None}

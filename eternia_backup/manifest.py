@@ -17,11 +17,13 @@ from .errors import IntegrityError
 
 FORMAT = "eternia-backup-manifest"
 #: full backups keep version 1, which every release reads; an incremental backup is
-#: version 2, so that a release that knows no chains refuses it instead of
-#: restoring only the changes
+#: version 3 (2 before files that only grew were stored as appended parts), so that
+#: a release that knows no chains, or no appended parts, refuses it instead of
+#: restoring only part of the changes
 FORMAT_VERSION = 1
-INCREMENTAL_FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION)
+INCREMENTAL_FORMAT_VERSION = 3
+INCREMENTAL_VERSIONS = (2, INCREMENTAL_FORMAT_VERSION)
+SUPPORTED_VERSIONS = (FORMAT_VERSION, *INCREMENTAL_VERSIONS)
 MANIFEST_SUFFIX = ".manifest.json"
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
 # <name>-<YYYYmmddTHHMMSSZ>-<hex>.<archiver ext>[.<compression ext>][.age]
@@ -200,7 +202,7 @@ class Manifest:
             kind = raw.get("kind", "full")
             if kind not in ("full", "incremental"):
                 raise ValueError(f"kind {kind!r} is neither 'full' nor 'incremental'")
-            if (kind == "incremental") != (raw.get("format_version") == INCREMENTAL_FORMAT_VERSION):
+            if (kind == "incremental") != (raw.get("format_version") in INCREMENTAL_VERSIONS):
                 raise ValueError(f"a {kind} backup cannot have format_version {raw.get('format_version')!r}")
             chain = tuple(_str(c) for c in raw.get("chain") or ())
             parent = raw.get("parent")
@@ -254,7 +256,7 @@ def _increment(v: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(v, dict) or v.get("mode") not in ("changes", "whole"):
         raise TypeError(f"expected an increment record, got {v!r}")
-    for key in ("changed", "unchanged", "removed"):
+    for key in ("changed", "unchanged", "removed", "appended"):
         _int(v.get(key, 0))
     return dict(v)
 

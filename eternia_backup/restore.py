@@ -42,6 +42,7 @@ from .errors import (
 )
 from .fsutil import processes_using, remove_empty_dirs
 from .increments import ChainFilter, LinkFilter, is_meta_member
+from .streams import logical_path
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
 from .progress import NO_PROGRESS, Progress, ProgressReader
@@ -260,7 +261,9 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
     touched: set[str] = set()
 
     def extract(source: str, rel: str, member, reader) -> None:
-        if (include or exclude) and not wanted_by_patterns(f"{source}/{rel}" if rel else source, include, exclude):
+        rel_path = logical_path(rel)  # a part of a dump, or an appended part, goes with its file
+        if (include or exclude) and not wanted_by_patterns(f"{source}/{rel_path}" if rel else source, include,
+                                                           exclude):
             return
         touched.add(source)
         extractor.add(source, rel, member, reader)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import UnsafeArchiveError
 from .providers import Member
-from .streams import split_part
+from .streams import split_append, split_part
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -190,6 +190,10 @@ class Extractor:
             self._make_dir(dest)
             self.dirs.append((dest, m))
         elif m.kind == "file":
+            appended = split_append(rel)
+            if appended is not None:
+                self._append(self._path(source, appended[0]), appended[1], reader.open_member(m), m)
+                return
             self._make_dir(dest.parent)
             self._write(dest, reader.open_member(m), m)
             part = split_part(rel)
@@ -247,6 +251,30 @@ class Extractor:
             _set_mtime(fd, m)
         finally:
             os.close(fd)
+
+    def _append(self, dest: Path, offset: int, src, m: Member) -> None:
+        """What an incremental backup stored as appended to a file: the file, staged from the chain's
+        earlier archives (read oldest first), must be a plain file of exactly ``offset`` bytes."""
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            fd = None
+        try:
+            if fd is None or not statmod.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size != offset:
+                raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} appends to {dest.name} at byte "
+                                         f"{offset}, but the chain's earlier archives do not give a file of "
+                                         "that size there")
+            while chunk := src.read(_COPY):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            if os.fstat(fd).st_size != offset + m.size:
+                raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} holds fewer bytes than it declares")
+            os.fchmod(fd, self._mode(m))
+            _set_mtime(fd, m)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _set_xattrs(self, target, m: Member) -> None:
         """Restore what the filesystem and our rights allow; a refusal is a warning, not a failure."""

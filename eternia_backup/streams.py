@@ -8,6 +8,11 @@ fits in one part is one ordinary member ``relpath``; a longer one is the
 members ``relpath.eternia-part-00001``, ``-00002`` ... in order, which a restore
 joins back into ``relpath`` (by hand: ``cat relpath.eternia-part-* > relpath``).
 No temporary file is written at all.
+
+Incremental backups use the same idea for a file that only grew (a log): the
+bytes added since the parent are the member ``relpath.eternia-append-<offset>``
+(see :mod:`eternia_backup.increments`), which a restore appends to the file
+restored from the chain's earlier archives, whose size is exactly ``offset``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,27 @@ def split_part(relpath: str) -> tuple[str, int] | None:
     """(the dump's path, part number) for a part's name, else None."""
     m = _PART_RE.match(relpath)
     return (m["base"], int(m["n"])) if m else None
+
+
+APPEND_SUFFIX = ".eternia-append-"
+_APPEND_RE = re.compile(r"^(?P<base>.+)" + re.escape(APPEND_SUFFIX) + r"(?P<offset>\d+)$")
+
+
+def append_name(relpath: str, offset: int) -> str:
+    """The member holding what was appended to ``relpath`` after its first ``offset`` bytes."""
+    return f"{relpath}{APPEND_SUFFIX}{offset}"
+
+
+def split_append(relpath: str) -> tuple[str, int] | None:
+    """(the file's path, offset) for an appended part's name, else None."""
+    m = _APPEND_RE.match(relpath)
+    return (m["base"], int(m["offset"])) if m else None
+
+
+def logical_path(relpath: str) -> str:
+    """The path a member restores to: a part of a dump or an appended part counts as its file."""
+    piece = split_part(relpath) or split_append(relpath)
+    return piece[0] if piece is not None else relpath
 
 
 class _Fill:
@@ -89,9 +115,9 @@ class PartSplitter:
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
-    def add_stream(self, relpath, stream, size, *, mode=0o600, mtime):
+    def add_stream(self, relpath, stream, size, *, mode=0o600, mtime, **extra):
         if size is not None:
-            return self._inner.add_stream(relpath, stream, size, mode=mode, mtime=mtime)
+            return self._inner.add_stream(relpath, stream, size, mode=mode, mtime=mtime, **extra)
         fill = _Fill(stream, self._part_size)
         at_end = getattr(stream, "at_end", None)  # CommandOutput: did the dump succeed? (before the last part)
         n = fill.next_part()

@@ -71,6 +71,18 @@ def make_initial(root: Path) -> None:
     (root / "empty").mkdir()
     os.symlink("keep.txt", root / "link")
     os.link(root / "keep.txt", root / "hardlink-to-keep")
+    write(root / "logs" / "app.log", log_lines(0, 30_000))  # ~1.2 MB: big enough to be stored as appends
+    write(root / "logs" / "shared.log", log_lines(0, 30_000))
+    os.link(root / "logs" / "shared.log", root / "logs" / "shared-link.log")
+
+
+def log_lines(start: int, count: int) -> bytes:
+    return b"".join(b"%08d %s request served\n" % (i, os.urandom(8).hex().encode()) for i in range(start, start + count))
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 def step_changes(root: Path) -> None:
@@ -83,6 +95,8 @@ def step_changes(root: Path) -> None:
         f.write(b"bytes\n")
     os.rename(root / "rename-me.txt", root / "renamed.txt")
     (root / "script.sh").chmod(0o700)
+    append(root / "logs" / "app.log", log_lines(30_000, 2_000))  # only grew: stored as what was appended
+    append(root / "logs" / "shared.log", log_lines(30_000, 10))  # hard-linked: archived whole
 
 
 def step_types(root: Path) -> None:
@@ -93,8 +107,9 @@ def step_types(root: Path) -> None:
     (root / "link").unlink()
     os.symlink("renamed.txt", root / "link")
     shutil.rmtree(root / "subtree")
-    with open(root / "big.bin", "ab") as f:  # a log that grows
+    with open(root / "big.bin", "ab") as f:  # a small file that grows: archived whole
         f.write(os.urandom(50_000))
+    append(root / "logs" / "app.log", log_lines(32_000, 1_000))  # a second appended part
 
 
 def step_back(root: Path) -> None:
@@ -103,6 +118,10 @@ def step_back(root: Path) -> None:
     write(root / "becomes-dir", "a file again\n")
     write(root / "subtree" / "c.txt", "c is back, different\n")  # removed, then added again
     (root / "hardlink-to-keep").unlink()
+    with open(root / "logs" / "app.log", "r+b") as f:  # rewritten inside, then grown: archived whole
+        f.seek(100)
+        f.write(b"X")
+    append(root / "logs" / "app.log", log_lines(33_000, 10))
 
 
 def step_none(root: Path) -> None:
@@ -264,6 +283,12 @@ for archive in $CHAIN; do
   # delete what the backup removed since its parent, then extract it over the tree
   zstd -dc "$archive" | tar -xOf - .eternia/removed 2>/dev/null | xargs -0 -r rm -rf -- || true
   zstd -dc "$archive" | tar --exclude=.eternia -xf -
+  # a file that only grew: put its new bytes after the size it had, with their time and mode
+  find . -type f -name '*.eternia-append-*' -print0 | while IFS= read -r -d '' part; do
+    file=${part%.eternia-append-*}
+    truncate -s "${part##*.eternia-append-}" "$file" && cat "$part" >> "$file"
+    touch -r "$part" "$file" && chmod --reference="$part" "$file" && rm "$part"
+  done
 done
 """
 
@@ -271,7 +296,8 @@ done
 @pytest.mark.skipif(not shutil.which("zstd") or not shutil.which("tar"), reason="needs the zstd and tar tools")
 def test_the_documented_shell_loop_restores_an_incremental_by_hand(tmp_path):
     doc = (Path(__file__).parent.parent / "docs" / "format.md").read_text()
-    assert BY_HAND.strip().splitlines()[3] in doc, "the loop tested here is the one docs/format.md shows"
+    loop = "\n".join(BY_HAND.strip().splitlines()[2:])
+    assert loop in doc, "the loop tested here is the one docs/format.md shows"
     make_initial(tmp_path / "data")
     mgr = BackupManager.from_config(config(tmp_path))
     made = chain_of_backups(tmp_path, mgr)
@@ -583,3 +609,87 @@ def test_a_source_that_adds_entries_out_of_order_fails_clearly_and_commits_nothi
         mgr.create_backup()
     assert mgr.list_backups() == []
     assert not (tmp_path / "backups").exists() or list((tmp_path / "backups").iterdir()) == []
+
+
+# -- files that only grew (logs) --------------------------------------------------------------------
+
+
+def _members(archive: str) -> list[str]:
+    return subprocess.run(["tar", "-tf", "-"], input=_decompressed(archive), capture_output=True,
+                          check=True).stdout.decode().splitlines()
+
+
+def test_a_file_that_only_grew_is_stored_as_what_was_appended(tmp_path):
+    root = tmp_path / "data"
+    log = root / "app.log"
+    write(log, log_lines(0, 100_000))  # ~4 MB
+    write(root / "note.txt", "a small file\n")
+    mgr = BackupManager.from_config(config(tmp_path))
+    full = mgr.create_backup()
+    versions = [(full.backup_id, log.read_bytes(), log.stat().st_mtime_ns)]
+    for n in range(3):
+        before = log.stat().st_size
+        time.sleep(0.01)
+        append(log, log_lines(100_000 + 1000 * n, 1000))  # ~40 KB more
+        result = mgr.create_backup()
+        increment = result.manifest.sources[0].increment
+        assert (increment["changed"], increment["appended"]) == (2, 1)  # the root directory, and the log
+        assert result.size < full.size / 20  # the new lines only, not the whole log again
+        assert f"files/app.log.eternia-append-{before}" in _members(result.location)
+        versions.append((result.backup_id, log.read_bytes(), log.stat().st_mtime_ns))
+
+    for n, (backup_id, data, mtime_ns) in enumerate(versions):
+        mgr.restore_backup(backup_id, to=tmp_path / f"r{n}")
+        restored = tmp_path / f"r{n}" / "files"
+        assert (restored / "app.log").read_bytes() == data, f"backup {n}"
+        assert (restored / "app.log").stat().st_mtime_ns == mtime_ns
+        assert sorted(p.name for p in restored.iterdir()) == ["app.log", "note.txt"]
+
+    last_id, last_data, _ = versions[-1]
+    [row] = mgr.list_members(last_id, "files/app.log")
+    assert (row["path"], row["size"]) == ("files/app.log", len(last_data))
+    out = tmp_path / "stdout.bin"
+    with open(out, "wb") as f:
+        assert mgr.read_file(last_id, "files/app.log", f) == len(last_data)
+    assert out.read_bytes() == last_data
+    mgr.restore_backup(last_id, to=tmp_path / "only-logs", include=["*.log"])
+    assert [p.name for p in (tmp_path / "only-logs" / "files").iterdir()] == ["app.log"]
+    assert (tmp_path / "only-logs" / "files" / "app.log").read_bytes() == last_data
+
+    # rotated by truncation (copytruncate), then longer than before: not an append of the old bytes
+    with open(log, "wb") as f:
+        f.write(log_lines(500_000, 110_000))
+    result = mgr.create_backup()
+    assert result.manifest.sources[0].increment["appended"] == 0
+    mgr.restore_backup(result.backup_id, to=tmp_path / "rotated")
+    assert (tmp_path / "rotated" / "files" / "app.log").read_bytes() == log.read_bytes()
+
+
+def test_an_appended_part_without_its_file_is_refused(tmp_path):
+    """A restore never appends to the wrong bytes: the file must be there, exactly as long as the offset."""
+    import io
+
+    from eternia_backup.builtin.tar import TarArchiver
+    from eternia_backup.errors import UnsafeArchiveError
+    from eternia_backup.safety import Extractor, MemberChecker
+
+    for existing in (None, b"x" * 9, b"x" * 10):
+        archive = io.BytesIO()
+        with TarArchiver().writer(archive) as aw:
+            aw.section("files").add_stream("a.log.eternia-append-10", io.BytesIO(b"appended\n"), 9, mtime=1e9)
+        archive.seek(0)
+        staging = tmp_path / f"s{len(existing or b'')}"
+        staging.mkdir()
+        if existing is not None:
+            (staging / "a.log").write_bytes(existing)
+        reader = TarArchiver().reader(archive)
+        checker, extractor = MemberChecker(["files"], "test"), Extractor({"files": staging}, "test")
+        member = next(iter(reader))
+        source, rel = checker.check(member)
+        if existing == b"x" * 10:
+            extractor.add(source, rel, member, reader)
+            assert (staging / "a.log").read_bytes() == b"x" * 10 + b"appended\n"
+        else:
+            with pytest.raises(UnsafeArchiveError, match="appends to a.log at byte 10"):
+                extractor.add(source, rel, member, reader)
+            assert (staging / "a.log").exists() == (existing is not None)

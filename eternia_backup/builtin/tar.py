@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import errno
+import hashlib
 import os
 import stat as statmod
 import tarfile
@@ -132,6 +133,9 @@ class _SectionWriter(EntryWriter):
 
     exact_metadata = True
     str_paths = True  # add_file takes the path as a str too
+    #: add_file(..., digest=True) returns the sha256 of the bytes archived (incremental
+    #: backups record it to tell a file that only grew); add_stream takes mtime_ns
+    file_digests = True
 
     def __init__(self, tar: "_TarWriter", source: str):
         self.tar = tar
@@ -175,13 +179,15 @@ class _SectionWriter(EntryWriter):
         self._entry(relpath, tarfile.DIRTYPE, mode=mode, mtime=mtime, uid=uid, gid=gid, mtime_ns=mtime_ns,
                     xattrs=xattrs)
 
-    def add_file(self, relpath, path: Path, *, stat=None):
+    def add_file(self, relpath, path: Path, *, stat=None, digest: bool = False):
         """Archive a file as it is read; a living tree's surprises become warnings.
 
         A file that vanished (or stopped being a regular file) is skipped; one
         that changed while read is archived as read; both with a warning. A
         permission error raises UnreadableFileError: the source decides.
         ``stat`` is ignored (kept for callers): the header comes from fstat of the open file.
+        With ``digest``, returns ``(size, sha256 hex)`` of the bytes archived for a
+        file larger than 64 KiB stored as a plain member (not sparse, not a hard link), else None.
         """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -196,17 +202,17 @@ class _SectionWriter(EntryWriter):
                 return
             raise
         try:
-            self._add_open_file(relpath, fd)
+            return self._add_open_file(relpath, fd, digest)
         finally:
             os.close(fd)
 
-    def _add_open_file(self, relpath: str, fd: int) -> None:
+    def _add_open_file(self, relpath: str, fd: int, digest: bool = False) -> tuple[int, str] | None:
         before = os.fstat(fd)
         if not statmod.S_ISREG(before.st_mode):
             self.warn(relpath, "was replaced by something other than a file before it was read; skipped")
-            return
+            return None
         if before.st_nlink > 1 and self._add_hardlink(relpath, before):
-            return
+            return None
         name = self._name(relpath)
         try:  # most files have no xattrs: one call says so
             listed = os.listxattr(fd) if _HAVE_XATTRS else ()
@@ -218,6 +224,7 @@ class _SectionWriter(EntryWriter):
         seconds = before.st_mtime_ns // 1_000_000_000
         padded = 0
         data = None
+        hashing = None
         if size <= _SMALL_FILE and before.st_blocks * 512 >= size:  # small, no holes: one read
             data = os.pread(fd, size, 0) if size else b""
         if data is not None and len(data) == size:
@@ -237,9 +244,11 @@ class _SectionWriter(EntryWriter):
                             "GNU.sparse.name": name, "GNU.sparse.realsize": str(size)})
                 stored_name = "GNUSparseFile.0/" + _SPARSE_PLACEHOLDER
                 size = len(stream.map_block) + sum(length for _, length in regions)
+            elif digest:
+                stream = hashing = HashingStream(stream)
             self._add_stream(_header(stored_name, tarfile.REGTYPE, *fields, size, seconds, "", pax),
                              stream, size, relpath)
-            padded = stream.padded
+            padded = (hashing.inner if hashing is not None else stream).padded
         after = os.fstat(fd)
         if padded:
             self.warn(relpath, f"shrank while it was read: its last {padded} bytes were archived as zeros")
@@ -247,6 +256,7 @@ class _SectionWriter(EntryWriter):
             self.warn(relpath, "changed while it was read; archived as read, its contents may be inconsistent")
         if before.st_nlink > 1:
             self.links[(before.st_dev, before.st_ino)] = name
+        return (size, hashing.sha.hexdigest()) if hashing is not None else None
 
     def _add_hardlink(self, relpath: str, st: os.stat_result) -> bool:
         """A link member to the earlier member of the same inode, if there is one (tar's LNKTYPE)."""
@@ -264,8 +274,10 @@ class _SectionWriter(EntryWriter):
             self.warn(relpath, f"extended attributes could not be read ({exc.strerror}); archived without them")
             return {}
 
-    def add_stream(self, relpath, stream: BinaryIO, size: int, *, mode=0o600, mtime):
-        header = _header(self._name(relpath), tarfile.REGTYPE, statmod.S_IMODE(mode), 0, 0, size, int(mtime), "", {})
+    def add_stream(self, relpath, stream: BinaryIO, size: int, *, mode=0o600, mtime, mtime_ns=None):
+        seconds = int(mtime) if mtime_ns is None else mtime_ns // 1_000_000_000
+        header = _header(self._name(relpath), tarfile.REGTYPE, statmod.S_IMODE(mode), 0, 0, size, seconds, "",
+                         self._records(mtime_ns, None))
         self._add_stream(header, stream, size, relpath)
 
     def _add_stream(self, header: bytes, stream, size: int, what) -> None:
@@ -287,6 +299,19 @@ def _changed(before: os.stat_result, after: os.stat_result) -> bool:
     """GNU tar's test for "file changed as we read it": size, mtime or ctime moved."""
     return ((before.st_size, before.st_mtime_ns, before.st_ctime_ns)
             != (after.st_size, after.st_mtime_ns, after.st_ctime_ns))
+
+
+class HashingStream:
+    """Passes reads through and hashes them (sha256): the digest of exactly what was archived."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.sha.update(data)
+        return data
 
 
 class _FileStream:
