@@ -287,15 +287,15 @@ class DrillCheckModel(_Model):
                                       "database (default true).", examples=[True])
     sql: Annotated[list[str], BeforeValidator(_sql_list)] = _f(
         "an SQL query, or a list of them", default_factory=list,
-        description="sqlite and postgres sources: queries run on the restored database; each must return a true "
-        "first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
+        description="sqlite sources (and plugins' database sources that support drills): queries run on the "
+        "restored database; each must return a true first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
     command: str | None = _f("a shell command", None, min_length=1,
                              description="Any source: a command run with the restored copy in $RESTORE_DIR (and "
                              "the source's name in $ETERNIA_SOURCE); exit status 0 passes.",
                              examples=["test -s \"$RESTORE_DIR/config.json\""])
     timeout: float = _f("a number of seconds > 0", 300.0, gt=0,
-                        description="Seconds each check of this source may run (command, SQL, pg_restore); one "
-                        "that runs longer fails.", examples=[60])
+                        description="Seconds each check of this source may run (command, SQL); one that runs "
+                        "longer fails.", examples=[60])
 
 
 class DrillModel(_Model):
