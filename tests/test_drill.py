@@ -273,3 +273,18 @@ def test_the_scheduler_runs_drills_after_the_slots_backup(write_config, app):
     drill = json.loads(mgr.state.path.read_text())["drill"]
     assert drill["ok"] is True and drill["backup_id"] == backup.backup_id  # the slot's backup came first
     assert not mgr.drill_scratch_path.exists()
+
+
+def test_the_readme_drill_example_passes_on_the_example_app(app, cli):
+    import re
+
+    from conftest import ROOT
+
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S) if "drill:" in b]
+    config = app / "eternia-backup.yaml"
+    config.write_text(block)
+    assert cli("create", config=config).returncode == 0
+    out = cli("drill", "--json", config=config)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = {(c["source"], c["name"]) for c in json.loads(out.stdout)["checks"]}
+    assert {("files", "min_count"), ("files", "command"), ("db", "sql[0]"), ("db", "integrity_check")} <= names
