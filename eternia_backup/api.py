@@ -54,6 +54,7 @@ from .fsutil import (
     sibling,
     xattr_namespaces_kept,
 )
+from .drill import DrillCheck, sql_result_true
 from .plans import DirectorySwapPlan
 from .process import Cancelled, CommandOutput, check_cancelled, child_env, stderr_tail
 from .process import run as run_process
@@ -90,7 +91,7 @@ __all__ = [
     "Source", "SourceOptions", "RestorePlan", "Archiver", "Compression", "Target",
     "EntryWriter", "SourceWarnings", "ArchiveReader", "Member",
     "AtomicWrite", "StoredFile", "IncompleteUpload",
-    "LocalPaths", "ConditionalWrites", "UploadCleanup", "local_path_of",
+    "LocalPaths", "ConditionalWrites", "UploadCleanup", "local_path_of", "DrillCheck", "sql_result_true",
     # errors
     "EterniaBackupError", "ConfigError", "PluginError", "SourceError", "UnreadableFileError",
     "ArchiveError", "StorageError", "BackupNotFoundError", "IntegrityError", "RestoreError", "Cancelled",

@@ -177,6 +177,23 @@ def cmd_verify(mgr, args) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
+def cmd_drill(mgr, args) -> int:
+    result = mgr.drill(args.backup)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        for c in result.checks:
+            where = f"{c.source}: " if c.source else ""
+            print(f"{'ok    ' if c.ok else 'FAILED'}  {where}{c.name}: {c.detail}")
+        if result.ok:
+            print(f"drill of {result.backup_id}: ok, {len(result.checks)} checks in {result.duration:.1f} s; "
+                  "the scratch copy was removed")
+    if not result.ok:
+        print(f"error: {result.describe_failure()}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _confirm_factory(args):
     if args.yes:
         return None
@@ -339,8 +356,31 @@ def cmd_status(mgr, args) -> int:
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
                   "(twice the schedule's period)")
+        _print_drill_status(status["drill"], zone)
+    drill = status["drill"]
     # a target that cannot be listed is a failure too: its newest backup is unknown
-    return EXIT_FAILED if status["overdue"] or status["unlisted_targets"] else EXIT_OK
+    failed = status["overdue"] or status["unlisted_targets"] or drill["ok"] is False or drill["overdue"]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_drill_status(drill: dict, zone) -> None:
+    if drill["last_run"] is None and drill["schedule"] is None:
+        return  # drills are not used here: say nothing
+    line = "last drill: "
+    if drill["last_run"] is None:
+        line += "never"
+    else:
+        line += f"{for_people(drill['last_run'], zone)}  {drill['backup_id']}  "
+        if drill["ok"]:
+            line += "ok"
+        else:
+            line += "FAILED: " + (", ".join(drill["failed_checks"]) or drill["error"] or "?")
+    if drill["schedule"]:
+        line += f"  (schedule cron {drill['schedule']}, next {for_people(drill['next_run'], zone)})"
+    print(line)
+    if drill["overdue"]:
+        print(f"DRILL OVERDUE: no restore drill in the last {drill['overdue_after_seconds'] // 3600} h "
+              "(twice the drill schedule's period)")
 
 
 def cmd_run(mgr, args) -> int:
@@ -531,8 +571,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "eternia-backup cleanup --dry-run\n  eternia-backup cleanup"),
     "verify": ("check backups: presence, size, sha256, every member",
                "eternia-backup verify\n  eternia-backup verify --all --json"),
-    "status": ("last success/failure, next run, newest backup; exit 1 when overdue",
+    "status": ("last success/failure, next run, newest backup, last drill; exit 1 when overdue or the drill failed",
                "eternia-backup status\n  eternia-backup status --json"),
+    "drill": ("restore a backup into a private scratch directory, check it, remove it; exit 1 when a check fails",
+              "eternia-backup drill\n  eternia-backup drill 20261129T020000Z-3f2a1c --json"),
     "run": ("run the scheduler in the foreground until SIGTERM/SIGINT",
             "eternia-backup run\n  eternia-backup run --grace 120"),
     "keygen": ("write a new age identity file (0600) and print its public recipient",
@@ -616,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
 
     _add_command(sub, "status")
+    s = _add_command(sub, "drill")
+    s.add_argument("backup", nargs="?", help="a backup id (or unique prefix), path, URL or 'latest' "
+                   "(default: backup.drill.backup, latest)")
     s = _add_command(sub, "run")
     s.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="on stop, how long a running backup may finish before it is abandoned (default 30)")
@@ -702,7 +747,7 @@ def _run(args) -> int:
     mgr = BackupManager.from_config(args.config)
     handler = {
         "create": cmd_create, "list": cmd_list, "ls": cmd_ls, "restore": cmd_restore, "download": cmd_download,
-        "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run,
+        "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run, "drill": cmd_drill,
     }[args.command]
     return handler(mgr, args)
 

@@ -262,6 +262,57 @@ class EncryptionModel(_Model):
                                 examples=["${BACKUP_PASSPHRASE}"])
 
 
+def _sql_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class DrillFilesModel(_Model):
+    min_count: Whole | None = _f("a whole number >= 0", None, ge=0,
+                                 description="The restored tree must hold at least this many regular files (a "
+                                 "backup of an emptied or unmounted directory restores fine, and holds nothing).",
+                                 examples=[100])
+    sample: Whole = _f("a whole number >= 0", 20, ge=0,
+                       description="How many files, picked at random, are read back from the restored tree and "
+                       "compared (sha256) with the archive's bytes.", examples=[50])
+
+
+class DrillCheckModel(_Model):
+    files: DrillFilesModel | None = _f("a mapping", None,
+                                       description="directory sources: the restored tree holds as many entries as "
+                                       "the manifest recorded at backup time, at least min_count files, and "
+                                       "sampled files match the archive. Checked also when not set "
+                                       "(sample: 20).", examples=[{"min_count": 100, "sample": 50}])
+    integrity_check: bool | None = _f("true or false", None,
+                                      description="sqlite sources: run PRAGMA integrity_check on the restored "
+                                      "database (default true).", examples=[True])
+    sql: Annotated[list[str], BeforeValidator(_sql_list)] = _f(
+        "an SQL query, or a list of them", default_factory=list,
+        description="sqlite sources (and plugins' database sources that support drills): queries run on the "
+        "restored database; each must return a true first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
+    command: str | None = _f("a shell command", None, min_length=1,
+                             description="Any source: a command run with the restored copy in $RESTORE_DIR (and "
+                             "the source's name in $ETERNIA_SOURCE); exit status 0 passes.",
+                             examples=["test -s \"$RESTORE_DIR/config.json\""])
+    timeout: float = _f("a number of seconds > 0", 300.0, gt=0,
+                        description="Seconds each check of this source may run (command, SQL); one that runs "
+                        "longer fails.", examples=[60])
+
+
+class DrillModel(_Model):
+    schedule: str | None = _f("a 5-field cron expression such as '0 5 * * 0'", None,
+                              description="When the scheduler (`run`, start_scheduler) runs a drill, in the "
+                              "backup schedule's time zone; `status` fails when no drill ran in two periods. "
+                              "Default: drills run only when asked (`eternia-backup drill`).",
+                              examples=["0 5 * * 0"])
+    backup: str = _f("a backup id or latest", "latest", min_length=1,
+                     description="Which backup a drill restores.", examples=["latest"])
+    checks: dict[str, DrillCheckModel] = _f("a mapping of source names to checks", default_factory=dict,
+                                            description="Checks per source name, beside the defaults (entry "
+                                            "count and sampled hashes for directory sources, integrity_check "
+                                            "for sqlite); see below.",
+                                            examples=[{"db": {"sql": "SELECT count(*) > 0 FROM users"}}])
+
+
 class BackupModel(_Model):
     enabled: bool = _f("true or false", True,
                        description="Scheduled backups on or off; manual ones always work.", examples=[True])
@@ -317,6 +368,9 @@ class BackupModel(_Model):
     encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
                                      description="age encryption of the archives; see below.",
                                      examples=[{"enabled": True, "recipients": ["${AGE_RECIPIENT}"]}])
+    drill: DrillModel = _f("a mapping", default_factory=DrillModel,
+                           description="Restore drills: restore a backup into a scratch directory and check it; "
+                           "see below.", examples=[{"schedule": "0 5 * * 0"}])
 
 
 # -- the effective configuration -----------------------------------------------
@@ -380,6 +434,32 @@ class Webhook:
 
 
 @dataclasses.dataclass(frozen=True)
+class DrillChecks:
+    """``backup.drill.checks.<source>``: what a drill checks on one restored source."""
+
+    files_min_count: int | None = None
+    files_sample: int = 20
+    integrity_check: bool | None = None
+    sql: tuple[str, ...] = ()
+    command: str | None = None
+    timeout: float = 300.0
+    #: the keys set in the config (a source type refuses those it cannot check)
+    keys: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Drill:
+    """``backup.drill``: restore drills."""
+
+    schedule: str | None = None  # cron, in the backup schedule's zone
+    backup: str = "latest"
+    checks: dict[str, DrillChecks] = dataclasses.field(default_factory=dict)
+
+    def checks_for(self, source: str) -> DrillChecks:
+        return self.checks.get(source) or DrillChecks()
+
+
+@dataclasses.dataclass(frozen=True)
 class BackupConfig:
     """The validated, effective configuration that everything else reads."""
 
@@ -404,6 +484,7 @@ class BackupConfig:
     encryption: "EncryptionSettings | None" = None
     incremental: Incremental = Incremental()
     hooks: Hooks = Hooks()
+    drill: Drill = Drill()
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         """The effective config as plain data (what ``config show`` prints)."""
@@ -425,6 +506,8 @@ class BackupConfig:
             "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
             "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None},
             "state_dir": str(self.state_dir) if self.state_dir else None,
+            "drill": {"schedule": self.drill.schedule, "backup": self.drill.backup,
+                      "checks": {name: dataclasses.asdict(c) for name, c in self.drill.checks.items()}},
             "encryption": None if self.encryption is None else {
                 "enabled": self.encrypt, "recipients": list(self.encryption.recipients),
                 "identity_file": str(self.encryption.identity_file) if self.encryption.identity_file else None,
@@ -662,7 +745,23 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         incremental=_incremental(model.archive.incremental),
         hooks=Hooks(model.hooks.before_backup, model.hooks.after_backup, model.hooks.on_error,
                     dict(model.hooks.env), model.hooks.timeout),
+        drill=_drill(model.drill, sources),
     )
+
+
+def _drill(model: DrillModel, sources: list[SourceSpec]) -> Drill:
+    if model.schedule is not None:
+        _check_cron(model.schedule, "backup.drill.schedule")
+    names = [s.name for s in sources]
+    checks = {}
+    for name, c in model.checks.items():
+        if name not in names:
+            raise ConfigError(f"backup.drill.checks.{name}: no source is named {name!r}; the sources are: "
+                              f"{', '.join(names)}")
+        files = c.files or DrillFilesModel()
+        checks[name] = DrillChecks(files.min_count, files.sample, c.integrity_check, tuple(c.sql), c.command,
+                                   c.timeout, tuple(k for k in c.model_fields_set if k != "timeout"))
+    return Drill(model.schedule.strip() if model.schedule else None, model.backup, checks)
 
 
 def _incremental(model: IncrementalModel) -> Incremental:
@@ -691,7 +790,7 @@ def _schedule(model: BackupModel) -> Schedule:
     return Schedule(cron, label, tz, s.catch_up, s.retry_attempts, s.retry_backoff_seconds, s.lease_ttl_seconds)
 
 
-def _check_cron(expr: str) -> None:
+def _check_cron(expr: str, key: str = "backup.schedule.cron") -> None:
     from datetime import datetime
     from datetime import timezone as dt_timezone
 
@@ -701,7 +800,7 @@ def _check_cron(expr: str) -> None:
         CronSim(expr, datetime(2000, 1, 1, tzinfo=dt_timezone.utc))
     except (CronSimError, ValueError, KeyError) as exc:
         raise ConfigError(
-            f"backup.schedule.cron: expected a 5-field cron expression such as '30 2 * * *', got {expr!r} ({exc})"
+            f"{key}: expected a 5-field cron expression such as '30 2 * * *', got {expr!r} ({exc})"
         ) from None
 
 

@@ -163,8 +163,9 @@ def _sections(path: str, model: type[BaseModel]):
     for key, info in model.model_fields.items():
         nested = _nested_model(info.annotation)
         if nested is not None:
-            is_list = typing.get_origin(_strip_optional(info.annotation)) is list
-            yield from _sections(f"{path}.{key}" + ("[]" if is_list else ""), nested)
+            origin = typing.get_origin(_strip_optional(info.annotation))
+            suffix = "[]" if origin is list else ".<source>" if origin is dict else ""
+            yield from _sections(f"{path}.{key}{suffix}", nested)
 
 
 def _table(model: type[BaseModel], skip) -> list[str]:
@@ -220,6 +221,8 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     annotation = _strip_optional(annotation)
     if typing.get_origin(annotation) is list:
         annotation = typing.get_args(annotation)[0]
+    elif typing.get_origin(annotation) is dict:  # a mapping of names to settings (drill.checks)
+        annotation = typing.get_args(annotation)[1]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None

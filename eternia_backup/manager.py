@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from . import backup as backup_mod
 from . import catalog, cleanup, restore, verify
 from .config import BackupConfig, load_config, unknown_key_hint
+from .drill import DrillResult
 from .errors import (
     BackupFailedError,
     BackupNotFoundError,
@@ -65,6 +66,7 @@ class BackupManager:
         except ConfigError as exc:
             raise ConfigError(f"backup.archive.compression: {exc}") from None
         self._check_level()
+        self._check_drill()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
         if config.encryption is not None:
@@ -126,6 +128,16 @@ class BackupManager:
         if not levels[0] <= level <= levels[1]:
             raise ConfigError(f"backup.archive.level: expected a whole number from {levels[0]} to {levels[1]} "
                               f"for {self.compression.name}, got {level}")
+
+    def _check_drill(self) -> None:
+        """Each key of ``drill.checks.<source>`` must be one that source's type can check."""
+        for name, checks in self.config.drill.checks.items():
+            src = self.sources[name]
+            allowed = (*src.drill_keys, "command", "timeout")
+            for key in checks.keys:
+                if key not in allowed:
+                    raise ConfigError(f"backup.drill.checks.{name}.{key}: a {src.type_name} source has no such "
+                                      f"check; it has: {', '.join(allowed)}")
 
     def _make_target(self, name: str, url: str, options: dict) -> Target:
         cls = self.registry.target_for(split_protocol(url))
@@ -240,6 +252,18 @@ class BackupManager:
                               environment=self.config.environment)
         except OSError as exc:
             log.warning("could not record the outcome in %s: %s", self.state.path, exc)
+
+    def write_metrics(self, state: dict | None = None) -> None:
+        """Write the Prometheus textfile (``metrics.textfile``) from the state file; never fails the caller."""
+        if self.config.metrics_textfile is None:
+            return
+        from .metrics import write_metrics
+
+        try:
+            write_metrics(self.config.metrics_textfile, self.state.read() if state is None else state,
+                          name=self.config.name, environment=self.config.environment)
+        except OSError as exc:
+            log.warning("could not write the metrics file %s: %s", self.config.metrics_textfile, exc)
 
     def manifest_cache(self, target: Target) -> ManifestCache | None:
         """The manifests of a remote target already read (local ones cost no request to read again)."""
@@ -621,6 +645,88 @@ class BackupManager:
         return result.deleted_count
 
 
+    # -- restore drills -------------------------------------------------------------
+
+    @property
+    def drill_scratch_path(self) -> Path:
+        """The private (0700) directory a drill restores into, in the state directory; removed after
+        every drill, and a leftover of a killed one by the next."""
+        return self.state.path.parent / f".{self.config.name}-{self.config.environment}.drill"
+
+    def drill(self, backup: str | None = None) -> DrillResult:
+        """Restore a backup (default: ``drill.backup``, latest) into a scratch directory and check it.
+
+        Never touches the live state or the storage (it only reads backups); records the
+        outcome (``status``, metrics, the drill hooks) and returns it: a failed check is a
+        result with ``ok`` false, not an exception. Takes the host lock like a restore:
+        raises :class:`BackupInProgress` while a backup, restore or cleanup runs.
+        """
+        if self.lock.held:
+            return self._drill(backup or self.config.drill.backup)
+        with self.lock.acquire("drill"):
+            self.finish_interrupted_restore()
+            return self._drill(backup or self.config.drill.backup)
+
+    def _drill(self, wanted: str) -> DrillResult:
+        import time
+
+        from . import drill as drill_mod
+
+        started, t0 = datetime.now(timezone.utc), time.monotonic()
+        scratch = self.drill_scratch_path
+        backup_id, checks, error = wanted, [], None
+        announced = False
+        try:
+            drill_mod.remove_scratch(scratch)  # a drill killed before it cleaned up
+            from .fsutil import make_private_dirs
+
+            make_private_dirs(scratch)
+            copy = self.find_backup(wanted)
+            backup_id = copy.backup_id
+            call_lifecycle(self.pm, "eternia_drill_started", backup_id=backup_id)
+            announced = True
+            log.info("drill %s: restoring into %s", backup_id, scratch)
+            checks = drill_mod.run_checks(self, copy, scratch)
+            restore_failed = [c for c in checks if c.name == "restore" and not c.ok]
+            if restore_failed:
+                error = restore_failed[0].detail
+        except EterniaBackupError as exc:
+            error = str(exc)
+        finally:
+            try:
+                drill_mod.remove_scratch(scratch)
+            except OSError as exc:
+                log.warning("drill: could not remove the scratch copy %s: %s; the next drill removes it",
+                            scratch, exc)
+        if not announced:
+            call_lifecycle(self.pm, "eternia_drill_started", backup_id=backup_id)
+        result = drill_mod.DrillResult(backup_id, started, time.monotonic() - t0, checks, error)
+        try:
+            state = self.state.update(lambda data: data.__setitem__("drill", result.to_state()))
+        except OSError as exc:
+            log.warning("could not record the drill in %s: %s", self.state.path, exc)
+            state = None
+        self.write_metrics(state)
+        if result.ok:
+            log.info("drill %s: ok (%d checks) in %.1fs", backup_id, len(checks), result.duration)
+        else:
+            log.warning("%s", result.describe_failure())
+        call_lifecycle(self.pm, "eternia_drill_finished", result=result)
+        return result
+
+    def run_scheduled_drill(self, slot: datetime):
+        """One scheduled drill: skipped (to be retried) while another run holds the lock."""
+        from .locks import BackupInProgress
+        from .scheduler import RunOutcome
+
+        try:
+            result = self.drill()
+        except BackupInProgress as exc:
+            return RunOutcome(slot, "skipped", str(exc))
+        if result.ok:
+            return RunOutcome(slot, "ok", f"drill of {result.backup_id}: {len(result.checks)} checks passed")
+        return RunOutcome(slot, "failed", result.describe_failure())
+
     # -- scheduling ---------------------------------------------------------------
 
     def prepare_scheduled_runs(self) -> None:
@@ -758,6 +864,36 @@ class BackupManager:
                                  "orphans_error": orphan_errors.get(t.name)}
                         for t in self.targets},
             "unlisted_targets": catalog.unlisted_dicts(errors),
+            "drill": self._drill_status(state.get("drill"), tz, now),
+        }
+
+    def _drill_status(self, last, tz, now: datetime) -> dict:
+        """The last drill (as recorded), the drill schedule, and whether a drill is overdue."""
+        from .schedule import next_slot, period
+
+        last = last if isinstance(last, dict) else {}
+        cron = self.config.drill.schedule
+        limit = 2 * period(cron, tz, now) if cron else None
+        ran = last.get("last_run")
+        overdue = False
+        if limit is not None:
+            try:
+                overdue = ran is None or now - datetime.fromisoformat(ran.replace("Z", "+00:00")) > limit
+            except (TypeError, ValueError):
+                overdue = True
+        scheduler = self._scheduler if self._scheduler and self._scheduler.running else None
+        upcoming = getattr(scheduler, "next_drill", None) or (next_slot(cron, now, tz) if cron else None)
+        return {
+            "schedule": cron,
+            "next_run": iso_utc(upcoming),
+            "last_run": ran,
+            "backup_id": last.get("backup_id"),
+            "ok": last.get("ok"),
+            "duration_seconds": last.get("duration_seconds"),
+            "failed_checks": list(last.get("failed_checks") or []),
+            "error": last.get("error"),
+            "overdue": overdue,
+            "overdue_after_seconds": int(limit.total_seconds()) if limit is not None else None,
         }
 
     def _orphans(self, listings) -> tuple[dict[str, list[cleanup.Orphan]], dict[str, str]]:

@@ -190,6 +190,23 @@ class Source(abc.ABC):
         """Advice about this source for ``config check`` (one line each); may read the disk."""
         return []
 
+    #: The keys of ``backup.drill.checks.<source>`` this source type understands beside
+    #: ``command`` and ``timeout`` (which every source has): ``files`` (the framework's
+    #: entry count and sampled hashes, for sources restored as a tree) and the keys its
+    #: :meth:`drill` checks (``integrity_check``, ``sql`` ...). Others are config errors.
+    drill_keys: ClassVar[tuple[str, ...]] = ()
+
+    def drill(self, restored: Path, checks) -> list:
+        """Check this source's restored copy in a restore drill; one ``DrillCheck`` per check.
+
+        ``restored`` is ``<scratch>/<source name>``: the source's entries as the archive
+        holds them (a database's file or dump files), in a private scratch directory the
+        framework removes afterwards. ``checks`` is the config's ``DrillChecks``
+        (``sql``, ``integrity_check``, ``timeout`` ...). A check that fails is a
+        ``DrillCheck(source, name, ok=False, detail=why)``, not an exception.
+        """
+        return []
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this source; never a secret."""
         return {"type": self.type_name, "name": self.name}

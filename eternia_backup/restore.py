@@ -83,9 +83,12 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                  journal_path: Path | None = None, keep_setid: bool = False, force: bool = False,
                  progress: Progress = NO_PROGRESS, links: list[BackupCopy] | None = None,
                  to_database: str | None = None, include: list[str] | None = None,
-                 exclude: list[str] | None = None) -> RestoreResult:
+                 exclude: list[str] | None = None, tap=None) -> RestoreResult:
     """Restore ``copy``; ``links`` is its chain on the same target, full first and ``copy`` last
-    (:func:`eternia_backup.chains.chain_copies`), for an incremental backup."""
+    (:func:`eternia_backup.chains.chain_copies`), for an incremental backup.
+
+    ``tap(source, relpath, member, reader)`` sees each member staged and returns the
+    reader to extract it with (a drill wraps some to hash what the archive holds)."""
     manifest = copy.manifest
     if manifest is None or copy.problem:
         raise IntegrityError(f"{copy.describe()} is damaged: {copy.problem or 'no manifest'}; nothing was changed")
@@ -147,7 +150,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
         try:
             _stage_chain(links, plans, registry, identities, encryption,
                          keep_setid=_setid_allowed(keep_setid, to), progress=progress, include=include,
-                         exclude=exclude)
+                         exclude=exclude, tap=tap)
             log.info("restore %s: staged; size and sha256 verified", copy.backup_id)
             if journal_path is not None:  # the next run finishes the swaps if this process dies
                 journal.write(journal_path, copy.backup_id,
@@ -248,7 +251,7 @@ def check_index(copy: BackupCopy) -> None:
 
 def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registry, identities: dict,
                  encryption=None, *, keep_setid: bool = False, progress: Progress = NO_PROGRESS,
-                 include: list[str] | None = None, exclude: list[str] | None = None) -> None:
+                 include: list[str] | None = None, exclude: list[str] | None = None, tap=None) -> None:
     """Stage the restored backup (the last link) from every archive of its chain, oldest first.
 
     ``include``/``exclude`` (glob patterns over ``<source>/<path>``) restore only part of it.
@@ -266,7 +269,7 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
                                                            exclude):
             return
         touched.add(source)
-        extractor.add(source, rel, member, reader)
+        extractor.add(source, rel, member, tap(source, rel, member, reader) if tap is not None else reader)
 
     read_backup(links, registry, identities, extract, selected=set(plans), progress=progress, phase="restore")
     extractor.finish()

@@ -9,6 +9,11 @@ backups at the configured slots.
   runs, and a slot at or before one already handled never runs again.
 * A failed run is retried with exponential backoff until the next slot.
 * An exception in a job never kills the thread.
+* Restore drills (``drill.schedule``) run in the same thread, so never beside
+  a backup of this scheduler, and under the same lock as any other run; a
+  slot's backup goes first when both are due. A drill skipped because another
+  process holds the lock is retried like a failed backup; a drill whose checks
+  fail is not (its result is recorded for ``status``).
 
 ``clock`` and ``wait`` can be injected so tests can drive time.
 """
@@ -54,6 +59,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.outcomes: list[RunOutcome] = []
         self.next_run: datetime | None = None
+        self.drill_cron: str | None = manager.config.drill.schedule
+        self.drill_outcomes: list[RunOutcome] = []
+        self.next_drill: datetime | None = None
 
     # -- control ---------------------------------------------------------------
 
@@ -104,6 +112,20 @@ class Scheduler:
             return due - timedelta(microseconds=1)
         return last
 
+    def _first_handled_drill(self, due: datetime) -> datetime:
+        """The newest drill slot considered handled at start: catch up a missed one like backups."""
+        if not self.schedule.catch_up:
+            return due
+        last = (self.manager.state.read().get("drill") or {}).get("last_run")
+        try:
+            ran = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
+        except (AttributeError, ValueError):
+            ran = None
+        if ran is None or ran < due:
+            log.info("catching up: the drill slot at %s has no drill yet", due.isoformat())
+            return due - timedelta(microseconds=1)
+        return due
+
     def _loop(self) -> None:
         cron, tz = self.schedule.cron, self.tz
         try:
@@ -114,12 +136,37 @@ class Scheduler:
         pending: datetime | None = None
         attempts = 0
         run_at: datetime | None = None
+        drill = self.drill_cron
+        drill_handled = drill_pending = drill_at = None
+        drill_attempts = 0
+        if drill:
+            try:
+                drill_handled = self._first_handled_drill(previous_slot(drill, self.clock(), tz))
+            except Exception:
+                log.exception("could not read the last drill; catching up")
+                drill_handled = previous_slot(drill, self.clock(), tz) - timedelta(microseconds=1)
         while not self._stop.is_set():
             now = self.clock()
             due = previous_slot(cron, now, tz)
             if due > handled:  # a new slot (only the latest, whatever the clock did)
                 pending, attempts, run_at, handled = due, 0, now, due
-            if pending is not None and run_at is not None and now >= run_at:
+            if drill:
+                drill_due = previous_slot(drill, now, tz)
+                if drill_due > drill_handled:
+                    drill_pending, drill_attempts, drill_at, drill_handled = drill_due, 0, now, drill_due
+            backup_due = pending is not None and run_at is not None and now >= run_at
+            if not backup_due and drill_pending is not None and now >= drill_at:
+                outcome = self._run_drill(drill_pending)
+                if outcome.status == "skipped" and drill_attempts < self.schedule.retry_attempts:
+                    delay = self.schedule.retry_backoff_seconds * 2 ** drill_attempts
+                    drill_attempts += 1
+                    drill_at = self.clock() + timedelta(seconds=delay)
+                    log.warning("drill for slot %s skipped (%s); retry %d of %d in %.0fs", drill_pending.isoformat(),
+                                outcome.message, drill_attempts, self.schedule.retry_attempts, delay)
+                else:
+                    drill_pending = drill_at = None
+                continue
+            if backup_due:
                 outcome = self._run(pending)
                 if outcome.status == "failed" and attempts < self.schedule.retry_attempts:
                     delay = self.schedule.retry_backoff_seconds * 2 ** attempts
@@ -132,7 +179,12 @@ class Scheduler:
                 continue
             upcoming = next_slot(cron, max(now, handled), tz)
             self.next_run = min(upcoming, run_at) if run_at is not None else upcoming
-            seconds = (self.next_run - now).total_seconds()
+            wake = self.next_run
+            if drill:
+                upcoming_drill = next_slot(drill, max(now, drill_handled), tz)
+                self.next_drill = min(upcoming_drill, drill_at) if drill_at is not None else upcoming_drill
+                wake = min(wake, self.next_drill)
+            seconds = (wake - now).total_seconds()
             if self._wait(max(0.0, min(seconds, MAX_SLEEP))):
                 break
 
@@ -150,4 +202,19 @@ class Scheduler:
         log.log(level, "scheduled backup for slot %s: %s in %.1fs: %s; next run at %s", slot.isoformat(),
                 outcome.status, outcome.duration, outcome.message, upcoming.isoformat())
         self.outcomes.append(outcome)
+        return outcome
+
+    def _run_drill(self, slot: datetime) -> RunOutcome:
+        started = self.clock()
+        log.info("scheduled drill for slot %s: starting", slot.isoformat())
+        try:
+            outcome = self.manager.run_scheduled_drill(slot)
+        except Exception as exc:  # never let one run kill the thread
+            log.exception("scheduled drill for slot %s crashed", slot.isoformat())
+            outcome = RunOutcome(slot, "failed", f"unexpected {type(exc).__name__}: {exc}")
+        outcome.duration = (self.clock() - started).total_seconds()
+        level = logging.WARNING if outcome.status == "failed" else logging.INFO
+        log.log(level, "scheduled drill for slot %s: %s in %.1fs: %s", slot.isoformat(), outcome.status,
+                outcome.duration, outcome.message)
+        self.drill_outcomes.append(outcome)
         return outcome

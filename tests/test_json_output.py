@@ -114,8 +114,13 @@ def test_each_command_prints_one_documented_document(project, tmp_path):
     archive = Path(created["location"])
     assert_documented(run_json("download", str(archive), "--to", str(tmp_path / "dl"), config=project), "download")
 
+    drill = run_json("drill", config=project)
+    assert_documented(drill, "drill")
+    assert drill["ok"] is True and drill["started_at"].endswith("Z")
+
     status = run_json("status", config=project)
     assert_documented(status, "status")
+    assert status["drill"]["ok"] is True and status["drill"]["last_run"].endswith("Z")
     assert status["next_run"].endswith("Z") and status["newest_backup"]["created_at"].endswith("Z")
     assert all(t["last_success"].endswith("Z") for t in status["targets"].values())
 

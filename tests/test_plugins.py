@@ -150,6 +150,14 @@ class Recorder:
     def eternia_cleanup_finished(self, result):
         self._record("eternia_cleanup_finished", result=result)
 
+    @hookimpl
+    def eternia_drill_started(self, backup_id):
+        self._record("eternia_drill_started", backup_id=backup_id)
+
+    @hookimpl
+    def eternia_drill_finished(self, result):
+        self._record("eternia_drill_finished", result=result)
+
 
 class Raiser:
     """A buggy monitoring plugin: every lifecycle hook raises."""
@@ -184,6 +192,14 @@ class Raiser:
     @hookimpl
     def eternia_cleanup_finished(self):
         self._boom("eternia_cleanup_finished")
+
+    @hookimpl
+    def eternia_drill_started(self):
+        self._boom("eternia_drill_started")
+
+    @hookimpl
+    def eternia_drill_finished(self):
+        self._boom("eternia_drill_finished")
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -669,6 +685,40 @@ def test_hook_eternia_cleanup_finished(write_config, app):
     [target] = result.targets
     assert (target.target, target.deleted) == ("local", [old.backup_id])
     assert [e.backup_id for e in mgr.list_backups()] == [new.backup_id]
+
+
+def test_hook_eternia_drill_started(write_config, app):
+    section = {**default_section(), "drill": {"checks": {"db": {"sql": "SELECT count(*) > 0 FROM events"}}}}
+    mgr = manager(write_config(section), recorder := Recorder())
+    backup = mgr.create_backup()
+    recorder.watch = mgr.drill_scratch_path
+    assert mgr.drill().ok
+    [call] = recorder.of("eternia_drill_started")
+    assert call["backup_id"] == backup.backup_id  # 'latest' resolved
+    assert call["_files"] == []  # before anything is restored into the scratch directory
+    # the drill's restore is a restore like any other, between the drill's own events
+    assert recorder.names()[-4:] == ["eternia_drill_started", "eternia_restore_started",
+                                     "eternia_restore_finished", "eternia_drill_finished"]
+
+
+def test_hook_eternia_drill_finished(write_config, app):
+    section = {**default_section(), "drill": {"checks": {"files": {"command": "exit 5"}}}}
+    mgr = manager(write_config(section), recorder := Recorder())
+    backup = mgr.create_backup()
+    recorder.watch = mgr.state.path.parent
+    result = mgr.drill()
+    [call] = recorder.of("eternia_drill_finished")
+    assert call["result"] is result and not result.ok
+    assert call["result"].backup_id == backup.backup_id
+    assert [(c.source, c.name) for c in result.failed_checks] == [("files", "command")]
+    assert mgr.drill_scratch_path.name not in call["_files"]  # the scratch copy is already removed
+
+    # a drill that cannot even find a backup is reported too, with its error
+    recorder.calls.clear()
+    result = mgr.drill("20000101T000000Z-abcdef")
+    assert recorder.names() == ["eternia_drill_started", "eternia_drill_finished"]
+    [call] = recorder.of("eternia_drill_finished")
+    assert call["result"] is result and not result.ok and "20000101T000000Z-abcdef" in result.error
 
 
 def test_lifecycle_hook_errors_do_not_change_the_outcome(write_config, app, tmp_path, caplog):

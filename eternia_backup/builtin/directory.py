@@ -85,6 +85,7 @@ class DirectorySource(Source):
     options_model = DirectoryOptions
     restore_plan_types = (DirectorySwapPlan,)
     supports_increments = True  # sorted walk, stat passed to add_file
+    drill_keys = ("files",)  # a drill counts the restored tree and hashes a sample (eternia_backup.drill)
 
     @property
     def root(self) -> Path:

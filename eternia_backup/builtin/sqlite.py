@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import Field
 
 from eternia_backup.api import (
+    DrillCheck,
     EntryWriter,
     RestoreError,
     RestorePlan,
@@ -37,6 +38,7 @@ from eternia_backup.api import (
     remove_stale_siblings,
     remove_tree,
     sibling,
+    sql_result_true,
 )
 
 log = logging.getLogger("eternia_backup.source.sqlite")
@@ -501,6 +503,24 @@ def integrity_problem(path: Path) -> str | None:
     return None if result == "ok" else result
 
 
+def _sql_check(source: str, db: Path, query: str, name: str, timeout: float) -> DrillCheck:
+    """Run ``query`` read-only on ``db``; its first value must be true (:func:`sql_result_true`)."""
+    deadline = time.monotonic() + timeout
+    try:
+        conn = _connect(db, mode="ro")
+        try:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
+            row = conn.execute(query).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        why = f"ran longer than {timeout:g} s" if time.monotonic() > deadline else str(exc)
+        return DrillCheck(source, name, False, f"{query!r}: {why}")
+    value = row[0] if row else None
+    return DrillCheck(source, name, sql_result_true(value), f"{query!r} returned {value!r}"
+                      + ("" if row else " (no row)"))
+
+
 def write_into(staged: Path, destination: Path) -> None:
     """Replace the live database's contents with ``staged`` in one SQLite transaction."""
     src = _connect(staged, mode="ro")
@@ -551,6 +571,23 @@ class SqliteSource(Source):
 
     def default_destination(self) -> Path:
         return self.path
+
+    drill_keys = ("integrity_check", "sql")
+
+    def drill(self, restored: Path, checks) -> list[DrillCheck]:
+        """integrity_check (unless turned off) and each ``sql`` query on the restored database file."""
+        db = restored / self.path.name
+        if not db.is_file():
+            return [DrillCheck(self.name, "database", False, f"the backup holds no database file {self.path.name!r}")]
+        found = []
+        if checks.integrity_check is not False:
+            problem = integrity_problem(db)
+            found.append(DrillCheck(self.name, "integrity_check", problem is None,
+                                    "PRAGMA integrity_check: ok" if problem is None
+                                    else f"PRAGMA integrity_check: {problem[:500]}"))
+        for i, query in enumerate(checks.sql):
+            found.append(_sql_check(self.name, db, query, f"sql[{i}]", checks.timeout))
+        return found
 
     def restore_plan(self, destination: Path | None):
         if destination is not None:
