@@ -232,16 +232,39 @@ class BackupManager:
         try:
             copies = [c.target for c in result.copies] if result else []
             manifest = result.manifest if result else None
-            self.state.record_backup(
+            state = self.state.record_backup(
                 targets=[t.name for t in self.targets], copies=copies,
                 failures={**failures, **(result.failures if result else {})},
                 duration=result.duration if result else 0.0, size=result.size if result else 0,
                 backup_id=result.backup_id if result else None,
                 warning_count=result.warning_count if result else 0,
                 stored=stored_bytes(manifest) if manifest is not None else None)
+            self._first_inventory(state, copies)
         except OSError as exc:
             log.warning("could not record the outcome in %s: %s", self.state.path, exc)
         self.write_metrics()
+
+    def _first_inventory(self, state: dict, copies: list[str]) -> None:
+        """List, once, the targets a backup just went to whose holdings were never recorded.
+
+        From then on each backup is added to the inventory without a listing, and every
+        listing (list, status, cleanup) refreshes it: `create` from cron still gets
+        per-target counts, and S3 is not listed after every backup for the metrics.
+        """
+        from .inventory import summarize
+
+        per = state.get("targets") or {}
+        found = {}
+        for t in self.targets:
+            if t.name in copies and not isinstance((per.get(t.name) or {}).get("inventory"), dict):
+                try:
+                    listing = catalog.list_target(t, self.config.name, self.manifest_cache(t))
+                except EterniaBackupError as exc:
+                    log.debug("target %r: not listed for its inventory: %s", t.name, exc)
+                    continue
+                if not any(c.unreadable for c in listing.copies):
+                    found[t.name] = summarize(listing.copies, environment=self.config.environment)
+        self._record_inventory(found)
 
     def metrics_collector(self):
         """The Prometheus collector of this configuration: reads the state file on each collection."""
