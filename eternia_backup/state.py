@@ -2,9 +2,11 @@
 
 Kept in a small JSON file (0600) in the state directory: ``backup.state_dir``,
 else the first local target, else ``~/.local/state/eternia-backup``. ``status``
-reads it, the scheduler records slots in it, and the Prometheus textfile is
-written from it. The time of the last success is written only when a run
-succeeded.
+reads it, the scheduler records slots in it, and the Prometheus metrics are
+made from it. The last success's time, duration and size are written only when
+a run succeeded, so a failed run never hides them; what each target held when
+it was last listed is kept as its ``inventory`` (:mod:`.inventory`). Updates
+are serialised across processes by a lock on the directory.
 """
 
 from __future__ import annotations
