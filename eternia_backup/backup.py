@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, process
+from . import __version__, logformat, process
 from .errors import BackupFailedError, EterniaBackupError, StorageError
 from .hooks import GlobalHooks, run_hook
 from .streams import PartSplitter
@@ -413,6 +413,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     base = _BaseSections(None)
     hooks = GlobalHooks(getattr(config, "hooks", None), getattr(config, "base_dir", Path.cwd()), backup_id)
     cancel_token = process.CANCEL.set(cancel)  # commands of sources and hooks watch it too
+    id_token = logformat.BACKUP_ID.set(backup_id)  # JSON log lines carry it
     call_lifecycle(pm, "eternia_backup_started", backup_id=backup_id, config=config)
     log.info("backup %s: started (%d source(s), %d target(s))", backup_id, len(sources), len(targets))
 
@@ -494,6 +495,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
 
     finally:
         process.CANCEL.reset(cancel_token)
+        logformat.BACKUP_ID.reset(id_token)
         if removed is not None:
             removed.close()
     try:

@@ -26,6 +26,7 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from .catalog import in_series, list_target
+from .inventory import summarize
 from .chains import mark_broken_chains
 from .config import Retention
 from .errors import EterniaBackupError, IntegrityError
@@ -78,6 +79,8 @@ class TargetCleanup:
     unlisted: bool = False  # the listing failed: nothing was judged here
     #: backups whose archive was read and found damaged before deleting ({id: problem}; not in the JSON)
     found_damaged: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: what the target holds after this cleanup (:func:`.inventory.summarize`; not in the JSON), None when unknown
+    inventory: dict | None = None
 
     def fail(self, name: str, reason: str) -> None:
         """Record a deletion the target refused."""
@@ -90,6 +93,7 @@ class TargetCleanup:
         data = dataclasses.asdict(self)
         data["orphans"] = [o.to_dict() for o in self.orphans]
         del data["found_damaged"]
+        del data["inventory"]
         return data
 
 
@@ -261,6 +265,8 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         if guard is not None:
             guard()
         _delete_backup(target, copy, report)
+    if not dry_run:
+        report.inventory = summarize(ours, environment=environment, gone=report.deleted, now=now)
 
     try:
         uploads = target.incomplete_uploads() if isinstance(target, UploadCleanup) else []

@@ -28,6 +28,7 @@ from .errors import (
     EterniaBackupError,
     UsageError,
 )
+from .logformat import FORMATS, make_handler
 from .timefmt import display_zone, for_people
 
 log = logging.getLogger("eternia_backup")
@@ -50,9 +51,30 @@ def _print_json(data: dict[str, Any]) -> None:
     print(json.dumps({"version": JSON_VERSION, **data}, indent=2, default=str))
 
 
+def _json_logs(args) -> bool:
+    return getattr(args, "log_format", None) == "json"
+
+
+def _say(args, message: str, level: int = logging.INFO) -> None:
+    """A message for people on stderr: printed, or with --log-format json a log record (every stderr
+    line is then JSON; ``level`` decides whether it shows, as for any record)."""
+    if _json_logs(args):
+        logging.getLogger("eternia_backup.cli").log(level, message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _warn(args, message: str, level: int = logging.WARNING) -> None:
+    """``warning: ...`` (``error: ...``) on stderr, or a WARNING (ERROR) record with JSON logs."""
+    if _json_logs(args):
+        _say(args, message, level)
+    else:
+        _say(args, f"{'error' if level >= logging.ERROR else 'warning'}: {message}")
+
+
 def _progress(args):
-    """A terminal progress bar, or None: not with -q or --json, nor when stderr is not a terminal."""
-    if args.quiet or args.json or not sys.stderr.isatty():
+    """A terminal progress bar, or None: not with -q, --json or JSON logs, nor when stderr is not a terminal."""
+    if args.quiet or args.json or _json_logs(args) or not sys.stderr.isatty():
         return None
     from .progress import TerminalProgress
 
@@ -60,6 +82,8 @@ def _progress(args):
 
 
 def _summary_wanted(args) -> bool:
+    if _json_logs(args):
+        return not args.quiet and not args.json  # an INFO record: shown with -v
     return not args.quiet and not args.json and (sys.stderr.isatty() or args.verbose > 0)
 
 
@@ -90,21 +114,21 @@ def cmd_create(mgr, args) -> int:
                 unchanged = sum((s.increment or {}).get("unchanged", 0) for s in m.sources)
                 removed = sum((s.increment or {}).get("removed", 0) for s in m.sources)
                 kind = f"incremental on top of {m.parent} ({unchanged} unchanged, {removed} removed), "
-            print(f"backup {result.backup_id}: {kind}{files} files, {_human_size(m.archive.content_size)} in, "
-                  f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s",
-                  file=sys.stderr)
+            _say(args, f"backup {result.backup_id}: {kind}{files} files, {_human_size(m.archive.content_size)} in, "
+                 f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s")
     if result.warning_count:
-        _print_backup_warnings(result)
+        _print_backup_warnings(args, result)
         return EXIT_WARNINGS
     return EXIT_OK
 
 
-def _print_backup_warnings(result, shown: int = 5) -> None:
+def _print_backup_warnings(args, result, shown: int = 5) -> None:
     """One line on stderr: how many warnings, and the first few names with their problem."""
     first = "; ".join(f"{w['source']}/{w['path']}: {w['problem']}" for w in result.warnings[:shown])
     more = f"; and {result.warning_count - shown} more" if result.warning_count > shown else ""
-    print(f"warning: backup {result.backup_id} was made with {result.warning_count} warning(s): {first}{more} "
-          "(the manifest lists them)", file=sys.stderr)
+    text = (f"backup {result.backup_id} was made with {result.warning_count} warning(s): {first}{more} "
+            "(the manifest lists them)")
+    _warn(args, text)
 
 
 def cmd_list(mgr, args) -> int:
@@ -141,8 +165,7 @@ def cmd_list(mgr, args) -> int:
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
         for name, err in errors.items():
-            print(f"warning: target {name!r} could not be listed, its backups are not shown: {err}",
-                  file=sys.stderr)
+            _warn(args, f"target {name!r} could not be listed, its backups are not shown: {err}")
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -262,7 +285,7 @@ def cmd_restore(mgr, args) -> int:
     else:
         print(f"restored backup {result.backup_id} ({', '.join(result.sources)})")
         if _summary_wanted(args) and progress is not NO_PROGRESS:
-            print(f"restore {result.backup_id}: {progress.files} files in {progress.elapsed:.1f} s", file=sys.stderr)
+            _say(args, f"restore {result.backup_id}: {progress.files} files in {progress.elapsed:.1f} s")
     return EXIT_OK
 
 
@@ -301,7 +324,7 @@ def cmd_cleanup(mgr, args) -> int:
                 print(f"{'would remove' if args.dry_run else 'removed'} {len(t.leftovers_removed)} leftover file(s) on {t.target}")
         print(f"{verb} {result.deleted_count} backup(s)")
         for name, err in result.errors.items():
-            print(f"error: target {name!r}: {err}", file=sys.stderr)
+            _warn(args, f"target {name!r}: {err}", logging.ERROR)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -430,7 +453,7 @@ def cmd_keygen(args) -> int:
     if args.json:
         _print_json({"identity_file": str(path.absolute()), "recipient": public})
     else:
-        print(f"# wrote the private identity to {path} (mode 0600); keep a copy somewhere safe", file=sys.stderr)
+        _say(args, f"# wrote the private identity to {path} (mode 0600); keep a copy somewhere safe", logging.WARNING)
         print(public)
     return EXIT_OK
 
@@ -472,6 +495,7 @@ def cmd_config(args) -> int:
     from .manager import BackupManager
 
     config = load_config(args.config)
+    _apply_config_logging(args, config)
     mgr = BackupManager(config)  # plugin-level validation (source options, levels, URLs)
     if args.config_command == "check":
         notes = mgr.config_notes()
@@ -501,8 +525,8 @@ def cmd_init(args) -> int:
     else:
         print(f"wrote {path}")
         if not args.quiet:
-            print("next: put the state to back up in data/ beside it (or list sources), then run "
-                  "`eternia-backup config check` and `eternia-backup create`", file=sys.stderr)
+            _say(args, "next: put the state to back up in data/ beside it (or list sources), then run "
+                 "`eternia-backup config check` and `eternia-backup create`")
     return EXIT_OK
 
 
@@ -534,7 +558,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """-c/-v/-q/--json, accepted before and after the subcommand.
+    """-c/-v/-q/--json/--log-format, accepted before and after the subcommand.
 
     The subcommand's copies leave nothing set unless given (SUPPRESS), and count
     under their own names, so ``-v create -v`` is ``-vv``.
@@ -549,6 +573,10 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("--json", action="store_true", dest="json" if top else "json_sub",
                         default=False if top else argparse.SUPPRESS,
                         help="print one JSON document on stdout (see docs/json.md)")
+    parser.add_argument("--log-format", choices=FORMATS, dest="log_format" if top else "log_format_sub",
+                        default=None if top else argparse.SUPPRESS,
+                        help="log lines on stderr as text, or one JSON object per line (see docs/monitoring.md); "
+                        "default: the config's log.format, else text")
 
 
 #: name -> (one-line description, examples); shown by `eternia-backup COMMAND --help`.
@@ -691,25 +719,41 @@ def _merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
     args.verbose += getattr(args, "verbose_sub", 0)
     args.quiet = args.quiet or getattr(args, "quiet_sub", False)
     args.json = args.json or getattr(args, "json_sub", False)
+    args.log_format = getattr(args, "log_format_sub", None) or args.log_format
     if args.quiet:
         args.verbose = 0
     return args
 
 
-def _setup_logging(verbosity: int, quiet: bool = False) -> None:
+def _setup_logging(verbosity: int, quiet: bool = False, fmt: str | None = None) -> None:
+    """Our log records on stderr, masked, in ``fmt`` (text, or json: one object per line).
+
+    With json, other libraries' warnings go through the same handler too, so every
+    line on stderr parses.
+    """
     if quiet:
         level = logging.ERROR
     else:
         level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    # The offset makes a log line unambiguous in any zone.
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           datefmt="%Y-%m-%dT%H:%M:%S%z"))
-    handler.addFilter(redact.RedactingFilter())
+    handler = make_handler(fmt or "text", sys.stderr)
     logger = logging.getLogger("eternia_backup")
+    previous = logger.handlers[:]
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    root = logging.getLogger()
+    for old in previous:  # a second call (the config's log.format) replaces the first one's handler
+        if old in root.handlers:
+            root.removeHandler(old)
+    if fmt == "json":
+        root.addHandler(handler)
+
+
+def _apply_config_logging(args, config) -> None:
+    """``log.format`` of the config file, unless --log-format said otherwise (the CLI wins)."""
+    if args.log_format is None and config.log_format != "text":
+        args.log_format = config.log_format
+        _setup_logging(args.verbose, args.quiet, args.log_format)
 
 
 def _describe_error(exc: BaseException, verbose: int) -> str:
@@ -723,8 +767,11 @@ def _describe_error(exc: BaseException, verbose: int) -> str:
 
 
 def _report_error(args, message: str, code: str, status: int, **extra: Any) -> int:
-    """One line on stderr; with --json also the error document on stdout."""
-    print(f"error: {message}", file=sys.stderr)
+    """One line on stderr (an ERROR record with JSON logs); with --json also the error document on stdout."""
+    if args is not None and _json_logs(args):
+        logging.getLogger("eternia_backup.cli").error(message, extra={"error_code": code, "exit_status": status})
+    else:
+        print(f"error: {message}", file=sys.stderr)
     if args is not None and getattr(args, "json", False):
         _print_json({"error": {"message": message.split("\n", 1)[0], "code": code, "exit_status": status},
                      **extra})
@@ -742,14 +789,22 @@ def _run(args) -> int:
         return cmd_init(args)
     if args.command == "completion":
         return cmd_completion(args)
+    from .config import load_config
     from .manager import BackupManager
 
-    mgr = BackupManager.from_config(args.config)
+    config = load_config(args.config)
+    _apply_config_logging(args, config)
+    mgr = BackupManager(config)
     handler = {
         "create": cmd_create, "list": cmd_list, "ls": cmd_ls, "restore": cmd_restore, "download": cmd_download,
         "cleanup": cmd_cleanup, "verify": cmd_verify, "status": cmd_status, "run": cmd_run, "drill": cmd_drill,
     }[args.command]
     return handler(mgr, args)
+
+
+def _asks_json_logs(argv: list[str]) -> bool:
+    """--log-format json in an argument list argparse refused (its usage error must be a JSON line too)."""
+    return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -762,14 +817,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _merge_global_options(parser.parse_args(argv))
     except _ArgumentError as exc:
-        if "--json" in argv:
+        if _asks_json_logs(argv):
+            _setup_logging(0, False, "json")
+            logging.getLogger("eternia_backup.cli").error(str(exc), extra={"error_code": "usage",
+                                                                            "exit_status": EXIT_USAGE})
+            if "--json" in argv:
+                _print_json({"error": {"message": str(exc), "code": "usage", "exit_status": EXIT_USAGE}})
+        elif "--json" in argv:
             print(f"error: {exc}", file=sys.stderr)
             _print_json({"error": {"message": str(exc), "code": "usage", "exit_status": EXIT_USAGE}})
         else:
             exc.parser.print_usage(sys.stderr)
             print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(args.verbose, args.quiet)
+    _setup_logging(args.verbose, args.quiet, args.log_format)
     try:
         return _run(args)
     except BackupFailedError as exc:
@@ -782,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, and the details with -vv
-        if args.verbose >= 2:
+        if args.verbose >= 2 and _json_logs(args):
+            log.debug("unexpected %s", type(exc).__name__, exc_info=True)
+        elif args.verbose >= 2:
             import traceback
 
             traceback.print_exc()

@@ -243,8 +243,20 @@ class NotifyModel(_Model):
 
 class MetricsModel(_Model):
     textfile: str | None = _f("a file path for the Prometheus textfile collector", None,
-                              description="Written after every backup run, for node_exporter's textfile collector.",
+                              description="Written after every command that changes the state (backup, cleanup, "
+                              "restore, verify, drill, list, status), for node_exporter's textfile collector.",
                               examples=["/var/lib/node_exporter/eternia.prom"])
+    listen: str | None = _f("host:port such as 127.0.0.1:9101", None, min_length=1,
+                            description="While the scheduler runs (`eternia-backup run`, start_scheduler()), serve "
+                            "the same metrics over HTTP at /metrics on this address.",
+                            examples=["127.0.0.1:9101"])
+
+
+class LogModel(_Model):
+    format: Literal["text", "json"] = _f("text or json", "text",
+                                         description="How the CLI writes log lines on stderr: text, or one JSON "
+                                         "object per line (see docs/monitoring.md); --log-format wins.",
+                                         examples=["json"])
 
 
 class EncryptionModel(_Model):
@@ -361,6 +373,8 @@ class BackupModel(_Model):
     metrics: MetricsModel = _f("a mapping", default_factory=MetricsModel,
                                description="Prometheus metrics; see below.",
                                examples=[{"textfile": "/var/lib/node_exporter/eternia.prom"}])
+    log: LogModel = _f("a mapping", default_factory=LogModel, description="Log output of the CLI; see below.",
+                       examples=[{"format": "json"}])
     state_dir: str | None = _f("a local directory path", None, min_length=1,
                                description="Where the lock and the last-run state are kept; default: beside the "
                                "first local storage directory, else ~/.local/state/eternia-backup.",
@@ -479,6 +493,8 @@ class BackupConfig:
     schedule: Schedule = Schedule(FREQUENCY_CRON["daily"], "daily", None)
     webhook: Webhook | None = None
     metrics_textfile: Path | None = None
+    metrics_listen: str | None = None
+    log_format: str = "text"
     state_dir: Path | None = None
     encrypt: bool = False
     encryption: "EncryptionSettings | None" = None
@@ -504,7 +520,9 @@ class BackupConfig:
             "schedule": dataclasses.asdict(self.schedule),
             "hooks": dataclasses.asdict(self.hooks),
             "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
-            "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None},
+            "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None,
+                        "listen": self.metrics_listen},
+            "log": {"format": self.log_format},
             "state_dir": str(self.state_dir) if self.state_dir else None,
             "drill": {"schedule": self.drill.schedule, "backup": self.drill.backup,
                       "checks": {name: dataclasses.asdict(c) for name, c in self.drill.checks.items()}},
@@ -711,6 +729,8 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         w = model.notify.webhook
         webhook = Webhook(w.url, w.on_success, w.timeout_seconds)
     metrics = Path(_local_url(model.metrics.textfile, base_dir)) if model.metrics.textfile else None
+    if model.metrics.listen is not None:
+        parse_listen(model.metrics.listen)
     state_dir = Path(_local_url(model.state_dir, base_dir)) if model.state_dir else None
     enc = model.encryption
     if enc.enabled and not enc.recipients and not enc.passphrase:
@@ -739,6 +759,8 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         schedule=schedule,
         webhook=webhook,
         metrics_textfile=metrics,
+        metrics_listen=model.metrics.listen,
+        log_format=model.log.format,
         state_dir=state_dir,
         encrypt=enc.enabled,
         encryption=settings,
@@ -762,6 +784,16 @@ def _drill(model: DrillModel, sources: list[SourceSpec]) -> Drill:
         checks[name] = DrillChecks(files.min_count, files.sample, c.integrity_check, tuple(c.sql), c.command,
                                    c.timeout, tuple(k for k in c.model_fields_set if k != "timeout"))
     return Drill(model.schedule.strip() if model.schedule else None, model.backup, checks)
+
+
+def parse_listen(text: str, key: str = "backup.metrics.listen") -> tuple[str, int]:
+    """``host:port`` (``[::1]:9101`` for IPv6) -> (host, port); a ConfigError naming ``key`` otherwise."""
+    host, sep, port = str(text).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port such as 127.0.0.1:9101 (a port from 1 to 65535), "
+                          f"got {text!r}")
+    return host, int(port)
 
 
 def _incremental(model: IncrementalModel) -> Incremental:

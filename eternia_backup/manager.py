@@ -84,6 +84,7 @@ class BackupManager:
         self.lease_target: Target | None = None
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
+        self._metrics_server = None
         if config.webhook is not None:
             from .builtin.webhook import WebhookNotifier
 
@@ -238,32 +239,77 @@ class BackupManager:
 
     def _record(self, result, failures: dict[str, str]) -> None:
         """Remember per-target outcomes (status, metrics); never fails the backup."""
+        from .inventory import stored_bytes
+
         try:
             copies = [c.target for c in result.copies] if result else []
+            manifest = result.manifest if result else None
             state = self.state.record_backup(
                 targets=[t.name for t in self.targets], copies=copies,
                 failures={**failures, **(result.failures if result else {})},
                 duration=result.duration if result else 0.0, size=result.size if result else 0,
-                backup_id=result.backup_id if result else None)
-            if self.config.metrics_textfile is not None:
-                from .metrics import write_metrics
-
-                write_metrics(self.config.metrics_textfile, state, name=self.config.name,
-                              environment=self.config.environment)
+                backup_id=result.backup_id if result else None,
+                warning_count=result.warning_count if result else 0,
+                stored=stored_bytes(manifest) if manifest is not None else None)
+            self._first_inventory(state, copies)
         except OSError as exc:
             log.warning("could not record the outcome in %s: %s", self.state.path, exc)
+        self.write_metrics()
 
-    def write_metrics(self, state: dict | None = None) -> None:
-        """Write the Prometheus textfile (``metrics.textfile``) from the state file; never fails the caller."""
-        if self.config.metrics_textfile is None:
-            return
-        from .metrics import write_metrics
+    def _first_inventory(self, state: dict, copies: list[str]) -> None:
+        """List, once, the targets a backup just went to whose holdings were never recorded.
+
+        From then on each backup is added to the inventory without a listing, and every
+        listing (list, status, cleanup) refreshes it: `create` from cron still gets
+        per-target counts, and S3 is not listed after every backup for the metrics.
+        """
+        from .inventory import summarize
+
+        per = state.get("targets") or {}
+        found = {}
+        for t in self.targets:
+            if t.name in copies and not isinstance((per.get(t.name) or {}).get("inventory"), dict):
+                try:
+                    listing = catalog.list_target(t, self.config.name, self.manifest_cache(t))
+                except EterniaBackupError as exc:
+                    log.debug("target %r: not listed for its inventory: %s", t.name, exc)
+                    continue
+                if not any(c.unreadable for c in listing.copies):
+                    found[t.name] = summarize(listing.copies, environment=self.config.environment)
+        self._record_inventory(found)
+
+    def metrics_collector(self):
+        """The Prometheus collector of this configuration: reads the state file on each collection."""
+        from .metrics import StateCollector
+
+        return StateCollector(self.state.read, name=self.config.name, environment=self.config.environment,
+                              targets=[t.name for t in self.targets])
+
+    def write_metrics(self) -> Path | None:
+        """Write the Prometheus textfile (``metrics.textfile``) from the state file; its path, or None.
+
+        Called after every command that changes the state (backup, cleanup, restore,
+        verify, drill, and listings, which record what each target holds). Never raises
+        for I/O: the metrics are worth a warning, not a failed backup.
+        """
+        path = self.config.metrics_textfile
+        if path is None:
+            return None
+        from .metrics import write_textfile
 
         try:
-            write_metrics(self.config.metrics_textfile, self.state.read() if state is None else state,
-                          name=self.config.name, environment=self.config.environment)
+            write_textfile(path, self.metrics_collector())
         except OSError as exc:
-            log.warning("could not write the metrics file %s: %s", self.config.metrics_textfile, exc)
+            log.warning("could not write the metrics textfile %s: %s", path, exc)
+            return None
+        return path
+
+    def _record_inventory(self, inventories: dict[str, dict]) -> None:
+        """Remember what the targets just listed hold (metrics, status); never fails the command."""
+        try:
+            self.state.record_inventory(inventories)
+        except OSError as exc:
+            log.debug("could not record what the targets hold in %s: %s", self.state.path, exc)
 
     def manifest_cache(self, target: Target) -> ManifestCache | None:
         """The manifests of a remote target already read (local ones cost no request to read again)."""
@@ -272,6 +318,13 @@ class BackupManager:
         return ManifestCache(self.state.path.parent / "manifest-cache", target.url)
 
     def listings(self) -> tuple[list[catalog.TargetListing], dict[str, str]]:
+        """Every target's listing, and why the others could not be listed.
+
+        What each listed target holds is recorded in the state (and the metrics
+        textfile), so the metrics never list a target themselves.
+        """
+        from .inventory import summarize
+
         listings, errors = [], {}
         for t in self.targets:
             try:
@@ -279,6 +332,10 @@ class BackupManager:
             except EterniaBackupError as exc:
                 errors[t.name] = str(exc)
                 log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
+        if listings:
+            self._record_inventory({li.target.name: summarize(li.copies, environment=self.config.environment)
+                                    for li in listings if not any(c.unreadable for c in li.copies)})
+            self.write_metrics()
         return listings, errors
 
     def list_backups(self) -> list[catalog.BackupEntry]:
@@ -379,6 +436,7 @@ class BackupManager:
         self._record_checked({report.damaged: report.problem or ""} if report.damaged else {},
                              [c.backup_id for c in links or [copy]] if report.ok else [])
         report.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
+        self.write_metrics()
         if not report.ok and backup == "latest" and not allow_older:
             report.problem += "; pass an explicit backup id, or --allow-older to use the newest good backup"
         return report
@@ -401,6 +459,7 @@ class BackupManager:
                    for e in catalog.merge(listings) for c in e.copies]
         self._record_checked({r.damaged: r.problem or "" for r in reports if r.damaged},
                              [r.backup_id for r in reports if r.ok])
+        self.write_metrics()
         return reports
 
     def _record_checked(self, damaged: dict[str, str], intact: list[str]) -> None:
@@ -434,12 +493,15 @@ class BackupManager:
                 to_database, include, exclude)
         if dry_run:
             return self._restore(*args)
-        if self.lock.held:
-            self.finish_interrupted_restore()
-            return self._restore(*args)
-        with self.lock.acquire("restore"):
-            self.finish_interrupted_restore()
-            return self._restore(*args)
+        try:
+            if self.lock.held:
+                self.finish_interrupted_restore()
+                return self._restore(*args)
+            with self.lock.acquire("restore"):
+                self.finish_interrupted_restore()
+                return self._restore(*args)
+        finally:
+            self.write_metrics()
 
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
                  allow_partial_listing, progress, to_database=None, include=None,
@@ -629,6 +691,8 @@ class BackupManager:
         ])
         self._record_checked({i: p for t in result.targets for i, p in t.found_damaged.items()}, [])
         if not dry_run:
+            self._record_inventory({t.target: t.inventory for t in result.targets if t.inventory is not None})
+            self.write_metrics()
             call_lifecycle(self.pm, "eternia_cleanup_finished", result=result)
         return result
 
@@ -702,11 +766,10 @@ class BackupManager:
             call_lifecycle(self.pm, "eternia_drill_started", backup_id=backup_id)
         result = drill_mod.DrillResult(backup_id, started, time.monotonic() - t0, checks, error)
         try:
-            state = self.state.update(lambda data: data.__setitem__("drill", result.to_state()))
+            self.state.update(lambda data: data.__setitem__("drill", result.to_state()))
         except OSError as exc:
             log.warning("could not record the drill in %s: %s", self.state.path, exc)
-            state = None
-        self.write_metrics(state)
+        self.write_metrics()
         if result.ok:
             log.info("drill %s: ok (%d checks) in %.1fs", backup_id, len(checks), result.duration)
         else:
@@ -805,13 +868,44 @@ class BackupManager:
         with self._scheduler_lock:  # two threads starting at once must not make two schedulers
             if self._scheduler is not None and self._scheduler.running:
                 raise SchedulerError("the scheduler is already running; stop it before starting it again")
-            self._scheduler = Scheduler(self, **kwargs)
-            self._scheduler.start()
+            self._start_metrics_server()
+            try:
+                self._scheduler = Scheduler(self, **kwargs)
+                self._scheduler.start()
+            except BaseException:
+                self._stop_metrics_server()
+                raise
 
     def stop_scheduler(self, timeout: float | None = 30.0) -> None:
-        """Stop automated backups; a running backup gets ``timeout`` seconds, then is abandoned safely."""
-        if self._scheduler is not None:
-            self._scheduler.stop(timeout)
+        """Stop automated backups; a running backup gets ``timeout`` seconds, then is abandoned safely.
+
+        Also closes the ``/metrics`` endpoint (``metrics.listen``).
+        """
+        try:
+            if self._scheduler is not None:
+                self._scheduler.stop(timeout)
+        finally:
+            self._stop_metrics_server()
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the ``/metrics`` endpoint listens on while the scheduler runs; None without one."""
+        return self._metrics_server.address if self._metrics_server is not None else None
+
+    def _start_metrics_server(self) -> None:
+        """Serve ``/metrics`` on ``metrics.listen`` (a ConfigError when the address cannot be bound)."""
+        if self.config.metrics_listen is None or self._metrics_server is not None:
+            return
+        from .metrics import MetricsServer
+
+        server = MetricsServer(self.config.metrics_listen, self.metrics_collector())
+        server.start()
+        self._metrics_server = server
+
+    def _stop_metrics_server(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.stop()
 
     @property
     def scheduler(self):
@@ -837,8 +931,8 @@ class BackupManager:
 
         now = datetime.now(timezone.utc)
         tz, tz_name = zone(self.config.schedule.timezone)
+        listings, errors = self.listings()  # records what the targets hold: read the state after it
         state = self.state.read()
-        listings, errors = self.listings()
         orphans, orphan_errors = self._orphans(listings)
         newest = next((e for e in catalog.merge(listings) if e.ok), None)
         limit = 2 * period(self.config.schedule.cron, tz, now)

@@ -2,14 +2,18 @@
 
 Kept in a small JSON file (0600) in the state directory: ``backup.state_dir``,
 else the first local target, else ``~/.local/state/eternia-backup``. ``status``
-reads it, the scheduler records slots in it, and the Prometheus textfile is
-written from it. The time of the last success is written only when a run
-succeeded.
+reads it, the scheduler records slots in it, and the Prometheus metrics are
+made from it. The last success's time, duration and size are written only when
+a run succeeded, so a failed run never hides them; what each target held when
+it was last listed is kept as its ``inventory`` (:mod:`.inventory`). Updates
+are serialised across processes by a lock on the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -47,6 +51,19 @@ def _writable_ancestor(path: Path) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _locked_dir(path: Path):
+    """An exclusive flock on the state directory itself, for one read-modify-write of the state
+    file: `list` in one process and a backup in another both update it. (No lock file: the
+    directory is the lock; released when the descriptor closes, also if the process dies.)"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _now() -> str:
     return iso_utc(datetime.now(timezone.utc))
 
@@ -73,36 +90,64 @@ class StateStore:
     def update(self, change) -> dict[str, Any]:
         """Apply ``change(data)`` and write the file atomically."""
         with self._lock:
-            data = self.read()
-            change(data)
             make_private_dirs(self.path.parent)
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
-            return data
+            with _locked_dir(self.path.parent):  # another process's update in between would be lost
+                return self._update(change)
+
+    def _update(self, change) -> dict[str, Any]:
+        data = self.read()
+        change(data)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        return data
 
     def record_backup(self, *, targets: list[str], copies: list[str], failures: dict[str, str],
-                      duration: float, size: int, backup_id: str | None) -> dict[str, Any]:
+                      duration: float, size: int, backup_id: str | None, warning_count: int = 0,
+                      stored: int | None = None) -> dict[str, Any]:
+        """Per target: a success sets the last success's time, duration, size and warnings; a failure
+        sets the last failure's time and error and counts it, and leaves the last success's figures
+        as they were (a dashboard showing the last good backup's size must not drop to 0)."""
         def change(data):
+            now = _now()
             per = data.setdefault("targets", {})
             for name in targets:
                 t = per.setdefault(name, {"failures_total": 0})
-                t["last_duration_seconds"] = round(duration, 3)
                 if name in copies:
-                    t["last_success"] = _now()
+                    t["last_result"] = "success"
+                    t["last_success"] = now
+                    t["last_duration_seconds"] = round(duration, 3)
                     t["last_size_bytes"] = size
                     t["last_backup_id"] = backup_id
+                    t["last_warning_count"] = warning_count
+                    if isinstance(t.get("inventory"), dict):
+                        from .inventory import add_backup
+
+                        add_backup(t["inventory"], created_at=now, size=size if stored is None else stored)
                 else:
-                    t["last_failure"] = _now()
+                    t["last_result"] = "failure"
+                    t["last_failure"] = now
                     t["last_error"] = failures.get(name, "failed")
                     t["failures_total"] = int(t.get("failures_total", 0)) + 1
 
         return self.update(change)
+
+    def record_inventory(self, inventories: dict[str, dict]) -> None:
+        """Remember what each target held when it was last listed (see :mod:`.inventory`)."""
+        if not inventories:
+            return
+
+        def change(data):
+            per = data.setdefault("targets", {})
+            for name, inventory in inventories.items():
+                per.setdefault(name, {"failures_total": 0})["inventory"] = inventory
+
+        self.update(change)
 
     def record_slot(self, slot: datetime, *, succeeded: bool) -> None:
         def change(data):
