@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, BackupModel, SourceModel
+from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, ONE_OR_MANY, BackupModel, SourceModel
 from .providers import SourceOptions
 
 # documented here when installed
@@ -163,7 +163,7 @@ def _sections(path: str, model: type[BaseModel]):
     for key, info in model.model_fields.items():
         nested = _nested_model(info.annotation)
         if nested is not None:
-            is_list = typing.get_origin(_strip_optional(info.annotation)) is list
+            is_list = typing.get_origin(_strip_optional(info.annotation)) is list and ONE_OR_MANY not in info.metadata
             yield from _sections(f"{path}.{key}" + ("[]" if is_list else ""), nested)
 
 
@@ -179,8 +179,11 @@ def _table(model: type[BaseModel], skip) -> list[str]:
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         allowed = extra.get("expected") or _allowed(info.annotation)
         example = f"`{key}: {_yaml(info.examples[0])}`"
+        type_name = _type_name(info.annotation)
+        if ONE_OR_MANY in info.metadata:  # notify.<kind>
+            type_name = "mapping or list of mappings"
         rows.append("| " + " | ".join(_cell(c) for c in (
-            f"`{key}`", _type_name(info.annotation), _default(info), allowed, example, info.description)) + " |")
+            f"`{key}`", type_name, _default(info), allowed, example, info.description)) + " |")
     return rows + [""]
 
 
@@ -197,6 +200,8 @@ def _yaml(value: Any) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.default_factory is list and ONE_OR_MANY in info.metadata:
+        return "*not set*"
     if info.default_factory is not None:
         value = info.default_factory()
         if isinstance(value, BaseModel):
