@@ -252,8 +252,12 @@ class Notifier:
         not_deleted = [{k: redact_text(str(v)) for k, v in n.items()} for n in result.not_deleted[:LIST_LIMIT]]
         fields = dict(deleted_count=result.deleted_count, errors=errors, not_deleted=not_deleted)
         deleted = _plural(result.deleted_count, "backup")
-        if errors:
-            problems = "; ".join(f"target {k!r}: {v}" for k, v in errors.items())
+        # a target that could not be listed (or failed otherwise) fails the cleanup; one that
+        # refused some deletions only warns: retention ran, and the next cleanup tries again
+        failed = {t.target: errors[t.target] for t in result.targets
+                  if t.target in errors and (t.unlisted or not t.not_deleted)}
+        if failed:
+            problems = "; ".join(f"target {k!r}: {v}" for k, v in failed.items())
             self._finished("cleanup", "failure", f"cleanup of {self._where()} failed ({deleted} deleted): {problems}",
                            **fields)
         elif result.not_deleted:
