@@ -428,3 +428,11 @@ def test_config_show_masks_notification_urls(app, cli):
                                   "operations": ["backup", "drill"], "timeout_seconds": 10.0}]
     assert [h["operations"] for h in notify["healthchecks"]] == [["backup"], ["drill"]]
     assert notify["healthchecks"][0]["events"] == ["start", "success", "failure"]
+
+
+def test_a_notifier_kind_can_be_switched_off_like_any_plugin(app, receiver, monkeypatch):
+    monkeypatch.setenv("ETERNIA_BACKUP_DISABLE_PLUGINS", "eternia_backup.builtin.webhook")
+    mgr = manager(app, {"webhook": {"url": f"{receiver.base}/hook", "events": ["success"]},
+                        "healthchecks": {"url": f"{receiver.base}/hc"}})
+    mgr.create_backup()
+    assert receiver.paths == ["/hc/start", "/hc"]
