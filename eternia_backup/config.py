@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -207,13 +208,87 @@ class ScheduleModel(_Model):
                                   "one backup per slot; renewed while a backup runs.", examples=[600])
 
 
+NOTIFY_EVENTS = ("start", "success", "warning", "failure")
+NOTIFY_OPERATIONS = ("backup", "cleanup", "drill")
+Event = Literal["start", "success", "warning", "failure"]
+Operation = Literal["backup", "cleanup", "drill"]
+
+
+def _http_url(value: Any) -> Any:
+    """An http(s) URL with a host: what the webhook and ping notifiers can reach."""
+    from urllib.parse import urlsplit
+
+    if isinstance(value, str):
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("not an http(s) URL with a host")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, dict) else value
+
+
+ONE_OR_MANY = BeforeValidator(_one_or_many)  # notify.<kind>: one mapping or a list of them
+
+
+def _events(default: str, example: list[str]) -> Any:
+    return _f("a list of start, success, warning, failure", None, description=f"The events to send; default: "
+              f"{default}. A run that succeeded with warnings is a warning, and a success too: success covers it, "
+              "warning alone hears only of those.",
+              examples=[example])
+
+
+def _operations(default: str, example: list[str]) -> Any:
+    return _f("a list of backup, cleanup, drill", None,
+              description=f"The operations it hears about; default: {default}.", examples=[example])
+
+
+def _timeout() -> Any:
+    return _f("a number of seconds > 0", 10.0, gt=0, description="How long one notification may take; one that "
+              "takes longer is given up (a warning is logged) and the operation goes on.", examples=[5])
+
+
 class WebhookModel(_Model):
-    url: str = _f("an http(s) URL", pattern=r"^https?://",
-                  description="Receives a JSON POST when a backup fails.", examples=["https://hooks.example/backup"])
-    on_success: bool = _f("true or false", False, description="Also notify when a backup succeeds.",
-                          examples=[True])
-    timeout_seconds: float = _f("a number of seconds > 0", 10.0, gt=0,
-                                description="How long to wait for the webhook to answer.", examples=[5])
+    """A URL that receives a JSON POST per event; the payload is described in docs/monitoring.md."""
+
+    url: HttpUrl = _f("an http(s) URL", description="Receives a JSON POST for each event asked for.",
+                      examples=["https://hooks.example/backup"])
+    events: list[Event] | None = _events("failure (with on_success: success and failure)", ["start", "failure"])
+    operations: list[Operation] | None = _operations("backup and drill", ["backup", "cleanup", "drill"])
+    on_success: bool | None = _f("true or false", None, description="The older way to ask for successes: true "
+                                 "means events: [success, failure]. Set events or on_success, not both.",
+                                 examples=[True])
+    timeout_seconds: float = _timeout()
+
+
+class HealthchecksModel(_Model):
+    """A healthchecks.io-style ping URL: <url>/start, <url> on success, <url>/fail with the log tail."""
+
+    url: HttpUrl = _f("an http(s) ping URL", description="The check's ping URL (it is a secret: best given as "
+                      "${VARIABLE}).", examples=["https://hc-ping.com/${HC_UUID}"])
+    events: list[Event] | None = _events("start, success, failure", ["success", "failure"])
+    operations: list[Operation] | None = _operations("backup (give drills a check of their own)", ["drill"])
+    timeout_seconds: float = _timeout()
+
+
+class AppriseModel(_Model):
+    """Anything apprise reaches (Slack, ntfy, email, PagerDuty ...); needs `pip install eternia-backup[apprise]`."""
+
+    urls: list[str] = _f("a list of apprise URLs", description="Apprise URLs (they hold tokens: best "
+                         "given as ${VARIABLE}s); see apprise's documentation for the services.",
+                         examples=[["${SLACK_URL}", "ntfy://ntfy.sh/my-backups"]])
+    events: list[Event] | None = _events("warning, failure", ["warning", "failure"])
+    operations: list[Operation] | None = _operations("backup and drill", ["backup", "drill"])
+    timeout_seconds: float = _timeout()
 
 
 class HooksModel(_Model):
@@ -236,9 +311,27 @@ class HooksModel(_Model):
                         "counts as failed.", examples=[60])
 
 
+def _either_form(schema: dict[str, Any]) -> None:
+    """The JSON Schema of notify.<kind>: one mapping or a list of them, as validated."""
+    for prop in schema.get("properties", {}).values():
+        items = prop.pop("items", None)
+        if prop.pop("type", None) == "array" and items is not None:
+            prop["anyOf"] = [items, {"type": "array", "items": items}]
+
+
 class NotifyModel(_Model):
-    webhook: WebhookModel | None = _f("a mapping with url", None, description="A webhook to notify.",
-                                      examples=[{"url": "https://hooks.example/backup"}])
+    """Notifiers; each key takes one mapping or a list of them (docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_either_form)
+    webhook: Annotated[list[WebhookModel], ONE_OR_MANY] = _f(
+        "a mapping with url, or a list of them", default_factory=list, description="Webhooks to POST events to.",
+        examples=[{"url": "https://hooks.example/backup", "events": ["failure", "warning"]}])
+    healthchecks: Annotated[list[HealthchecksModel], ONE_OR_MANY] = _f(
+        "a mapping with url, or a list of them", default_factory=list,
+        description="healthchecks.io-style ping URLs.", examples=[{"url": "https://hc-ping.com/${HC_UUID}"}])
+    apprise: Annotated[list[AppriseModel], ONE_OR_MANY] = _f(
+        "a mapping with urls, or a list of them", default_factory=list,
+        description="apprise notifications (the apprise extra).", examples=[{"urls": ["${SLACK_URL}"]}])
 
 
 class MetricsModel(_Model):
@@ -441,10 +534,40 @@ class Schedule:
 
 
 @dataclasses.dataclass(frozen=True)
-class Webhook:
-    url: str
-    on_success: bool = False
+class Notifier:
+    """One configured notifier: what it is, where it sends, and what it wants to hear about."""
+
+    kind: str  # webhook, healthchecks, apprise
+    key: str  # its key path, for messages: backup.notify.webhook[0]
+    urls: tuple[str, ...]
+    events: frozenset[str]
+    operations: frozenset[str]
     timeout_seconds: float = 10.0
+
+    def wants(self, operation: str, event: str) -> bool:
+        """A run with warnings is a success too: a notifier that asked for success hears of it."""
+        if operation not in self.operations:
+            return False
+        return event in self.events or (event == "warning" and "success" in self.events)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``config show`` prints: URLs keep only their scheme and host (their paths hold tokens)."""
+        shown = [_url_shown(u) for u in self.urls]
+        return {**({"urls": shown} if self.kind == "apprise" else {"url": shown[0]}),
+                "events": [e for e in NOTIFY_EVENTS if e in self.events],
+                "operations": [o for o in NOTIFY_OPERATIONS if o in self.operations],
+                "timeout_seconds": self.timeout_seconds}
+
+
+def _url_shown(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return redact.MASK
+    return f"{parts.scheme}://{host}/{redact.MASK}" if parts.scheme else redact.MASK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,7 +614,7 @@ class BackupConfig:
     base_dir: Path
     path: Path | None = None
     schedule: Schedule = Schedule(FREQUENCY_CRON["daily"], "daily", None)
-    webhook: Webhook | None = None
+    notifiers: tuple[Notifier, ...] = ()
     metrics_textfile: Path | None = None
     metrics_listen: str | None = None
     log_format: str = "text"
@@ -519,7 +642,8 @@ class BackupConfig:
             "retention": dataclasses.asdict(self.retention),
             "schedule": dataclasses.asdict(self.schedule),
             "hooks": dataclasses.asdict(self.hooks),
-            "notify": {"webhook": dataclasses.asdict(self.webhook) if self.webhook else None},
+            "notify": {kind: [n.as_dict() for n in self.notifiers if n.kind == kind]
+                       for kind in ("webhook", "healthchecks", "apprise")},
             "metrics": {"textfile": str(self.metrics_textfile) if self.metrics_textfile else None,
                         "listen": self.metrics_listen},
             "log": {"format": self.log_format},
@@ -674,8 +798,15 @@ def _format_errors(exc: ValidationError, section: dict) -> str:
     for err in exc.errors():
         loc = tuple(err["loc"])
         keypath = "backup"
+        node: Any = section
         for part in loc:
+            if isinstance(part, int) and not isinstance(node, list):
+                continue  # notify.<kind>: a single mapping was given; no [0] in the message
             keypath = _join(keypath, part)
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
         model, info = _field_info(loc)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -694,7 +825,11 @@ def _format_errors(exc: ValidationError, section: dict) -> str:
         if kind == "list_type":
             expected = "a list"
         found = _show(err.get("input"))
-        lines.append(f"{keypath}: expected {expected or err['msg'].lower()}, got {found}")
+        hint = ""
+        if kind == "literal_error" and isinstance(err.get("input"), str):
+            close = difflib.get_close_matches(err["input"], re.findall(r"'([^']*)'", err["ctx"]["expected"]), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"{keypath}: expected {expected or err['msg'].lower()}, got {found}{hint}")
     return "; ".join(dict.fromkeys(lines))
 
 
@@ -724,10 +859,7 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
     targets = _targets(model, base_dir, environment)
 
     schedule = _schedule(model)
-    webhook = None
-    if model.notify.webhook is not None:
-        w = model.notify.webhook
-        webhook = Webhook(w.url, w.on_success, w.timeout_seconds)
+    notifiers = _notifiers(model.notify)
     metrics = Path(_local_url(model.metrics.textfile, base_dir)) if model.metrics.textfile else None
     if model.metrics.listen is not None:
         parse_listen(model.metrics.listen)
@@ -757,7 +889,7 @@ def _effective(model: BackupModel, base_dir: Path, path: Path | None, environ) -
         base_dir=base_dir,
         path=path,
         schedule=schedule,
-        webhook=webhook,
+        notifiers=notifiers,
         metrics_textfile=metrics,
         metrics_listen=model.metrics.listen,
         log_format=model.log.format,
@@ -794,6 +926,39 @@ def parse_listen(text: str, key: str = "backup.metrics.listen") -> tuple[str, in
         raise ConfigError(f"{key}: expected host:port such as 127.0.0.1:9101 (a port from 1 to 65535), "
                           f"got {text!r}")
     return host, int(port)
+
+
+def _notifiers(model: NotifyModel) -> tuple[Notifier, ...]:
+    found = []
+    for kind, entries in (("webhook", model.webhook), ("healthchecks", model.healthchecks),
+                          ("apprise", model.apprise)):
+        defaults = {"webhook": ("failure",), "healthchecks": ("start", "success", "failure"),
+                    "apprise": ("warning", "failure")}[kind]
+        for i, entry in enumerate(entries):
+            key = f"backup.notify.{kind}[{i}]" if len(entries) > 1 else f"backup.notify.{kind}"
+            events = entry.events
+            if kind == "webhook" and entry.on_success is not None:
+                if events is not None:
+                    raise ConfigError(f"{key}: set events or on_success, not both (on_success: true is "
+                                      "events: [success, failure])")
+                events = ["success", "failure"] if entry.on_success else ["failure"]
+            if events is not None and not events:
+                raise ConfigError(f"{key}.events: empty; list at least one of {', '.join(NOTIFY_EVENTS)} "
+                                  f"(or remove the {kind} entry)")
+            if entry.operations is not None and not entry.operations:
+                raise ConfigError(f"{key}.operations: empty; list at least one of {', '.join(NOTIFY_OPERATIONS)}")
+            operations = entry.operations or (("backup",) if kind == "healthchecks" else ("backup", "drill"))
+            if kind == "apprise" and not entry.urls:
+                raise ConfigError(f"{key}.urls: empty; list at least one apprise URL")
+            if kind == "apprise" and importlib.util.find_spec("apprise") is None:
+                raise ConfigError(f"{key}: needs the apprise package; install it with "
+                                  "`pip install 'eternia-backup[apprise]'` (or remove backup.notify.apprise)")
+            urls = tuple(entry.urls) if kind == "apprise" else (entry.url,)
+            for url in urls:  # a ping URL or a Slack webhook is a password: never logged or shown
+                redact.remember(url)
+            found.append(Notifier(kind, key, urls, frozenset(events or defaults), frozenset(operations),
+                                  entry.timeout_seconds))
+    return tuple(found)
 
 
 def _incremental(model: IncrementalModel) -> Incremental:

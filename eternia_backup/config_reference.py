@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, BackupModel, SourceModel
+from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, ONE_OR_MANY, BackupModel, SourceModel
 from .providers import SourceOptions
 
 # documented here when installed
@@ -164,7 +164,8 @@ def _sections(path: str, model: type[BaseModel]):
         nested = _nested_model(info.annotation)
         if nested is not None:
             origin = typing.get_origin(_strip_optional(info.annotation))
-            suffix = "[]" if origin is list else ".<source>" if origin is dict else ""
+            is_list = origin is list and ONE_OR_MANY not in info.metadata
+            suffix = "[]" if is_list else ".<source>" if origin is dict else ""
             yield from _sections(f"{path}.{key}{suffix}", nested)
 
 
@@ -180,8 +181,11 @@ def _table(model: type[BaseModel], skip) -> list[str]:
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         allowed = extra.get("expected") or _allowed(info.annotation)
         example = f"`{key}: {_yaml(info.examples[0])}`"
+        type_name = _type_name(info.annotation)
+        if ONE_OR_MANY in info.metadata:  # notify.<kind>
+            type_name = "mapping or list of mappings"
         rows.append("| " + " | ".join(_cell(c) for c in (
-            f"`{key}`", _type_name(info.annotation), _default(info), allowed, example, info.description)) + " |")
+            f"`{key}`", type_name, _default(info), allowed, example, info.description)) + " |")
     return rows + [""]
 
 
@@ -198,6 +202,8 @@ def _yaml(value: Any) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.default_factory is list and ONE_OR_MANY in info.metadata:
+        return "*not set*"
     if info.default_factory is not None:
         value = info.default_factory()
         if isinstance(value, BaseModel):

@@ -9,6 +9,7 @@ project's original snippets (``from ... import backup_manager``;
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import threading
@@ -44,6 +45,13 @@ from .storage import split_protocol
 from .timefmt import iso_utc
 
 log = logging.getLogger("eternia_backup")
+
+# notify.<kind> -> (module, class) of the built-in notifier plugins
+NOTIFIERS = {
+    "webhook": ("eternia_backup.builtin.webhook", "WebhookNotifier"),
+    "healthchecks": ("eternia_backup.builtin.healthchecks", "HealthchecksNotifier"),
+    "apprise": ("eternia_backup.builtin.apprise_notifier", "AppriseNotifier"),
+}
 
 
 class BackupManager:
@@ -85,10 +93,7 @@ class BackupManager:
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
         self._metrics_server = None
-        if config.webhook is not None:
-            from .builtin.webhook import WebhookNotifier
-
-            self.pm.register(WebhookNotifier(config.webhook, config), name="eternia_backup.builtin.webhook")
+        self._register_notifiers()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike | None = None, **kwargs) -> "BackupManager":
@@ -96,6 +101,15 @@ class BackupManager:
         return cls(load_config(path), **kwargs)
 
     # -- construction ------------------------------------------------------------
+
+    def _register_notifiers(self) -> None:
+        """One plugin per ``notify:`` entry, through the same pluggy registration as any plugin's."""
+        for i, spec in enumerate(self.config.notifiers):
+            module, cls = NOTIFIERS[spec.kind]
+            if self.pm.is_blocked(module):  # ETERNIA_BACKUP_DISABLE_PLUGINS names the module
+                continue
+            notifier = getattr(importlib.import_module(module), cls)(spec, self.config)
+            self.pm.register(notifier, name=f"{module}[{i}]")
 
     def _make_source(self, index: int, spec) -> Source:
         try:

@@ -168,7 +168,8 @@ class LibraryLogGuard(logging.Handler):
     def _others_handle(self, record: logging.LogRecord) -> bool:
         logger: logging.Logger | None = logging.getLogger(record.name)
         while logger is not None:
-            if any(h is not self for h in logger.handlers):  # as Logger.callHandlers counts
+            # as Logger.callHandlers counts; a handler marked `observer` (a notifier's log tail) shows nothing
+            if any(h is not self and not getattr(h, "observer", False) for h in logger.handlers):
                 return True
             logger = logger.parent if logger.propagate else None
         return False

@@ -47,7 +47,9 @@ backup:
   # encryption: {enabled: true, recipients: ["age1..."], identity_file: key.txt}
 
   # Alerts and metrics:
-  # notify: {webhook: {url: "https://hooks.example/backup", on_success: false}}
+  # notify:                   # see docs/monitoring.md
+  #   healthchecks: {url: "https://hc-ping.com/YOUR-CHECK-UUID"}   # /start, success, /fail
+  #   webhook: {url: "https://hooks.example/backup", events: [warning, failure]}
   # metrics: {textfile: /var/lib/node_exporter/eternia.prom}
 """
 

@@ -1,66 +1,41 @@
-"""Built-in notifier ``webhook``: POST a JSON event to a URL when a backup fails
-(and, with ``on_success: true``, when it succeeds).
+"""Built-in notifier ``webhook``: POST a JSON event to a URL.
 
-Configured as ``notify: {webhook: {url, on_success, timeout_seconds}}``; the
-manager registers one instance through the ordinary lifecycle hooks. The body
-holds no secret: messages are redacted and URLs lose their passwords. A
-notification that cannot be delivered is logged and never fails the backup.
+Configured as ``notify: {webhook: {url, events, operations, timeout_seconds}}``
+(one mapping or a list); the older ``on_success: true`` means events
+``[success, failure]``. The body is versioned (``version``) and documented in
+docs/monitoring.md; it holds no secret: messages are redacted and URLs lose
+their passwords. A notification that cannot be delivered is logged and never
+fails the operation.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import socket
-import urllib.error
 import urllib.request
-from datetime import datetime, timezone
 
-from eternia_backup.api import __version__, hookimpl, redact_text
-
-log = logging.getLogger("eternia_backup.notify.webhook")
+from eternia_backup.api import __version__
+from eternia_backup.builtin.notifying import Event, Notifier, common_fields
 
 
-class WebhookNotifier:
-    def __init__(self, webhook, config):
-        self.webhook = webhook
-        self.name = config.name
-        self.environment = config.environment
+class WebhookNotifier(Notifier):
+    """One webhook URL; registered by the manager for each ``notify.webhook`` entry."""
 
-    def _event(self, kind: str, **fields) -> dict:
-        return {
-            "event": kind,
-            "name": self.name,
-            "environment": self.environment,
-            "host": socket.gethostname(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "framework_version": __version__,
-            **fields,
-        }
+    def payload(self, event: Event) -> dict:
+        """The JSON body: the common fields, the operation's own, and the log tail of a failure."""
+        body = {**common_fields(self, event), **event.fields}
+        if event.status == "failure":
+            body["log_tail"] = event.log_tail
+        return body
 
-    def post(self, event: dict) -> None:
-        body = json.dumps(event).encode()
-        request = urllib.request.Request(self.webhook.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "User-Agent": f"eternia-backup/{__version__}"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.webhook.timeout_seconds) as response:
-                response.read(1024)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            log.warning("webhook %s: could not deliver %s: %s", redact_text(self.webhook.url), event["event"],
-                        redact_text(str(exc)))
+    def send(self, event: Event) -> None:
+        body = json.dumps(self.payload(event)).encode()
+        post(self.spec.urls[0], body, self.spec.timeout_seconds, "application/json")
 
-    @hookimpl
-    def eternia_backup_failed(self, backup_id, error, result):
-        copies = [{"target": c.target, "url": redact_text(c.url)} for c in (result.copies if result else [])]
-        failures = {k: redact_text(v) for k, v in (result.failures.items() if result else [])}
-        self.post(self._event("backup.failed", backup_id=backup_id, error=redact_text(str(error)),
-                              copies=copies, failures=failures))
 
-    @hookimpl
-    def eternia_backup_succeeded(self, result):
-        if not self.webhook.on_success:
-            return
-        self.post(self._event("backup.succeeded", backup_id=result.backup_id, size=result.size,
-                              duration_seconds=round(result.duration, 3), warning_count=result.warning_count,
-                              copies=[{"target": c.target, "url": redact_text(c.url)} for c in result.copies]))
+def post(url: str, body: bytes, timeout: float, content_type: str) -> None:
+    """POST ``body``; raises (URLError, OSError, ValueError) when the receiver cannot be reached or says no."""
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type,
+                                              "User-Agent": f"eternia-backup/{__version__}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read(1024)
