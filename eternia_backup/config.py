@@ -297,10 +297,16 @@ class DrillCheckModel(_Model):
     integrity_check: bool | None = _f("true or false", None,
                                       description="sqlite sources: run PRAGMA integrity_check on the restored "
                                       "database (default true).", examples=[True])
+    restore: bool | None = _f("true or false", None,
+                              description="postgres sources: pg_restore each dump into a new scratch database on "
+                              "the source's server (dropped afterwards; the live databases are not touched) "
+                              "(default true). false: only check that pg_restore can read each dump.",
+                              examples=[True])
     sql: Annotated[list[str], BeforeValidator(_sql_list)] = _f(
         "an SQL query, or a list of them", default_factory=list,
-        description="sqlite sources (and plugins' database sources that support drills): queries run on the "
-        "restored database; each must return a true first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
+        description="sqlite and postgres sources (and plugins' database sources that support drills): queries "
+        "run on the restored database (postgres: in the scratch database of each dump); each must return a "
+        "true first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
     command: str | None = _f("a shell command", None, min_length=1,
                              description="Any source: a command run with the restored copy in $RESTORE_DIR (and "
                              "the source's name in $ETERNIA_SOURCE); exit status 0 passes.",
@@ -459,6 +465,8 @@ class DrillChecks:
     timeout: float = 300.0
     #: the keys set in the config (a source type refuses those it cannot check)
     keys: tuple[str, ...] = ()
+    #: postgres: pg_restore into a scratch database (None: the default, true)
+    restore: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -780,9 +788,12 @@ def _drill(model: DrillModel, sources: list[SourceSpec]) -> Drill:
         if name not in names:
             raise ConfigError(f"backup.drill.checks.{name}: no source is named {name!r}; the sources are: "
                               f"{', '.join(names)}")
+        if c.restore is False and c.sql:
+            raise ConfigError(f"backup.drill.checks.{name}.sql: the queries run in the restored scratch database, "
+                              "and restore is false; remove sql, or set restore: true")
         files = c.files or DrillFilesModel()
         checks[name] = DrillChecks(files.min_count, files.sample, c.integrity_check, tuple(c.sql), c.command,
-                                   c.timeout, tuple(k for k in c.model_fields_set if k != "timeout"))
+                                   c.timeout, tuple(k for k in c.model_fields_set if k != "timeout"), c.restore)
     return Drill(model.schedule.strip() if model.schedule else None, model.backup, checks)
 
 
