@@ -622,6 +622,25 @@ def test_a_false_or_failing_query_fails_the_drill_naming_database_and_query(app,
     assert scratches(shop) == scratches(notes) == set()
 
 
+def test_sql_as_a_mapping_runs_each_database_s_own_queries(app, new_db, cli):
+    shop, notes = new_db(), new_db()
+    psql("create table orders (id int); insert into orders values (1)", db=shop)
+    psql("create table notes (id int)", db=notes)
+    config = drill_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [shop, notes]}, {
+        "sql": {shop: ["SELECT count(*) = 1 FROM orders", "SELECT to_regclass('notes') IS NULL"],
+                notes: "SELECT count(*) = 0 FROM notes", "gone": "SELECT true"}})
+    assert cli("create", config=config).returncode == 0
+
+    doc = json.loads(cli("drill", "--json", config=config).stdout)
+
+    assert sorted((c["name"], c["ok"]) for c in doc["checks"] if c["source"]) == sorted([
+        (f"pg_restore[{shop}]", True), (f"sql[0][{shop}]", True), (f"sql[1][{shop}]", True),
+        (f"pg_restore[{notes}]", True), (f"sql[0][{notes}]", True), ("sql[gone]", False)])
+    assert doc["failed_checks"] == ["pg:sql[gone]"]
+    assert "names database gone, and the backup holds no dump of it" in doc["checks"][-1]["detail"]
+    assert scratches(shop) == scratches(notes) == set()
+
+
 def test_a_dump_pg_restore_cannot_restore_fails_the_drill(app, database, cli, tmp_path):
     truncating = tmp_path / "pg_dump"  # archives a dump cut short, as a full disk or a bug would
     truncating.write_text(f"#!/bin/sh\n'{PG_DUMP}' \"$@\" > '{tmp_path}/whole' || exit 1\n"

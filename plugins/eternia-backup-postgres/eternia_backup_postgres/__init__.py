@@ -408,7 +408,8 @@ class PostgresSource(Source):
     # -- restore -----------------------------------------------------------------------
 
     #: ``drill.checks.<source>``: ``restore`` (pg_restore into a scratch database, default true) and ``sql``
-    drill_keys = ("restore", "sql")
+    #: (a list run in every database, or a mapping of database names to queries)
+    drill_keys = ("restore", "sql", "sql_by_database")
 
     def drill(self, restored: Path, checks) -> list:
         """Each dump pg_restored into a scratch database on the server, the ``sql`` checks run there, then

@@ -73,6 +73,8 @@ def run_drill(source, restored: Path, checks) -> list[DrillCheck]:
     except EterniaBackupError as exc:
         log.warning("%s; leftover scratch databases (named %s*) were not dropped", exc, SCRATCH_PREFIX)
     found: list[DrillCheck] = []
+    per_database = dict(checks.sql_by_database)
+    drilled = set()
     for db, dump in dumps:
         if db is None:
             try:
@@ -80,7 +82,11 @@ def run_drill(source, restored: Path, checks) -> list[DrillCheck]:
             except EterniaBackupError as exc:
                 found.append(DrillCheck(source.name, "pg_restore", False, str(exc)))
                 continue
-        found += _drill_database(source, db, dump, checks)
+        drilled.add(db)
+        found += _drill_database(source, db, dump, checks.sql + per_database.get(db, ()), checks.timeout)
+    for db in per_database.keys() - drilled:
+        found.append(DrillCheck(source.name, f"sql[{db}]", False, f"drill.checks.{source.name}.sql names database "
+                                f"{db}, and the backup holds no dump of it (it has: {', '.join(sorted(drilled))})"))
     return found
 
 
@@ -98,7 +104,7 @@ def _list_check(source, db: str | None, dump: Path) -> DrillCheck:
     return DrillCheck(source.name, name, True, f"pg_restore --list read {entries} entries (restore: false)")
 
 
-def _drill_database(source, db: str, dump: Path, checks) -> list[DrillCheck]:
+def _drill_database(source, db: str, dump: Path, queries: tuple[str, ...], timeout: float) -> list[DrillCheck]:
     """Create the scratch database, pg_restore into it, run the queries there; always drop it."""
     scratch = scratch_name(db)
     outcome = f"database {db} was not touched"
@@ -117,8 +123,8 @@ def _drill_database(source, db: str, dump: Path, checks) -> list[DrillCheck]:
             return found
         found.append(DrillCheck(source.name, restore_name, True,
                                 f"{dump.name} restored into a scratch database with pg_restore"))
-        for i, query in enumerate(checks.sql):
-            found.append(_sql_check(source, db, scratch, query, f"sql[{i}][{db}]", checks.timeout))
+        for i, query in enumerate(queries):
+            found.append(_sql_check(source, db, scratch, query, f"sql[{i}][{db}]", timeout))
         return found
     finally:
         if created or _exists(source, scratch):
