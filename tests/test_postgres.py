@@ -546,8 +546,15 @@ def test_the_password_is_never_in_argv_logs_or_manifests(app, new_db, cli, tmp_p
         restored = cli("-vv", "restore", "latest", "--yes", config=config)
         assert restored.returncode == 0, restored.stderr
         assert secret not in restored.stdout + restored.stderr
+        # a drill (checks not configured: the restore into a scratch database is the default) as a
+        # user that is no superuser, only CREATEDB
+        drilled = cli("-vv", "drill", "--json", config=config)
+        assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+        assert [c["name"] for c in json.loads(drilled.stdout)["checks"]] == ["restore", f"pg_restore[{db}]"]
+        assert secret not in drilled.stdout + drilled.stderr
+        assert scratches(db) == set()
     finally:
-        for name in databases(like=f"{db}%"):
+        for name in databases(like=f"{db}%") | scratches(db):
             psql(f'drop database if exists "{name}" with (force)')
         psql(f"drop role if exists {role}")
 
