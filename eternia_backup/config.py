@@ -368,6 +368,8 @@ class EncryptionModel(_Model):
 
 
 def _sql_list(value: Any) -> Any:
+    if isinstance(value, dict):  # database -> query or queries
+        return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
     return [value] if isinstance(value, str) else value
 
 
@@ -390,10 +392,18 @@ class DrillCheckModel(_Model):
     integrity_check: bool | None = _f("true or false", None,
                                       description="sqlite sources: run PRAGMA integrity_check on the restored "
                                       "database (default true).", examples=[True])
-    sql: Annotated[list[str], BeforeValidator(_sql_list)] = _f(
-        "an SQL query, or a list of them", default_factory=list,
-        description="sqlite sources (and plugins' database sources that support drills): queries run on the "
-        "restored database; each must return a true first value (not 0, NULL, false or no row).", examples=[["SELECT count(*) > 0 FROM users"]])
+    restore: bool | None = _f("true or false", None,
+                              description="postgres sources: pg_restore each dump into a new scratch database on "
+                              "the source's server (dropped afterwards; the live databases are not touched) "
+                              "(default true). false: only check that pg_restore can read each dump.",
+                              examples=[True])
+    sql: Annotated[list[str] | dict[str, list[str]], BeforeValidator(_sql_list)] = _f(
+        "an SQL query, a list of them, or a mapping of database names to queries", default_factory=list,
+        description="sqlite and postgres sources (and plugins' database sources that support drills): queries "
+        "run on the restored database (postgres: in the scratch database of each dump); each must return a "
+        "true first value (not 0, NULL, false or no row). A source of several databases (postgres "
+        "`databases:`) also takes a mapping of database names to the queries run in that one.",
+        examples=[["SELECT count(*) > 0 FROM users"]])
     command: str | None = _f("a shell command", None, min_length=1,
                              description="Any source: a command run with the restored copy in $RESTORE_DIR (and "
                              "the source's name in $ETERNIA_SOURCE); exit status 0 passes.",
@@ -582,6 +592,10 @@ class DrillChecks:
     timeout: float = 300.0
     #: the keys set in the config (a source type refuses those it cannot check)
     keys: tuple[str, ...] = ()
+    #: postgres: pg_restore into a scratch database (None: the default, true)
+    restore: bool | None = None
+    #: ``sql`` written as a mapping: (database, its queries) for sources of several databases
+    sql_by_database: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -912,9 +926,14 @@ def _drill(model: DrillModel, sources: list[SourceSpec]) -> Drill:
         if name not in names:
             raise ConfigError(f"backup.drill.checks.{name}: no source is named {name!r}; the sources are: "
                               f"{', '.join(names)}")
+        if c.restore is False and c.sql:
+            raise ConfigError(f"backup.drill.checks.{name}.sql: the queries run in the restored scratch database, "
+                              "and restore is false; remove sql, or set restore: true")
         files = c.files or DrillFilesModel()
-        checks[name] = DrillChecks(files.min_count, files.sample, c.integrity_check, tuple(c.sql), c.command,
-                                   c.timeout, tuple(k for k in c.model_fields_set if k != "timeout"))
+        by_database = tuple((db, tuple(q)) for db, q in c.sql.items()) if isinstance(c.sql, dict) else ()
+        checks[name] = DrillChecks(files.min_count, files.sample, c.integrity_check,
+                                   () if by_database else tuple(c.sql), c.command, c.timeout,
+                                   tuple(k for k in c.model_fields_set if k != "timeout"), c.restore, by_database)
     return Drill(model.schedule.strip() if model.schedule else None, model.backup, checks)
 
 

@@ -148,11 +148,14 @@ class BackupManager:
         """Each key of ``drill.checks.<source>`` must be one that source's type can check."""
         for name, checks in self.config.drill.checks.items():
             src = self.sources[name]
-            allowed = (*src.drill_keys, "command", "timeout")
+            allowed = (*(k for k in src.drill_keys if k != "sql_by_database"), "command", "timeout")
             for key in checks.keys:
                 if key not in allowed:
                     raise ConfigError(f"backup.drill.checks.{name}.{key}: a {src.type_name} source has no such "
                                       f"check; it has: {', '.join(allowed)}")
+            if checks.sql_by_database and "sql_by_database" not in src.drill_keys:
+                raise ConfigError(f"backup.drill.checks.{name}.sql: a {src.type_name} source checks one database; "
+                                  "write its queries as a list, not as a mapping of database names")
 
     def _make_target(self, name: str, url: str, options: dict) -> Target:
         cls = self.registry.target_for(split_protocol(url))

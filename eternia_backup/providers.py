@@ -194,6 +194,8 @@ class Source(abc.ABC):
     #: ``command`` and ``timeout`` (which every source has): ``files`` (the framework's
     #: entry count and sampled hashes, for sources restored as a tree) and the keys its
     #: :meth:`drill` checks (``integrity_check``, ``sql`` ...). Others are config errors.
+    #: ``sql_by_database`` (not a key): ``sql`` may also be a mapping of database names to
+    #: queries (``checks.sql_by_database``), for a source of several databases.
     drill_keys: ClassVar[tuple[str, ...]] = ()
 
     def drill(self, restored: Path, checks) -> list:

@@ -235,6 +235,11 @@ def test_without_drills_status_says_nothing_about_them(write_config, app, cli):
     ({"checks": {"db": {"files": {"sample": 3}}}}, "backup.drill.checks.db.files: a sqlite source has no such check"),
     ({"schedule": "every sunday"}, "backup.drill.schedule: expected a 5-field cron expression"),
     ({"checks": {"db": {"sql": 5}}}, "backup.drill.checks.db.sql"),
+    ({"checks": {"db": {"restore": True}}}, "backup.drill.checks.db.restore: a sqlite source has no such check"),
+    ({"checks": {"db": {"sql": {"app": "SELECT 1"}}}},
+     "backup.drill.checks.db.sql: a sqlite source checks one database; write its queries as a list"),
+    ({"checks": {"db": {"restore": False, "sql": "SELECT 1"}}},
+     "backup.drill.checks.db.sql: the queries run in the restored scratch database, and restore is false"),
     ({"checks": {"db": {"timeout": 0}}}, "backup.drill.checks.db.timeout"),
 ])
 def test_bad_drill_config_is_refused_with_the_key(write_config, app, drill, message):

@@ -546,8 +546,15 @@ def test_the_password_is_never_in_argv_logs_or_manifests(app, new_db, cli, tmp_p
         restored = cli("-vv", "restore", "latest", "--yes", config=config)
         assert restored.returncode == 0, restored.stderr
         assert secret not in restored.stdout + restored.stderr
+        # a drill (checks not configured: the restore into a scratch database is the default) as a
+        # user that is no superuser, only CREATEDB
+        drilled = cli("-vv", "drill", "--json", config=config)
+        assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+        assert [c["name"] for c in json.loads(drilled.stdout)["checks"]] == ["restore", f"pg_restore[{db}]"]
+        assert secret not in drilled.stdout + drilled.stderr
+        assert scratches(db) == set()
     finally:
-        for name in databases(like=f"{db}%"):
+        for name in databases(like=f"{db}%") | scratches(db):
             psql(f'drop database if exists "{name}" with (force)')
         psql(f"drop role if exists {role}")
 
@@ -557,6 +564,158 @@ def test_option_errors_name_the_key(app, cli):
                                 "exclude_databases": ["b"]})
     proc = cli("config", "check", config=config)
     assert proc.returncode != 0 and "exclude_databases applies only to databases: all" in proc.stderr
+
+
+# -- restore drills -------------------------------------------------------------------------------------------
+
+
+def drill_config(app: Path, source: dict, checks: dict) -> Path:
+    return write_config(app, source, drill={"checks": {source["name"]: checks}})
+
+
+def scratches(live: str) -> set[str]:
+    """Scratch databases a drill made of database ``live`` and left on the server."""
+    return databases(like=f"eternia\\_drill\\_{live}\\_%")
+
+
+def test_a_drill_restores_each_dump_into_a_scratch_database_and_drops_it(app, database, cli):
+    config = drill_config(app, {"type": "postgres", "name": "appdb", "dsn": dsn(database)}, {
+        "sql": ["SELECT count(*) = 500 FROM orders",
+                "SELECT current_database() LIKE 'eternia_drill_%'",  # the queries ran in the scratch database
+                f"SELECT current_database() <> '{database}'"]})
+    assert cli("config", "check", config=config).returncode == 0
+    assert cli("create", config=config).returncode == 0
+    psql("insert into orders values (9999, 'after the backup')", db=database)
+    before = content(database)
+
+    out = cli("drill", "--json", config=config)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    got = {c["name"]: c for c in doc["checks"] if c["source"] == "appdb"}
+    assert set(got) == {f"pg_restore[{database}]", f"sql[0][{database}]", f"sql[1][{database}]",
+                        f"sql[2][{database}]"}
+    assert all(c["ok"] for c in got.values()), got
+    assert got[f"sql[0][{database}]"]["detail"] == f"database {database}: 'SELECT count(*) = 500 FROM orders' " \
+                                                     "returned 't'"
+    assert content(database) == before  # the live database (with its row made after the backup) as it was
+    assert scratches(database) == set()
+
+
+def test_a_false_or_failing_query_fails_the_drill_naming_database_and_query(app, new_db, cli):
+    shop, notes = new_db(), new_db()
+    psql("create table orders (id int); insert into orders values (1)", db=shop)
+    psql("create table notes (id int)", db=notes)
+    config = drill_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [shop, notes]}, {
+        "sql": ["SELECT count(*) > 0 FROM orders", "SELECT pg_sleep(30) IS NOT NULL"], "timeout": 1})
+    assert cli("create", config=config).returncode == 0
+    before = content(shop), content(notes)
+
+    out = cli("drill", "--json", config=config)
+
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert sorted(doc["failed_checks"]) == sorted([f"pg:sql[1][{shop}]", f"pg:sql[0][{notes}]",
+                                                   f"pg:sql[1][{notes}]"]), doc
+    by_name = {c["name"]: c for c in doc["checks"]}
+    assert by_name[f"pg_restore[{shop}]"]["ok"] and by_name[f"pg_restore[{notes}]"]["ok"]
+    assert by_name[f"sql[0][{shop}]"]["ok"]
+    missing = by_name[f"sql[0][{notes}]"]["detail"]
+    assert missing.startswith(f"database {notes}: 'SELECT count(*) > 0 FROM orders': ")
+    assert 'relation "orders" does not exist' in missing
+    assert "psql ran longer than its timeout of 1.0 s" in by_name[f"sql[1][{shop}]"]["detail"]
+    assert f"check 'sql[0][{notes}]' of source 'pg' failed" in out.stderr
+    assert (content(shop), content(notes)) == before
+    assert scratches(shop) == scratches(notes) == set()
+
+
+def test_sql_as_a_mapping_runs_each_database_s_own_queries(app, new_db, cli):
+    shop, notes = new_db(), new_db()
+    psql("create table orders (id int); insert into orders values (1)", db=shop)
+    psql("create table notes (id int)", db=notes)
+    config = drill_config(app, {"type": "postgres", "name": "pg", "dsn": dsn(), "databases": [shop, notes]}, {
+        "sql": {shop: ["SELECT count(*) = 1 FROM orders", "SELECT to_regclass('notes') IS NULL"],
+                notes: "SELECT count(*) = 0 FROM notes", "gone": "SELECT true"}})
+    assert cli("create", config=config).returncode == 0
+
+    doc = json.loads(cli("drill", "--json", config=config).stdout)
+
+    assert sorted((c["name"], c["ok"]) for c in doc["checks"] if c["source"]) == sorted([
+        (f"pg_restore[{shop}]", True), (f"sql[0][{shop}]", True), (f"sql[1][{shop}]", True),
+        (f"pg_restore[{notes}]", True), (f"sql[0][{notes}]", True), ("sql[gone]", False)])
+    assert doc["failed_checks"] == ["pg:sql[gone]"]
+    assert "names database gone, and the backup holds no dump of it" in doc["checks"][-1]["detail"]
+    assert scratches(shop) == scratches(notes) == set()
+
+
+def test_a_dump_pg_restore_cannot_restore_fails_the_drill(app, database, cli, tmp_path):
+    truncating = tmp_path / "pg_dump"  # archives a dump cut short, as a full disk or a bug would
+    truncating.write_text(f"#!/bin/sh\n'{PG_DUMP}' \"$@\" > '{tmp_path}/whole' || exit 1\n"
+                          f"head -c -200 '{tmp_path}/whole'\n")
+    truncating.chmod(0o755)
+    config = drill_config(app, {"type": "postgres", "name": "appdb", "dsn": dsn(database),
+                                "pg_dump": str(truncating)}, {"sql": "SELECT true"})
+    assert cli("create", config=config).returncode == 0
+    before = content(database)
+
+    out = cli("drill", "--json", config=config)
+
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert doc["failed_checks"] == [f"appdb:pg_restore[{database}]"]  # the queries need a restored database
+    detail = next(c["detail"] for c in doc["checks"] if c["name"] == f"pg_restore[{database}]")
+    assert "pg_restore exited with status 1" in detail and "end of file" in detail, detail
+    assert f"database {database} was not touched" in detail
+    assert content(database) == before
+    assert scratches(database) == set()
+
+    # restore: false only reads each dump's table of contents, which the truncated dump still has
+    listed = drill_config(app, {"type": "postgres", "name": "appdb", "dsn": dsn(database),
+                                "pg_dump": str(truncating)}, {"restore": False})
+    doc = json.loads(cli("drill", "--json", config=listed).stdout)
+    assert [(c["name"], c["ok"]) for c in doc["checks"] if c["source"]] == [(f"pg_restore_list[{database}]", True)]
+
+
+def test_a_scratch_database_of_a_killed_drill_is_dropped_by_the_next(app, database, cli):
+    import socket
+
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed, running, elsewhere = (f"eternia_drill_{database}_{what}" for what in ("killed", "running", "other"))
+    for name, comment in ((killed, f"{host} {dead.pid}"), (running, f"{host} {os.getpid()}"),
+                          (elsewhere, "db2.example 4242")):
+        psql(f"create database {name}")
+        psql(f"comment on database {name} is 'eternia-backup drill scratch database of {comment}'")
+    session = subprocess.Popen([PSQL, "-X", "-h", "127.0.0.1", "-U", "postgres", "-d", elsewhere, "-c",
+                                "select pg_sleep(60)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):  # a drill on another host is connected to its scratch database
+            if psql(f"select count(*) from pg_stat_activity where datname = '{elsewhere}'") == "1":
+                break
+            time.sleep(0.1)
+        config = drill_config(app, {"type": "postgres", "name": "appdb", "dsn": dsn(database)}, {})
+        assert cli("create", config=config).returncode == 0
+        out = cli("drill", config=config)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"dropping the scratch database {killed} of a drill that did not finish" in out.stderr
+        assert scratches(database) == {running, elsewhere}
+    finally:
+        session.kill()
+        session.wait()
+        for name in (killed, running, elsewhere):
+            psql(f"drop database if exists {name} with (force)")
+
+
+def test_drill_keys_of_a_postgres_source_are_checked(app, cli):
+    source = {"type": "postgres", "name": "pg", "dsn": dsn()}
+    proc = cli("config", "check", config=drill_config(app, source, {"integrity_check": True}))
+    assert proc.returncode != 0
+    assert ("backup.drill.checks.pg.integrity_check: a postgres source has no such check; it has: restore, sql, "
+            "command, timeout") in proc.stderr
+    proc = cli("config", "check", config=drill_config(app, source, {"restore": False, "sql": ["select 1"]}))
+    assert proc.returncode != 0 and "backup.drill.checks.pg.sql: the queries run in the restored scratch database" \
+        in proc.stderr
 
 
 # -- the conformance kit --------------------------------------------------------------------------------------

@@ -53,6 +53,11 @@ DUMP_SUFFIX = ".pgcustom"
 GLOBALS_NAME = "globals.sql"
 NAMEDATALEN = 63  # PostgreSQL's longest identifier, in bytes
 FIELD_SEPARATOR = "\x1f"  # between psql's output columns: no database or role name holds it
+#: how every dump is restored (into a new database: a restore and a drill alike); --no-owner: objects belong
+#: to the dsn's user, so a dump of another server's roles restores
+PG_RESTORE_FLAGS = ("--no-owner", "--single-transaction", "--exit-on-error")
+#: ``timeout=`` of run/query when not given: the source's ``timeout:`` option
+_OPTION = object()
 
 
 class PostgresOptions(SourceOptions):
@@ -265,18 +270,22 @@ class PostgresSource(Source):
     # -- running the client tools ------------------------------------------------------
 
     def run(self, args: list[str], *, database: str | None, doing: str, error: type[Exception],
-            outcome: str, stdout=None, check: bool = True) -> tuple[int, str]:
+            outcome: str, stdout=None, check: bool = True, timeout=_OPTION) -> tuple[int, str]:
         """Run a client tool through the framework (a stopping scheduler can cancel it); with ``check``, raise
         ``error`` naming the source, ``doing``, the cause, what to do and ``outcome`` (what was left as it was).
-        ``database=None`` connects to the dsn's database; ``""`` passes no connection at all."""
+        ``database=None`` connects to the dsn's database; ``""`` passes no connection at all. ``timeout``:
+        seconds (``None``: no limit); by default the source's ``timeout:``."""
         program = os.path.basename(args[0])
+        limit = f"timeout: {self.options.timeout} s" if timeout is _OPTION else f"its timeout of {timeout} s"
+        if timeout is _OPTION:
+            timeout = self.options.timeout
         try:
             status, stderr = run_process(self._with_dbname(args, database), shell=False, stdout=stdout,
-                                         timeout=self.options.timeout, env=child_env(self.env))
+                                         timeout=timeout, env=child_env(self.env))
         except FileNotFoundError as exc:
             raise self._not_found(exc, program, doing, outcome, error) from exc
         except subprocess.TimeoutExpired as exc:
-            raise self._timed_out(program, doing, outcome, error) from exc
+            raise self._timed_out(program, doing, outcome, error, limit) from exc
         text = stderr_tail(stderr) if stderr.strip() else ""
         if check and status != 0:
             raise self._failed(program, status, text, doing, outcome, error)
@@ -317,8 +326,9 @@ class PostgresSource(Source):
         return error(f"source {self.name!r}: {exc.filename} not found while {doing}; install the PostgreSQL "
                      f"client tools (postgresql-client) or set {program}: to its path; {outcome}")
 
-    def _timed_out(self, program: str, doing: str, outcome: str, error: type[Exception]):
-        return error(f"source {self.name!r}: {program} ran longer than timeout: {self.options.timeout} s while "
+    def _timed_out(self, program: str, doing: str, outcome: str, error: type[Exception], limit: str | None = None):
+        limit = limit or f"timeout: {self.options.timeout} s"
+        return error(f"source {self.name!r}: {program} ran longer than {limit} while "
                      f"{doing} and was stopped; {outcome}")
 
     def _failed(self, program: str, status: int, text: str, doing: str, outcome: str, error: type[Exception]):
@@ -326,12 +336,12 @@ class PostgresSource(Source):
                      f"{hint_for(text, program)}; {outcome}. {program} said: {text}")
 
     def query(self, sql: str, *, database: str | None = None, doing: str, error: type[Exception] = SourceError,
-              outcome: str = "nothing was changed") -> list[str]:
+              outcome: str = "nothing was changed", timeout=_OPTION) -> list[str]:
         """The rows of ``sql`` (psql unaligned, one string per row)."""
         with tempfile.TemporaryFile() as out:
             self.run([self.options.psql, "-X", "-q", "-t", "-A", "-F", FIELD_SEPARATOR, "-v", "ON_ERROR_STOP=1",
                       "-c", sql],
-                     database=database, doing=doing, error=error, outcome=outcome, stdout=out)
+                     database=database, doing=doing, error=error, outcome=outcome, stdout=out, timeout=timeout)
             out.seek(0)
             return [line for line in out.read().decode("utf-8", "replace").splitlines() if line]
 
@@ -396,6 +406,17 @@ class PostgresSource(Source):
                     doing="dumping the roles and tablespaces (globals: true)")
 
     # -- restore -----------------------------------------------------------------------
+
+    #: ``drill.checks.<source>``: ``restore`` (pg_restore into a scratch database, default true) and ``sql``
+    #: (a list run in every database, or a mapping of database names to queries)
+    drill_keys = ("restore", "sql", "sql_by_database")
+
+    def drill(self, restored: Path, checks) -> list:
+        """Each dump pg_restored into a scratch database on the server, the ``sql`` checks run there, then
+        dropped (``eternia_backup_postgres.drill``); the live databases are not touched."""
+        from .drill import run_drill
+
+        return run_drill(self, restored, checks)
 
     def restore_plan(self, destination: Path | None, database: str | None = None):
         if destination is not None:
@@ -494,8 +515,7 @@ class PgRestorePlan(RestorePlan):
                 scratch = derived_name(live, "restore")
                 self._create_like(scratch, live)
                 scratches.append((live, scratch))
-                source.run([source.options.pg_restore, "--no-owner", "--single-transaction", "--exit-on-error",
-                            str(dump)], database=scratch, doing=f"restoring database {live} (into {scratch})",
+                source.run([source.options.pg_restore, *PG_RESTORE_FLAGS, str(dump)], database=scratch, doing=f"restoring database {live} (into {scratch})",
                            error=RestoreError, outcome=f"database {live} was left as it was")
             self._swap(scratches)
         except BaseException:
