@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import EterniaBackupError, IntegrityError
 from .hashing import HashingReader
+from .streams import split_append, split_part
 from .timefmt import iso_utc
 
 log = logging.getLogger("eternia_backup.drill")
@@ -145,6 +146,13 @@ class SampleTap:
     def __call__(self, source: str, rel: str, member, reader):
         n = self.sizes.get(source, 0)
         if n <= 0 or member.kind != "file":
+            return reader
+        appended = split_append(rel)
+        if appended is not None:  # the file picked earlier in the chain is longer now: no longer a sample
+            picked = self.picked.get(source, [])
+            picked[:] = [p for p in picked if p.rel != appended[0]]
+            return reader
+        if split_part(rel) is not None:  # a piece of a dump, joined after staging: not a file of its own
             return reader
         k = self.seen.get(source, 0)
         self.seen[source] = k + 1

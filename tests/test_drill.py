@@ -185,8 +185,13 @@ def test_an_incremental_backup_drills_with_its_whole_tree(write_config, app):
     changed = sorted(p for p in (app / "state" / "files").rglob("*") if p.is_file() and not p.is_symlink())[0]
     changed.write_text("changed after the full backup")
     (app / "state" / "files" / "new.txt").write_text("added after the full backup")
+    with open(app / "state" / "files" / "app.log", "ab") as log:  # a log, stored as what was appended
+        log.write(b"line\n" * 300_000)
     second = mgr.create_backup()
-    assert second.manifest.is_incremental
+    with open(app / "state" / "files" / "app.log", "ab") as log:
+        log.write(b"more\n" * 1000)
+    third = mgr.create_backup()
+    assert second.manifest.is_incremental and third.manifest.sources[0].increment["appended"] == 1
 
     result = mgr.drill()
 
