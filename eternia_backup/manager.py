@@ -789,8 +789,8 @@ class BackupManager:
         self.write_metrics()
         if result.ok:
             log.info("drill %s: ok (%d checks) in %.1fs", backup_id, len(checks), result.duration)
-        else:
-            log.warning("%s", result.describe_failure())
+        else:  # each failed check was logged as a warning already
+            log.info("%s", result.describe_failure())
         call_lifecycle(self.pm, "eternia_drill_finished", result=result)
         return result
 
