@@ -21,10 +21,10 @@ import hashlib
 import json
 import logging
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from . import scratch
 from .errors import SourceError
 from .streams import split_part
 from .file_index import CTIME, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE, Cursor, IndexReader, path_key
@@ -107,7 +107,7 @@ class RemovedList:
     """Removed archive paths of every source, spooled to a private temporary file (NUL-separated)."""
 
     def __init__(self):
-        self.spool = tempfile.TemporaryFile(prefix="eternia-removed-")
+        self.spool = scratch.temporary_file("removed")
         self.size = 0
 
     def add(self, archive_path: str) -> None:
@@ -246,7 +246,7 @@ class ChainFilter:
                 for entry in entries:
                     spool = self._spools.get((entry[ORIGIN], source))
                     if spool is None:
-                        spool = self._spools[(entry[ORIGIN], source)] = tempfile.TemporaryFile(prefix="eternia-chain-")
+                        spool = self._spools[(entry[ORIGIN], source)] = scratch.temporary_file("chain")
                     spool.write(entry[PATH].encode("utf-8", "surrogateescape") + b"\0")
         finally:
             reader.close()

@@ -19,7 +19,6 @@ import mmap
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from eternia_backup.api import (
     hookimpl,
     remove_stale_siblings,
     remove_tree,
+    scratch_dir,
     sibling,
 )
 
@@ -535,7 +535,7 @@ class SqliteSource(Source):
 
     def backup(self, writer: EntryWriter) -> None:
         self.check()
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-sqlite-"))
+        workdir = scratch_dir("sqlite")  # 0700 in the state directory, never /tmp
         try:
             copy = workdir / self.path.name
             try:
