@@ -121,6 +121,8 @@ class Scheduler:
                 pending, attempts, run_at, handled = due, 0, now, due
             if pending is not None and run_at is not None and now >= run_at:
                 outcome = self._run(pending)
+                if self._stop.is_set():
+                    break  # stopping: no retry to announce
                 if outcome.status == "failed" and attempts < self.schedule.retry_attempts:
                     delay = self.schedule.retry_backoff_seconds * 2 ** attempts
                     attempts += 1

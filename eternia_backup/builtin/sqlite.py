@@ -56,6 +56,7 @@ def _connect(path: Path, *, mode: str, timeout: float = 30.0) -> sqlite3.Connect
 def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> None:
     """A consistent copy of ``src`` into the new file ``dst`` (backup API, one step: for restores)."""
     source = src if isinstance(src, sqlite3.Connection) else _connect(src, mode="rw", timeout=timeout)
+    _create_private(dst)
     target = sqlite3.connect(dst, isolation_level=None)
     try:
         source.backup(target)
@@ -127,6 +128,11 @@ RETRY_PAUSE = 0.5
 LOCK_WARNING = 0.2  # seconds
 
 
+def _create_private(dst: Path) -> None:
+    """Create the copy 0600 before SQLite opens it (it would use the umask): it holds the application's data."""
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class _Restarted(Exception):
     pass
 
@@ -175,6 +181,7 @@ def _wal_snapshot(source: sqlite3.Connection, dst: Path) -> None:
 
 def _stepped(source: sqlite3.Connection, dst: Path, *, max_restarts: int | None) -> None:
     state = {"remaining": None, "restarts": 0}
+    _create_private(dst)
     target = sqlite3.connect(dst, isolation_level=None)
     flush = os.open(dst, os.O_RDONLY)
 
