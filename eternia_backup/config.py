@@ -313,8 +313,9 @@ class BackupModel(_Model):
                                description="Prometheus metrics; see below.",
                                examples=[{"textfile": "/var/lib/node_exporter/eternia.prom"}])
     state_dir: str | None = _f("a local directory path", None, min_length=1,
-                               description="Where the lock and the last-run state are kept; default: beside the "
-                               "first local storage directory, else ~/.local/state/eternia-backup.",
+                               description="Where the lock, the last-run state and temporary files (tmp/, "
+                               "0700; never /tmp) are kept; default: beside the first local storage directory "
+                               "(.<dir>.eternia), else ~/.local/state/eternia-backup.",
                                examples=["/var/lib/eternia-backup"])
     encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
                                      description="age encryption of the archives; see below.",
