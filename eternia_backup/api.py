@@ -22,7 +22,8 @@ Helpers
     :func:`child_env`, :func:`check_cancelled`), secret masking (:func:`remember_secret`,
     :func:`redact_text`), atomic staging (:class:`DirectorySwapPlan`,
     :func:`sibling`, :func:`remove_tree`, :func:`remove_stale_siblings`,
-    :func:`fsync_dir`, :func:`make_private_dirs`), the temporary-name convention
+    :func:`fsync_dir`, :func:`make_private_dirs`), private temporary space in the
+    state directory (:func:`scratch_dir`, :func:`scratch_file`), the temporary-name convention
     (:func:`temp_name`, :func:`parse_temp_name`), extended attributes
     (:func:`read_xattrs`, :func:`xattr_namespaces_kept`).
 """
@@ -78,6 +79,8 @@ from .providers import (
     local_path_of,
 )
 from .redact import redact_text
+from .scratch import make_dir as scratch_dir
+from .scratch import temporary_file as scratch_file
 from .redact import remember as remember_secret
 from .storage import parse_temp_name, split_protocol, temp_name
 
@@ -99,4 +102,5 @@ __all__ = [
     "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "describe_os_error",
     "DirectorySwapPlan", "sibling", "remove_tree", "remove_stale_siblings", "fsync_dir", "make_private_dirs",
     "temp_name", "parse_temp_name", "split_protocol", "read_xattrs", "xattr_namespaces_kept",
+    "scratch_dir", "scratch_file",
 ]

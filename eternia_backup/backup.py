@@ -22,14 +22,13 @@ import json
 import logging
 import secrets
 import socket
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, logformat, process
+from . import __version__, logformat, process, scratch
 from .errors import BackupFailedError, EterniaBackupError, StorageError
 from .hooks import GlobalHooks, run_hook
 from .streams import PartSplitter
@@ -190,6 +189,7 @@ class _Opening:
         self.error: Exception | None = None
         self.done = threading.Event()
         self.spool = None
+        self._scratch = scratch.current_root()  # taken here: the spool may be made from another thread
         self._abandoned = False
         self._lock = threading.Lock()
         threading.Thread(target=self._open, args=(archive_file,), name=f"eternia-open-{target.name}",
@@ -212,7 +212,7 @@ class _Opening:
     def keep(self, data) -> None:
         """Keep data meant for the target until it is open (a private, unlinked temporary file)."""
         if self.spool is None:
-            self.spool = tempfile.TemporaryFile(prefix="eternia-spool-")
+            self.spool = scratch.temporary_file("spool", self._scratch)
         self.spool.write(data)
 
     def hand_over(self) -> AtomicWrite:

@@ -22,6 +22,8 @@ import difflib
 import importlib.util
 import os
 import re
+import sys
+import sysconfig
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -479,8 +481,9 @@ class BackupModel(_Model):
     log: LogModel = _f("a mapping", default_factory=LogModel, description="Log output of the CLI; see below.",
                        examples=[{"format": "json"}])
     state_dir: str | None = _f("a local directory path", None, min_length=1,
-                               description="Where the lock and the last-run state are kept; default: beside the "
-                               "first local storage directory, else ~/.local/state/eternia-backup.",
+                               description="Where the lock, the last-run state and temporary files (tmp/, "
+                               "0700; never /tmp) are kept; default: beside the first local storage directory "
+                               "(.<dir>.eternia), else ~/.local/state/eternia-backup.",
                                examples=["/var/lib/eternia-backup"])
     encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
                                      description="age encryption of the archives; see below.",
@@ -676,28 +679,66 @@ class BackupConfig:
 # -- loading ---------------------------------------------------------------------
 
 
-def find_config(path: str | os.PathLike | None = None) -> Path:
-    """The config file: ``path``, else ``$ETERNIA_BACKUP_CONFIG``, else ./eternia-backup.yaml."""
+def application_dir() -> Path | None:
+    """The directory of the application's main script (``python /srv/app/app.py``: /srv/app), or None.
+
+    None when there is no script (an interactive session) or the main module is a
+    launcher rather than the application: the ``eternia-backup`` CLI, a server such
+    as gunicorn or uvicorn, anything installed in the interpreter's scripts,
+    site-packages or standard library. Such applications pass ``base_dir``.
+    """
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if not file or (spec is not None and (spec.name or "").split(".")[0] == "eternia_backup"):
+        return None
+    directory = Path(file).resolve().parent
+    for key in ("scripts", "purelib", "platlib", "stdlib"):
+        installed = sysconfig.get_path(key)
+        if installed and directory.is_relative_to(Path(installed).resolve()):
+            return None
+    return directory
+
+
+def find_config(path: str | os.PathLike | None = None, *, base_dir: str | os.PathLike | None = None) -> Path:
+    """The config file, looked for in this order:
+
+    1. ``path`` (``--config``), relative to ``base_dir`` when that is given;
+    2. ``$ETERNIA_BACKUP_CONFIG``;
+    3. ``eternia-backup.yaml`` in ``base_dir`` when given (the application says where it lives);
+    4. otherwise ``eternia-backup.yaml`` in the current directory, then in the directory of the
+       application's main script (:func:`application_dir`), so an application started from
+       another directory (a service's ``/``) still finds the file beside it.
+    """
     if path is not None:
-        where = f"--config {path}"
+        p = Path(path).expanduser()
+        if base_dir is not None and not p.is_absolute():
+            p = Path(base_dir).expanduser() / p
+        candidates, where = [p], f"--config {path}" if base_dir is None else str(p)
     elif os.environ.get(CONFIG_ENV):
-        path = os.environ[CONFIG_ENV]
-        where = f"${CONFIG_ENV}={path}"
+        candidates, where = [Path(os.environ[CONFIG_ENV]).expanduser()], f"${CONFIG_ENV}={os.environ[CONFIG_ENV]}"
+    elif base_dir is not None:
+        candidates = [Path(base_dir).expanduser() / DEFAULT_CONFIG_NAME]
+        where = f"{candidates[0]} (base_dir; no config path and no ${CONFIG_ENV} given)"
     else:
-        path = DEFAULT_CONFIG_NAME
-        where = f"./{DEFAULT_CONFIG_NAME} (no --config and no ${CONFIG_ENV} given)"
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(
-            f"config file not found: {where}; write a starter config with `eternia-backup init`, "
-            f"or pass --config PATH or set {CONFIG_ENV}"
-        )
-    return p.resolve()
+        candidates = [Path(DEFAULT_CONFIG_NAME)]
+        app = application_dir()
+        if app is not None and app != Path.cwd().resolve():
+            candidates.append(app / DEFAULT_CONFIG_NAME)
+        where = " or ".join(f"./{c}" if not c.is_absolute() else str(c) for c in candidates) + \
+            f" (no --config and no ${CONFIG_ENV} given)"
+    for p in candidates:
+        if p.is_file():
+            return p.resolve()
+    raise ConfigError(
+        f"config file not found: {where}; write a starter config with `eternia-backup init`, "
+        f"or pass --config PATH or set {CONFIG_ENV}"
+    )
 
 
-def load_config(path: str | os.PathLike | None = None) -> BackupConfig:
-    """Find, read and validate the config file's ``backup:`` section."""
-    p = find_config(path)
+def load_config(path: str | os.PathLike | None = None, *, base_dir: str | os.PathLike | None = None) -> BackupConfig:
+    """Find (:func:`find_config`), read and validate the config file's ``backup:`` section."""
+    p = find_config(path, base_dir=base_dir)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -713,6 +754,19 @@ def load_config(path: str | os.PathLike | None = None) -> BackupConfig:
         raise ConfigError(f"{p}: no 'backup:' section; add one (`eternia-backup init --path FILE` writes an "
                           "example to copy from)")
     return parse_config(document["backup"], base_dir=p.parent, path=p)
+
+
+def config_from_mapping(mapping: Any, *, base_dir: str | os.PathLike | None = None) -> BackupConfig:
+    """A config from data already in memory: a ``backup:`` section, or a whole document holding one.
+
+    Relative paths are relative to ``base_dir``, by default the application's
+    directory (:func:`application_dir`), else the current directory.
+    """
+    if isinstance(mapping, dict) and "backup" in mapping:  # a whole document (no section has a key "backup")
+        mapping = mapping["backup"]
+    if base_dir is None:
+        base_dir = application_dir() or Path.cwd()
+    return parse_config(mapping, base_dir=base_dir)
 
 
 def parse_config(section: Any, *, base_dir: str | os.PathLike, path: Path | None = None,

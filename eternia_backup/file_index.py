@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import zstandard
 
+from . import scratch
 from .errors import EterniaBackupError, IntegrityError
 from .hashing import HashingReader, HashingWriter
 from .manifest import FileRecord
@@ -76,7 +77,7 @@ class IndexWriter:
 
     def __init__(self, backup_id: str, encryptor=None, plain_dir: Path | None = None):
         self.backup_id = backup_id
-        self.spool = tempfile.TemporaryFile(prefix="eternia-index-")
+        self.spool = scratch.temporary_file("index")
         self._hashing = HashingWriter(self.spool)
         self._encrypting = encryptor.writer(self._hashing) if encryptor is not None else None
         sink = self._encrypting if self._encrypting is not None else self._hashing
@@ -84,7 +85,10 @@ class IndexWriter:
         self._plain = self._plain_hashing = self._plain_zstd = None
         if encryptor is not None and plain_dir is not None:
             plain_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._plain = tempfile.NamedTemporaryFile(dir=plain_dir, prefix=".index-", suffix=".tmp", delete=False)
+            # made in the scratch directory (same file system: the state directory), named for its
+            # process, so a copy left by a process that died is removed by the next run
+            self._plain = tempfile.NamedTemporaryFile(dir=scratch.ROOT.get() or plain_dir, prefix=scratch.prefix("index"),
+                                                      suffix=".tmp", delete=False)
             self._plain_hashing = HashingWriter(self._plain)
             self._plain_zstd = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
                 self._plain_hashing, closefd=False)

@@ -29,10 +29,10 @@ import logging
 import os
 import re
 import stat as statmod
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from . import scratch
 from .errors import SourceError
 from .streams import append_name, split_append, split_part
 from .file_index import (APPENDS, CTIME, DIGEST, INO, KIND, LINK, MODE, MTIME, ORIGIN, PATH, SIZE, Cursor,
@@ -120,7 +120,7 @@ class RemovedList:
     """Removed archive paths of every source, spooled to a private temporary file (NUL-separated)."""
 
     def __init__(self):
-        self.spool = tempfile.TemporaryFile(prefix="eternia-removed-")
+        self.spool = scratch.temporary_file("removed")
         self.size = 0
 
     def add(self, archive_path: str) -> None:
@@ -356,7 +356,7 @@ class ChainFilter:
     def _spool(self, link_id: str, source: str):
         spool = self._spools.get((link_id, source))
         if spool is None:
-            spool = self._spools[(link_id, source)] = tempfile.TemporaryFile(prefix="eternia-chain-")
+            spool = self._spools[(link_id, source)] = scratch.temporary_file("chain")
         return spool
 
     def for_link(self, link_id: str) -> "LinkFilter":

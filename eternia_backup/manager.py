@@ -1,14 +1,17 @@
 """BackupManager: the public Python API that ties config, plugins and logic together.
 
 ``backup_manager`` is a default instance configured lazily from the config file
-(``$ETERNIA_BACKUP_CONFIG`` or ``./eternia-backup.yaml``) on first use, so the
+(``$ETERNIA_BACKUP_CONFIG``, else ``eternia-backup.yaml`` in the current directory or beside the
+application's main script) on first use, so the
 project's original snippets (``from ... import backup_manager``;
 ``backup_manager.create_backup()``, README.md) run unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import importlib
 import logging
 import os
@@ -21,8 +24,8 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from . import backup as backup_mod
-from . import catalog, cleanup, restore, verify
-from .config import BackupConfig, load_config, unknown_key_hint
+from . import catalog, cleanup, restore, scratch, verify
+from .config import BackupConfig, config_from_mapping, load_config, unknown_key_hint
 from .drill import DrillResult
 from .errors import (
     BackupFailedError,
@@ -52,6 +55,18 @@ NOTIFIERS = {
     "healthchecks": ("eternia_backup.builtin.healthchecks", "HealthchecksNotifier"),
     "apprise": ("eternia_backup.builtin.apprise_notifier", "AppriseNotifier"),
 }
+
+
+def _in_scratch(method):
+    """Run an operation with its temporary files in ``<state dir>/tmp`` (eternia_backup.scratch), after
+    removing what processes that died left there."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.scratch_space():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class BackupManager:
@@ -93,12 +108,31 @@ class BackupManager:
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
         self._metrics_server = None
+        self._signal_handlers: dict = {}  # signal -> the handler start_scheduler(handle_signals=True) replaced
         self._register_notifiers()
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike | None = None, **kwargs) -> "BackupManager":
-        """A manager for the config file at ``path`` (or found as the CLI finds it)."""
-        return cls(load_config(path), **kwargs)
+    def from_config(cls, path: str | os.PathLike | None = None, *, base_dir: str | os.PathLike | None = None,
+                    **kwargs) -> "BackupManager":
+        """A manager for the config file at ``path``, or found as the CLI finds it.
+
+        Without ``path``: ``$ETERNIA_BACKUP_CONFIG``, else ``eternia-backup.yaml`` in
+        ``base_dir`` (pass your application's directory: ``Path(__file__).parent``),
+        else in the current directory, then beside the application's main script.
+        """
+        return cls(load_config(path, base_dir=base_dir), **kwargs)
+
+    @classmethod
+    def from_dict(cls, mapping: dict, *, base_dir: str | os.PathLike | None = None, **kwargs) -> "BackupManager":
+        """A manager for a config already in memory (from the application's own settings).
+
+        ``mapping`` is the ``backup:`` section (``{"storage_path": "backups", ...}``) or a
+        whole document holding one; ``${VAR}`` is substituted as in a file. Relative paths
+        are relative to ``base_dir``, by default the directory of the application's main
+        script, else the current directory: pass ``base_dir`` under a server (gunicorn,
+        uvicorn) whose main script is not the application.
+        """
+        return cls(config_from_mapping(mapping, base_dir=base_dir), **kwargs)
 
     # -- construction ------------------------------------------------------------
 
@@ -180,12 +214,28 @@ class BackupManager:
         paths.append(self.state.path.parent.absolute())
         return tuple(dict.fromkeys(paths))
 
+    @contextlib.contextmanager
+    def scratch_space(self):
+        """Temporary files of the operation run inside go to ``<state dir>/tmp`` (0700), not /tmp.
+
+        What a process that died left there (named with its pid) is removed first;
+        what a live process (another scheduler or CLI on this state) uses is kept.
+        """
+        root = scratch.root_for(self.state.path.parent)
+        if scratch.ROOT.get() == root:
+            yield root  # already inside an operation of this manager
+            return
+        with scratch.using(root):
+            scratch.remove_stale(root)
+            yield root
+
     def config_notes(self) -> list[str]:
         """One line per thing a careful user should know about this configuration (``config check``)."""
         return [line for source in self.sources.values() for line in source.notes()]
 
     # -- operations ------------------------------------------------------------------
 
+    @_in_scratch
     def create_backup(self, *, progress: "Progress | Callable[[int], None] | None" = None, guard=None,
                       cancel=None, full: bool = False) -> backup_mod.BackupResult:
         """Back up every source to every target; returns where the backup went.
@@ -432,6 +482,7 @@ class BackupManager:
             skipped.append(f"{entry.backup_id} ({problem})")
         raise IntegrityError("no intact backup: every listed backup is damaged (see `eternia-backup list`)")
 
+    @_in_scratch
     def verify_report(self, backup: str, *, allow_older: bool = False, allow_partial_listing: bool = False,
                       progress: Progress = NO_PROGRESS) -> verify.VerifyReport:
         """Fully check one backup and report; a damaged newest backup asked for as ``latest`` is a failed report.
@@ -467,6 +518,7 @@ class BackupManager:
             raise IntegrityError(report.problem)
         return report
 
+    @_in_scratch
     def verify_all(self, *, progress: Progress = NO_PROGRESS) -> list[verify.VerifyReport]:
         """Check every copy of every backup; never raises for a damaged one."""
         listings, errors = self.listings()
@@ -488,6 +540,7 @@ class BackupManager:
         except OSError as exc:
             log.warning("could not record what reading the archives found in %s: %s", self.state.path, exc)
 
+    @_in_scratch
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
                        sources: list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
@@ -545,6 +598,7 @@ class BackupManager:
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         return result
 
+    @_in_scratch
     def list_members(self, backup: str, path: str | None = None, *, allow_partial_listing: bool = False,
                      progress: Progress = NO_PROGRESS) -> list[dict]:
         """What a backup holds (under ``path``, a ``<source>/...`` prefix), as restore would put it back.
@@ -586,6 +640,7 @@ class BackupManager:
                                       f"`eternia-backup ls {copy.backup_id}`")
         return [rows[k] for k in sorted(rows)]
 
+    @_in_scratch
     def read_file(self, backup: str, path: str, out, *, allow_partial_listing: bool = False) -> int:
         """Write the file ``path`` (``<source>/...``) of a backup to the binary stream ``out``; its size.
 
@@ -594,18 +649,15 @@ class BackupManager:
         """
         import glob
         import shutil
-        import tempfile
 
         name = path.strip("/")
         if "/" not in name:
             raise UsageError(f"--stdout {path}: name a file as <source>/<path>, e.g. files/config.json")
-        scratch_root = self.state.path.parent
-        scratch_root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".eternia-stdout-", dir=scratch_root))  # 0700
+        staging = scratch.make_dir("stdout")  # 0700, in <state dir>/tmp
         try:
-            self.restore_backup(backup, to=scratch / "r", sources=[name.split("/", 1)[0]],
+            self.restore_backup(backup, to=staging / "r", sources=[name.split("/", 1)[0]],
                                 include=[glob.escape(name)], allow_partial_listing=allow_partial_listing)
-            staged = scratch / "r" / name
+            staged = staging / "r" / name
             if staged.is_symlink() or not staged.is_file():
                 raise BackupNotFoundError(f"backup {backup} has no file {name!r}; see `eternia-backup ls`")
             size = 0
@@ -616,7 +668,7 @@ class BackupManager:
             out.flush()
             return size
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def chain_of(self, copy: catalog.BackupCopy) -> list[catalog.BackupCopy] | None:
         """The copies of an incremental backup's chain on its own target (full first, ``copy`` last); None for a full one.
@@ -641,6 +693,7 @@ class BackupManager:
 
         return journal.finish(self.journal_path, self.registry)
 
+    @_in_scratch
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None,
                         progress: Progress = NO_PROGRESS) -> Path:
         """Copy a backup (archive, file index, manifest) into local storage, verified; returns the archive's path.
@@ -878,13 +931,26 @@ class BackupManager:
                 lease.release()
             self.lock.release()
 
-    def start_scheduler(self, **kwargs) -> None:
-        """Start automated backups in a background thread; returns at once."""
+    def start_scheduler(self, *, handle_signals: bool = False, grace: float | None = 30.0, **kwargs) -> None:
+        """Start automated backups in a background thread; returns at once.
+
+        It installs no signal handler: the application stops it from its own shutdown
+        (FastAPI's lifespan, ``atexit``, a server hook; see docs/embedding.md) with
+        :meth:`stop_scheduler`. ``handle_signals=True`` (from the main thread) is for a
+        server that has no shutdown hook (wsgiref, a plain script): on SIGTERM or SIGINT
+        the scheduler is stopped (a running backup gets ``grace`` seconds, then is
+        abandoned), and then the handler that was there before runs: by default the
+        process ends as the signal says, as it would have without the scheduler.
+        """
         from .scheduler import Scheduler, SchedulerError
 
         with self._scheduler_lock:  # two threads starting at once must not make two schedulers
             if self._scheduler is not None and self._scheduler.running:
                 raise SchedulerError("the scheduler is already running; stop it before starting it again")
+            if handle_signals and threading.current_thread() is not threading.main_thread():
+                raise SchedulerError("start_scheduler(handle_signals=True) must be called from the main thread "
+                                     "(Python runs signal handlers there); otherwise call stop_scheduler() from "
+                                     "the application's shutdown (docs/embedding.md)")
             self._start_metrics_server()
             try:
                 self._scheduler = Scheduler(self, **kwargs)
@@ -892,17 +958,44 @@ class BackupManager:
             except BaseException:
                 self._stop_metrics_server()
                 raise
+            if handle_signals:
+                self._handle_signals(grace)
+
+    def _handle_signals(self, grace: float | None) -> None:
+        import signal
+
+        def handler(signum, frame):
+            log.info("signal %d: stopping the scheduler (a running backup gets %ss)", signum, grace)
+            previous = self._signal_handlers.get(signum, signal.SIG_DFL)
+            self.stop_scheduler(timeout=grace)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:  # what the signal would have done: end the process
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._signal_handlers.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, handler)
 
     def stop_scheduler(self, timeout: float | None = 30.0) -> None:
         """Stop automated backups; a running backup gets ``timeout`` seconds, then is abandoned safely.
 
-        Also closes the ``/metrics`` endpoint (``metrics.listen``).
+        Also closes the ``/metrics`` endpoint (``metrics.listen``). Safe to call more than once, and
+        from any thread. Handlers installed by ``start_scheduler(handle_signals=True)`` are put back as
+        they were (from the main thread).
         """
         try:
             if self._scheduler is not None:
                 self._scheduler.stop(timeout)
         finally:
             self._stop_metrics_server()
+        if self._signal_handlers and threading.current_thread() is threading.main_thread():
+            import signal
+
+            for signum, previous in self._signal_handlers.items():
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            self._signal_handlers.clear()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -17,10 +17,10 @@ import contextvars
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 
+from . import scratch
 from .errors import EterniaBackupError
 
 CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("eternia_cancel", default=None)
@@ -72,7 +72,7 @@ def run(args, *, shell: bool, cwd=None, stdin=None, stdout=None, timeout: float 
     cancel = CANCEL.get()
     if env is None:
         env = child_env()
-    with tempfile.TemporaryFile() as err:
+    with scratch.temporary_file("stderr") as err:
         proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err,
                                 env=env, start_new_session=True, pass_fds=pass_fds)
@@ -112,7 +112,7 @@ class CommandOutput:
         self.on_end = on_end
         self._result: tuple[int, bytes] | None = None
         self._cancel = CANCEL.get()  # a context variable: the watchdog thread would not see it
-        self._err = tempfile.TemporaryFile()
+        self._err = scratch.temporary_file("stderr")
         try:
             self.proc = subprocess.Popen(args, shell=shell, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=self._err, env=env if env is not None else child_env(),

@@ -168,6 +168,8 @@ class Scheduler:
                 continue
             if backup_due:
                 outcome = self._run(pending)
+                if self._stop.is_set():
+                    break  # stopping: no retry to announce
                 if outcome.status == "failed" and attempts < self.schedule.retry_attempts:
                     delay = self.schedule.retry_backoff_seconds * 2 ** attempts
                     attempts += 1

@@ -18,7 +18,6 @@ need (values may be ``${VAR}``), passed in its environment, never in argv.
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from eternia_backup.api import (
     hookimpl,
     redact_text,
     remove_tree,
+    scratch_dir,
     stderr_tail,
 )
 
@@ -113,12 +113,12 @@ class CommandRestorePlan(RestorePlan):
 
     def __init__(self, source: CommandSource):
         self.source = source
-        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-restore-not-prepared"
+        self.staging_dir = Path("eternia-restore-not-prepared")  # set by prepare
         self._prepared = False
         self.description = f"source {source.name!r}: pipe {source.options.filename} into {_shown(source.options.restore_command)!r}"
 
     def prepare(self) -> None:
-        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-restore-"))
+        self.staging_dir = scratch_dir(f"restore-{self.source.name}")
         self._prepared = True
 
     def replaces_existing(self) -> bool:

@@ -31,7 +31,6 @@ import posixpath
 import shutil
 import sqlite3
 import stat as statmod
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +45,7 @@ from eternia_backup.api import (
     UnreadableFileError,
     hookimpl,
     read_xattrs,
+    scratch_dir,
     xattr_namespaces_kept,
 )
 
@@ -305,7 +305,7 @@ class DirectorySource(Source):
         from eternia_backup.builtin.sqlite import remove_copy, snapshot
 
         if self._sqlite_workdir is None:
-            self._sqlite_workdir = Path(tempfile.mkdtemp(prefix="eternia-dir-sqlite-"))
+            self._sqlite_workdir = scratch_dir("dir-sqlite")
         copy = self._sqlite_workdir / "copy.db"
         try:
             snapshot(path, copy, label=f"source {self.name!r}")

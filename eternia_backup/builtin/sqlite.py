@@ -19,7 +19,6 @@ import mmap
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from eternia_backup.api import (
     hookimpl,
     remove_stale_siblings,
     remove_tree,
+    scratch_dir,
     sibling,
     sql_result_true,
 )
@@ -58,6 +58,7 @@ def _connect(path: Path, *, mode: str, timeout: float = 30.0) -> sqlite3.Connect
 def _copy(src: Path | sqlite3.Connection, dst: Path, timeout: float = 30.0) -> None:
     """A consistent copy of ``src`` into the new file ``dst`` (backup API, one step: for restores)."""
     source = src if isinstance(src, sqlite3.Connection) else _connect(src, mode="rw", timeout=timeout)
+    _create_private(dst)
     target = sqlite3.connect(dst, isolation_level=None)
     try:
         source.backup(target)
@@ -129,6 +130,11 @@ RETRY_PAUSE = 0.5
 LOCK_WARNING = 0.2  # seconds
 
 
+def _create_private(dst: Path) -> None:
+    """Create the copy 0600 before SQLite opens it (it would use the umask): it holds the application's data."""
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class _Restarted(Exception):
     pass
 
@@ -177,6 +183,7 @@ def _wal_snapshot(source: sqlite3.Connection, dst: Path) -> None:
 
 def _stepped(source: sqlite3.Connection, dst: Path, *, max_restarts: int | None) -> None:
     state = {"remaining": None, "restarts": 0}
+    _create_private(dst)
     target = sqlite3.connect(dst, isolation_level=None)
     flush = os.open(dst, os.O_RDONLY)
 
@@ -555,7 +562,7 @@ class SqliteSource(Source):
 
     def backup(self, writer: EntryWriter) -> None:
         self.check()
-        workdir = Path(tempfile.mkdtemp(prefix="eternia-sqlite-"))
+        workdir = scratch_dir("sqlite")  # 0700 in the state directory, never /tmp
         try:
             copy = workdir / self.path.name
             try:

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +41,8 @@ from eternia_backup.api import (
     remember_secret,
     remove_tree,
     run_process,
+    scratch_dir,
+    scratch_file,
     stderr_tail,
 )
 
@@ -217,7 +218,7 @@ class MysqlSource(Source):
             finally:
                 os.close(fd)
             return
-        workdir = tempfile.mkdtemp(prefix="eternia-mysql-")  # 0700; elsewhere than Linux
+        workdir = str(scratch_dir("mysql-client"))  # 0700; elsewhere than Linux
         try:
             path = os.path.join(workdir, "client.cnf")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -290,7 +291,7 @@ class MysqlSource(Source):
 
     def server_databases(self, error: type[Exception] = SourceError) -> list[str]:
         """The databases the user sees on the server (also proves the client, the server and the login work)."""
-        with tempfile.TemporaryFile() as out:
+        with scratch_file("dump") as out:
             self._run("mysql", ["--batch", "--skip-column-names", "--raw", "--execute=SHOW DATABASES"],
                       error=error, what=" (listing the databases)", stdout=out)
             out.seek(0)
@@ -479,14 +480,14 @@ class MysqlRestorePlan(RestorePlan):
             except ValueError as exc:
                 raise RestoreError(f"source {source.name!r}: {exc}") from None
         self.to_database = to_database
-        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-mysql-not-prepared"
+        self.staging_dir = Path("eternia-mysql-not-prepared")
         into = f"database {to_database}" if to_database else "its databases"
         self.description = f"source {source.name!r}: load the dumps into {into} at {source.where}"
 
     def prepare(self) -> None:
         # The client, the server and the login are checked before anything is staged or changed.
         self.source.server_databases(error=RestoreError)
-        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-mysql-restore-"))
+        self.staging_dir = scratch_dir("mysql-restore")
 
     def replaces_existing(self) -> bool:
         return True

@@ -22,7 +22,6 @@ import re
 import secrets
 import time
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -43,6 +42,8 @@ from eternia_backup.api import (
     remember_secret,
     remove_tree,
     run_process,
+    scratch_dir,
+    scratch_file,
     stderr_tail,
 )
 
@@ -338,7 +339,7 @@ class PostgresSource(Source):
     def query(self, sql: str, *, database: str | None = None, doing: str, error: type[Exception] = SourceError,
               outcome: str = "nothing was changed", timeout=_OPTION) -> list[str]:
         """The rows of ``sql`` (psql unaligned, one string per row)."""
-        with tempfile.TemporaryFile() as out:
+        with scratch_file("dump") as out:
             self.run([self.options.psql, "-X", "-q", "-t", "-A", "-F", FIELD_SEPARATOR, "-v", "ON_ERROR_STOP=1",
                       "-c", sql],
                      database=database, doing=doing, error=error, outcome=outcome, stdout=out, timeout=timeout)
@@ -441,13 +442,13 @@ class PgRestorePlan(RestorePlan):
     def __init__(self, source: PostgresSource, to_database: str | None = None):
         self.source = source
         self.to_database = to_database
-        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-pg-not-prepared"
+        self.staging_dir = Path("eternia-pg-not-prepared")
         into = f"database {to_database}" if to_database else "its databases"
         self.description = f"source {source.name!r}: pg_restore into {into} at {source.where}"
         self.label = f"source {source.name!r}"
 
     def prepare(self) -> None:
-        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-pg-restore-"))
+        self.staging_dir = scratch_dir("pg-restore")
 
     def _exists(self, database: str, maintenance: str | None = None) -> bool:
         return bool(self.source.query(f"select 1 from pg_database where datname = {literal(database)}",
@@ -531,7 +532,7 @@ class PgRestorePlan(RestorePlan):
         server = str(num // 10000) if num >= 100000 else f"{num // 10000}.{num // 100 % 100}"
         dumped = set()
         for _live, dump in dumps:
-            with tempfile.TemporaryFile() as out:
+            with scratch_file("dump") as out:
                 self.source.run([self.source.options.pg_restore, "--list", str(dump)], database="",
                                 doing=f"reading {dump.name}", error=RestoreError, outcome="nothing was changed",
                                 stdout=out)
@@ -548,7 +549,7 @@ class PgRestorePlan(RestorePlan):
     def _restore_globals(self, path: Path) -> None:
         # Not ON_ERROR_STOP: roles that exist already ("role ... already exists") are the usual case and harmless;
         # the CREATE fails, the ALTER ROLE after it still sets the backed-up attributes.
-        with tempfile.TemporaryFile() as out:
+        with scratch_file("dump") as out:
             _status, text = self.source.run([self.source.options.psql, "-X", "-q", "-f", str(path)],
                                             database=self._maintenance(set()), doing=f"running {GLOBALS_NAME}",
                                             error=RestoreError, outcome="nothing was changed", stdout=out)

@@ -42,6 +42,8 @@ from eternia_backup.api import (
     remember_secret,
     remove_tree,
     run_process,
+    scratch_dir,
+    scratch_file,
     stderr_tail,
 )
 
@@ -129,7 +131,7 @@ class RedisSource(Source):
         user = ["--user", self.user] if self.user else []
         argv = [self.options.redis_cli, "-h", self.host, "-p", str(self.port), *user, *args]
         env = child_env({"REDISCLI_AUTH": self.password} if self.password else None)
-        with tempfile.TemporaryFile() as out:
+        with scratch_file("dump") as out:
             try:
                 status, stderr = run_process(argv, shell=False, stdout=out, timeout=timeout, env=env)
             except FileNotFoundError as exc:
@@ -244,7 +246,7 @@ class RedisRestorePlan(RestorePlan):
     def __init__(self, source: RedisSource):
         self.source = source
         self.label = source.label
-        self.staging_dir = Path(tempfile.gettempdir()) / "eternia-redis-not-prepared"
+        self.staging_dir = Path("eternia-redis-not-prepared")
         self.workdir: Path | None = None  # in the server's dir: the snapshot kept for rollback
         self.target: Path | None = None  # the server's dir / dbfilename
         self.save: str | None = None  # the server's save points, off while we work
@@ -256,7 +258,7 @@ class RedisRestorePlan(RestorePlan):
         self.description = f"{self.label}: load the backup's RDB into the Redis server at {source.where}"
 
     def prepare(self) -> None:
-        self.staging_dir = Path(tempfile.mkdtemp(prefix="eternia-redis-restore-"))
+        self.staging_dir = scratch_dir("redis-restore")
 
     def replaces_existing(self) -> bool:
         return True
