@@ -57,9 +57,11 @@ def _json_logs(args) -> bool:
 
 def _say(args, message: str, level: int = logging.INFO) -> None:
     """A message for people on stderr: printed, or with --log-format json a log record (every stderr
-    line is then JSON; ``level`` decides whether it shows, as for any record)."""
+    line is then JSON). It shows whenever the text would have been printed: the logger's level
+    (WARNING without -v) does not hide it."""
     if _json_logs(args):
-        logging.getLogger("eternia_backup.cli").log(level, message)
+        logger = logging.getLogger("eternia_backup.cli")
+        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, message, None, None))
     else:
         print(message, file=sys.stderr)
 

@@ -69,6 +69,19 @@ def test_log_format_json_gives_one_parsable_object_per_line(app):
     assert proc.returncode == 2 and json_lines(proc.stderr)[0]["exit_status"] == 2
 
 
+def test_log_format_json_keeps_the_summary_a_plain_run_prints(app):
+    """Without -v, text mode prints the backup's summary line; JSON mode gives it as a record, and -q
+    silences both."""
+    config = write_section(app)
+    text = run_cli("create", config=config)
+    assert "stored (ratio" in text.stderr
+    proc = run_cli("--log-format", "json", "create", config=config)
+    [summary] = [r for r in json_lines(proc.stderr) if "stored (ratio" in r["message"]]
+    assert summary["level"] == "INFO" and summary["logger"] == "eternia_backup.cli"
+    quiet = run_cli("-q", "--log-format", "json", "create", config=config)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
 def test_log_format_json_from_the_config_and_the_command_line_wins(app):
     config = write_section(app, log={"format": "json"})
     proc = run_cli("-v", "create", config=config)
