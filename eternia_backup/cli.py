@@ -85,7 +85,7 @@ def _progress(args):
 
 def _summary_wanted(args) -> bool:
     if _json_logs(args):
-        return not args.quiet and not args.json  # an INFO record: shown with -v
+        return not args.quiet and not args.json  # an INFO record for the log shipper, one per backup
     return not args.quiet and not args.json and (sys.stderr.isatty() or args.verbose > 0)
 
 
