@@ -612,6 +612,9 @@ class _ForwardReader:
             raise OSError("a tar stream can only move forward")
         if offset < self.pos:
             raise OSError(f"a tar stream cannot go back from {self.pos} to {offset}")
+        if offset - self.pos <= len(self.buf) - self.bpos:  # inside the chunk: a member's padding
+            self.bpos += offset - self.pos
+            self.pos = offset
         while self.pos < offset:
             if not self.read_some(min(offset - self.pos, _COPY_BUFSIZE)):
                 break  # the end: tarfile's next read finds it
@@ -630,31 +633,34 @@ _KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "d
 _KIND_OF_BYTE = {t[0]: kind for t, kind in _KINDS.items()}
 _PAX_TYPE = tarfile.XHDTYPE[0]
 _NUMBER_ENDS = [7, 7, 7, 11, 11, 0]  # mode, uid, gid, size, mtime: what writers put, NUL-ended
-_HALF = bytes(i >> 1 for i in range(256))
-_ADLER_MOD = 65521
+_POSIX_MAGIC = tarfile.POSIX_MAGIC
+_NO_DEVICE = frozenset((bytes(16), b"0000000\x000000000\x00"))  # no device numbers, as ours and tarfile write
+_PAX_SEEN: dict[bytes, int] = {}  # pax header blocks checked already -> size of their records
+adler32 = zlib.adler32
 _NO_XATTRS: dict = {}  # shared by members without extended attributes; Member is frozen, nobody changes it
 _new = object.__new__
 _PARSED = None  # set by tests: a list that counts the members parsed here rather than by tarfile
 
 
-def _byte_sum(block: bytes) -> int:
-    """``sum(block)`` of a 512-byte header in C: adler32 gives the sum modulo 65521, and the sum of
-    the halved bytes (exact: at most 512 * 127) says which of the two candidates it is.
-    ``sum()`` over the bytes took 3 us of the ~20 a tiny file costs, twice per member."""
-    a = (zlib.adler32(block) & 0xFFFF) - 1
-    if a < 0:
-        a += _ADLER_MOD
-    half = (zlib.adler32(block.translate(_HALF)) & 0xFFFF) - 1
-    return a if a >= 2 * half else a + _ADLER_MOD
+def _checksum(block: bytes) -> int:
+    """tarfile's unsigned header checksum (the checksum field counted as spaces), summed in C:
+    adler32's first half is 1 + the sum of the bytes modulo 65521, exact for up to 256 bytes.
+    ``sum()`` over the bytes took 2-3 us of the ~20 a tiny file costs, twice per member."""
+    return ((adler32(block[:148]) & 0xFFFF) + (adler32(block[156:356]) & 0xFFFF)
+            + (adler32(block[356:_BLOCK]) & 0xFFFF) - 3 + 256)
 
 
-def _header_ok(block: bytes) -> bool:
-    """The header's checksum matches (unsigned, the checksum field counted as spaces), as tarfile checks."""
+def _pax_size(block: bytes) -> int | None:
+    """The size of a pax header's records (its name and times are of no use), checksum checked;
+    None when it is unusual or over 1 MiB."""
+    if block[124] >= 0x80:
+        return None
     try:
         stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
-        return False
-    return stored == _byte_sum(block) - sum(block[148:156]) + 256
+        return None
+    return size if stored == _checksum(block) and 0 <= size <= 1024 * 1024 else None
 
 
 class _TarReader(ArchiveReader):
@@ -716,45 +722,69 @@ class _TarReader(ArchiveReader):
         if len(block) != _BLOCK:
             return None
         pax = None
+        mtime_ns = None
         if block[156] == _PAX_TYPE:
-            if block[124] >= 0x80 or not _header_ok(block):
-                return None
-            try:
-                size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            except ValueError:
-                return None
-            if size > 1024 * 1024:
-                return None
-            data = stream.read(-(-size // _BLOCK) * _BLOCK)
+            size = _PAX_SEEN.get(block)  # our pax headers differ only by the size of their records
+            if size is None:
+                size = _pax_size(block)
+                if size is None:
+                    return None
+                if len(_PAX_SEEN) < 256:
+                    _PAX_SEEN[block] = size
+            padded = -(-size // _BLOCK) * _BLOCK
+            data = stream.read(padded + _BLOCK)  # the records and the member's own header
             read.append(data)
-            pax = _pax_records(data[:size]) if len(data) >= size else None
-            if pax is None:
+            if len(data) != padded + _BLOCK:
                 return None
-            block = stream.read(_BLOCK)
-            read.append(block)
-            if len(block) != _BLOCK:
-                return None
+            block = data[padded:]
+            records = data[:size]
+            # the usual records: "NN mtime=SECONDS.FRACTION\n" alone
+            space = records.find(b" ")
+            if (records[space + 1:space + 7] == b"mtime=" and records[-1] == 0x0A
+                    and records[:space].isdigit() and int(records[:space]) == size):
+                value = records[space + 7:-1]
+                sec, dot, frac = value.partition(b".")
+                if sec.isdigit() and frac.isdigit() and len(frac) <= 9:
+                    mtime_ns = int(sec) * 1_000_000_000 + int(frac.ljust(9, b"0"))
+                else:  # an unusual number: the general route
+                    pax = {"mtime": value.decode("utf-8", "surrogateescape")}
+                    mtime_ns = None
+                try:
+                    mtime = float(value)
+                except ValueError:
+                    return None
+            else:
+                pax = _pax_records(records)
+                if pax is None:
+                    return None
         kind = _KIND_OF_BYTE.get(block[156])
-        if kind is None or block[257:265] != tarfile.POSIX_MAGIC or block[345] or not _header_ok(block):
+        if kind is None or block[257:265] != _POSIX_MAGIC or block[345] or block[329:345] not in _NO_DEVICE:
+            return None  # other types, GNU or old formats, a ustar prefix, device numbers
+        stored = block[148:156]
+        try:
+            stored = int(stored[:6], 8) if stored[6] == 0 and stored[7] == 0x20 else \
+                int(stored.split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+        if stored != _checksum(block):
             return None
         fields = block[100:148].split(b"\0")
         try:
             if [len(f) for f in fields] == _NUMBER_ENDS:
-                mode, uid, gid, size, mtime = [int(f, 8) for f in fields[:5]]
+                mode, uid, gid, size, seconds = [int(f, 8) for f in fields[:5]]
             else:
-                mode, uid, gid, size, mtime = [int(block[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
-                                               for a, b in ((100, 108), (108, 116), (116, 124), (124, 136),
-                                                            (136, 148))]
+                mode, uid, gid, size, seconds = [int(block[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
+                                                 for a, b in ((100, 108), (108, 116), (116, 124), (124, 136),
+                                                              (136, 148))]
         except ValueError:
-            return None
-        if block[329:345].strip(b"\0 0"):  # device numbers: never written here
             return None
         name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         linkname = block[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") if block[157] else ""
         if kind == "file" and block[156] == 0 and name.endswith("/"):
             kind = "dir"  # an old tar's directory (tarfile reads it so too)
+        if mtime_ns is None:
+            mtime = seconds
         xattrs = _NO_XATTRS
-        mtime_ns = None
         if pax:
             for key, value in pax.items():  # as tarfile's _apply_pax_info
                 if key == "path":
@@ -764,8 +794,7 @@ class _TarReader(ArchiveReader):
                         mtime = float(value)
                     except ValueError:
                         mtime = 0
-                    else:
-                        mtime_ns = ns_from_pax(value)
+                    mtime_ns = ns_from_pax(value)
                 elif key == "linkpath":
                     linkname = value
                 elif key in ("size", "uid", "gid"):
@@ -805,7 +834,8 @@ class _TarReader(ArchiveReader):
             assert name == member.name
             if member.kind != "file":
                 raise ArchiveError(f"member {member.name!r} has no data")
-            self.stream.seek(offset_data)
+            if self.stream.pos != offset_data:
+                self.stream.seek(offset_data)
             return _DataStream(self.stream, size, name)
         info = self._current
         assert info is not None and info.name == member.name
