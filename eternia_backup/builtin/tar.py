@@ -663,7 +663,6 @@ _KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "d
           tarfile.LNKTYPE: "hardlink"}
 _KIND_OF_BYTE = {t[0]: kind for t, kind in _KINDS.items()}
 _PAX_TYPE = tarfile.XHDTYPE[0]
-_NUMBER_ENDS = [7, 7, 7, 11, 11, 0]  # mode, uid, gid, size, mtime: what writers put, NUL-ended
 _POSIX_MAGIC = tarfile.POSIX_MAGIC
 _NO_DEVICE = frozenset((bytes(16), b"0000000\x000000000\x00"))  # no device numbers, as ours and tarfile write
 _PAX_SEEN: dict[bytes, int] = {}  # pax header blocks checked already -> size of their records
@@ -798,11 +797,13 @@ class _TarReader(ArchiveReader):
             return None
         if stored != _checksum(block):
             return None
-        fields = block[100:148].split(b"\0")
         try:
-            if [len(f) for f in fields] == _NUMBER_ENDS:
-                mode, uid, gid, size, seconds = [int(f, 8) for f in fields[:5]]
-            else:
+            try:  # the fields as writers fill them: octal digits, then a NUL
+                if block[107] or block[115] or block[123] or block[135] or block[147]:
+                    raise ValueError
+                mode, uid, gid = int(block[100:107], 8), int(block[108:115], 8), int(block[116:123], 8)
+                size, seconds = int(block[124:135], 8), int(block[136:147], 8)
+            except ValueError:  # as tarfile reads them: up to a NUL, spaces stripped
                 mode, uid, gid, size, seconds = [int(block[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
                                                  for a, b in ((100, 108), (108, 116), (116, 124), (124, 136),
                                                               (136, 148))]
