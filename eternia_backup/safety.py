@@ -57,8 +57,8 @@ def _plain_name(name: str) -> bool:
     """A member name already in normal form (``source/a/b``: no empty, ``.`` or ``..`` part, no
     forbidden character), which :func:`split_member` would give back unchanged. Most names are;
     the others go through :func:`split_member`, which normalizes or refuses them."""
-    return not ("//" in name or "/." in name or "\\" in name or "\x00" in name or name.startswith(("/", "."))
-                or name.endswith("/") or name[1:2] == ":")
+    return name != "" and not ("//" in name or "/." in name or "\\" in name or "\x00" in name
+                               or name.startswith(("/", ".")) or name.endswith("/") or name[1:2] == ":")
 
 
 class MemberChecker:
