@@ -41,7 +41,7 @@ from .errors import (
     UsageError,
 )
 from .fsutil import processes_using, remove_empty_dirs
-from .increments import ChainFilter, LinkFilter, is_meta_member
+from .increments import META_DIR, ChainFilter, LinkFilter, is_meta_member
 from .streams import logical_path
 from .plans import DirectorySwapPlan
 from .plugins import call_lifecycle
@@ -264,14 +264,16 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
     touched: set[str] = set()
 
     def extract(source: str, rel: str, member, reader) -> None:
-        rel_path = logical_path(rel)  # a part of a dump, or an appended part, goes with its file
-        if (include or exclude) and not wanted_by_patterns(f"{source}/{rel_path}" if rel else source, include,
-                                                           exclude):
-            return
+        if include or exclude:
+            rel_path = logical_path(rel)  # a part of a dump, or an appended part, goes with its file
+            if not wanted_by_patterns(f"{source}/{rel_path}" if rel else source, include, exclude):
+                return
         touched.add(source)
         extractor.add(source, rel, member, tap(source, rel, member, reader) if tap is not None else reader)
 
-    read_backup(links, registry, identities, extract, selected=set(plans), progress=progress, phase="restore")
+    # a whole restore hands members straight to the extractor: no layer per member
+    visit = extract if include or exclude or tap is not None else extractor.add
+    read_backup(links, registry, identities, visit, selected=set(plans), progress=progress, phase="restore")
     extractor.finish()
     if include or exclude:  # a source nothing of which was selected is not restored (no empty directory)
         for name in [n for n in plans if n not in touched]:
@@ -349,13 +351,14 @@ def _stage(copy: BackupCopy, visit, selected: set[str] | None, registry, identit
         content = Content(hashing, manifest, compression, identities, where, read_ahead=True)
         try:
             reader = archiver.reader(content)
+            check, file_done = checker.check, progress.file_done
             for member in reader:
-                if is_meta_member(member.name):  # what the framework stores for itself (.eternia/)
-                    continue
-                source, rel = checker.check(member)
+                if member.name.startswith(META_DIR) and is_meta_member(member.name):
+                    continue  # what the framework stores for itself (.eternia/)
+                source, rel = check(member)
                 if (selected is None or source in selected) and (wanted is None or wanted.wants(source, rel)):
                     visit(source, rel, member, reader)
-                progress.file_done()
+                file_done()
             checker.finish()
             content.finish()
             hashing.drain()

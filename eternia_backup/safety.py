@@ -53,64 +53,84 @@ def link_stays_inside(relpath: str, linkname: str) -> bool:
     return not (resolved == ".." or resolved.startswith("../"))
 
 
+def _plain_name(name: str) -> bool:
+    """A member name already in normal form (``source/a/b``: no empty, ``.`` or ``..`` part, no
+    forbidden character), which :func:`split_member` would give back unchanged. Most names are;
+    the others go through :func:`split_member`, which normalizes or refuses them."""
+    return name != "" and not ("//" in name or "/." in name or "\\" in name or "\x00" in name
+                               or name.startswith(("/", ".")) or name.endswith("/") or name[1:2] == ":")
+
+
 class MemberChecker:
-    """Checks each member of one archive in order, remembering links seen."""
+    """Checks each member of one archive in order, remembering links seen.
+
+    Members are remembered by their normalized name (``source/rel``, or ``source``
+    for a source's root): for a plain name that is the member's own string, so a
+    million members cost one dict entry each, not two sets of tuples.
+    """
 
     def __init__(self, sources: list[str], where: str):
         self.sources = set(sources)
         self.where = where
         self.symlinks: dict[tuple[str, str], str] = {}  # (source, rel) -> link target
-        self.files: set[tuple[str, str]] = set()
-        self.seen: set[tuple[str, str]] = set()
-        self.parents: set[tuple[str, str]] = set()  # directories that hold a member seen so far
+        self.seen: dict[str, bool] = {}  # normalized name -> is a regular file (a hard link may point to it)
+        self.parents: set[str] = set()  # normalized names of directories that hold a member seen so far
 
     def refuse(self, why: str) -> UnsafeArchiveError:
         return UnsafeArchiveError(f"{self.where}: refused: {why}")
 
     def check(self, m: Member) -> tuple[str, str]:
-        try:
-            source, rel = split_member(m.name)
-        except UnsafeArchiveError as exc:
-            raise self.refuse(str(exc)) from None
+        name = m.name
+        if _plain_name(name):
+            key = name
+            source, _, rel = name.partition("/")
+        else:
+            try:
+                source, rel = split_member(name)
+            except UnsafeArchiveError as exc:
+                raise self.refuse(str(exc)) from None
+            key = f"{source}/{rel}" if rel else source
         if source not in self.sources:
-            raise self.refuse(f"member {m.name!r} belongs to no source of the backup")
-        if (source, rel) in self.seen:
-            raise self.refuse(f"member {m.name!r} appears twice")
-        self.seen.add((source, rel))
-        parent = rel
-        while parent and self.symlinks:
-            parent = parent.rpartition("/")[0]
-            if (source, parent) in self.symlinks:
-                raise self.refuse(f"member {m.name!r} would be written through the symlink {source}/{parent}")
-        if m.kind == "other:device":
-            raise self.refuse(f"member {m.name!r} is a device")
-        if m.kind == "other:fifo":
-            raise self.refuse(f"member {m.name!r} is a FIFO")
-        if m.kind.startswith("other"):
-            raise self.refuse(f"member {m.name!r} has an unsupported type ({m.kind[6:]})")
-        if m.kind == "symlink":
+            raise self.refuse(f"member {name!r} belongs to no source of the backup")
+        if key in self.seen:
+            raise self.refuse(f"member {name!r} appears twice")
+        kind = m.kind
+        if self.symlinks:
+            parent = rel
+            while parent:
+                parent = parent.rpartition("/")[0]
+                if (source, parent) in self.symlinks:
+                    raise self.refuse(f"member {name!r} would be written through the symlink {source}/{parent}")
+        if kind == "file":
+            if not rel:
+                raise self.refuse(f"member {name!r} replaces a source's root with a file")
+        elif kind == "symlink":
             if not rel or not link_stays_inside(rel, m.linkname):
-                raise self.refuse(f"symlink {m.name!r} -> {m.linkname!r} leads outside its source")
-            if (source, rel) in self.parents:
-                raise self.refuse(f"symlink {m.name!r} would replace a directory holding earlier members")
+                raise self.refuse(f"symlink {name!r} -> {m.linkname!r} leads outside its source")
+            if key in self.parents:
+                raise self.refuse(f"symlink {name!r} would replace a directory holding earlier members")
             self.symlinks[(source, rel)] = m.linkname
-        elif m.kind == "hardlink":
+        elif kind == "hardlink":
             try:
                 lsource, lrel = split_member(m.linkname)
             except UnsafeArchiveError:
-                raise self.refuse(f"hardlink {m.name!r} -> {m.linkname!r} leads outside the archive") from None
-            if (lsource, lrel) not in self.files or lsource != source:
-                raise self.refuse(f"hardlink {m.name!r} -> {m.linkname!r} does not point to an earlier file of its source")
-        elif m.kind == "file":
-            if not rel:
-                raise self.refuse(f"member {m.name!r} replaces a source's root with a file")
-            self.files.add((source, rel))
-        parent = rel
-        while parent:
+                raise self.refuse(f"hardlink {name!r} -> {m.linkname!r} leads outside the archive") from None
+            if lsource != source or not self.seen.get(f"{lsource}/{lrel}" if lrel else lsource):
+                raise self.refuse(f"hardlink {name!r} -> {m.linkname!r} does not point to an earlier file of its source")
+        elif kind == "other:device":
+            raise self.refuse(f"member {name!r} is a device")
+        elif kind == "other:fifo":
+            raise self.refuse(f"member {name!r} is a FIFO")
+        elif kind.startswith("other"):
+            raise self.refuse(f"member {name!r} has an unsupported type ({kind[6:]})")
+        self.seen[key] = kind == "file"
+        parents = self.parents
+        parent = key
+        while "/" in parent:
             parent = parent.rpartition("/")[0]
-            if (source, parent) in self.parents:
+            if parent in parents:
                 break  # and so are its own parents
-            self.parents.add((source, parent))
+            parents.add(parent)
         return source, rel
 
     def finish(self) -> None:
@@ -149,6 +169,8 @@ class MemberChecker:
         return False
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_PIECE = ".eternia-"  # in the name of a dump's part or of an appended part (eternia_backup.streams)
 _BLOCK = 4096  # the unit holes are made of: a filesystem block on ext4/xfs/btrfs
 _ZERO_CHUNK = bytes(_COPY)
 _SETID = statmod.S_ISUID | statmod.S_ISGID
@@ -161,60 +183,80 @@ class Extractor:
     ``keep_setid`` keeps setuid/setgid bits (and file capabilities); the caller
     allows it only as root restoring in place. Otherwise they are stripped and
     :meth:`finish` logs one warning line saying how many and where.
+
+    Paths are plain strings here (pathlib cost more per tiny file than its write),
+    and a plain file is created with its final mode when the kernel gives it that
+    mode (see :meth:`_creatable`): open, write, set mtime, close.
     """
 
     def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False):
         self.staging = staging
+        self.roots = {name: os.fspath(path) for name, path in staging.items()}
         self.where = where
         self.keep_setid = keep_setid
-        self.dirs: list[tuple[Path, Member]] = []
-        self.links: list[tuple[Path, Member]] = []
+        self.dirs: list[tuple[str, Member]] = []
+        self.links: list[tuple[str, Member]] = []
         self.root_is_owner = os.geteuid() == 0
         self.xattr_namespaces = ("user.", "trusted.", "security.") if self.root_is_owner else ("user.",)
         self.stripped: list[str] = []  # members whose setid bits were stripped
         self.xattr_failures: list[str] = []  # "member: name (reason)"
-        self.made_dirs: set[Path] = set()  # staging directories known to exist (no mkdir per file)
+        self.made_dirs: set[str] = set()  # staging directories known to exist (no mkdir per file)
         #: parts of dumps archived in pieces (eternia_backup.streams), joined in finish()
-        self.parts: dict[Path, list[tuple[int, Path, Member]]] = {}
+        self.parts: dict[Path, list[tuple[int, str, Member]]] = {}
+        #: per staging root: the permission bits a file created there keeps of the mode it is created
+        #: with, and the owner it gets (see _creatable)
+        self.created: dict[str, tuple[int, int, int]] = {}
 
-    def _path(self, source: str, rel: str) -> Path:
-        return self.staging[source] / rel if rel else self.staging[source]
+    def _path(self, source: str, rel: str) -> str:
+        return f"{self.roots[source]}/{rel}" if rel else self.roots[source]
 
     def add(self, source: str, rel: str, m: Member, reader) -> None:
-        if source not in self.staging:
+        root = self.roots.get(source)
+        if root is None:
             return  # a source not being restored
-        dest = self._path(source, rel)
-        if m.kind == "dir":
-            if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-                raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} is a directory and also another entry")
+        dest = f"{root}/{rel}" if rel else root
+        kind = m.kind
+        if kind == "file":
+            part = None
+            if _PIECE in rel:  # a dump in parts, or what an incremental appended (rare: one test first)
+                appended = split_append(rel)
+                if appended is not None:
+                    self._append(self._path(source, appended[0]), appended[1], reader.open_member(m), m)
+                    return
+                part = split_part(rel)
+            parent = dest.rpartition("/")[0]
+            if parent not in self.made_dirs:
+                self._make_dir(parent)
+            self._write(dest, root, reader.open_member(m), m)
+            if part is not None:
+                whole = Path(parent) / posixpath.basename(part[0])
+                self.parts.setdefault(whole, []).append((part[1], dest, m))
+        elif kind == "dir":
+            try:
+                st = os.lstat(dest)
+            except FileNotFoundError:
+                pass
+            else:
+                if not statmod.S_ISDIR(st.st_mode):
+                    raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} is a directory and also another entry")
             self._make_dir(dest)
             self.dirs.append((dest, m))
-        elif m.kind == "file":
-            appended = split_append(rel)
-            if appended is not None:
-                self._append(self._path(source, appended[0]), appended[1], reader.open_member(m), m)
-                return
-            self._make_dir(dest.parent)
-            self._write(dest, reader.open_member(m), m)
-            part = split_part(rel)
-            if part is not None:
-                self.parts.setdefault(dest.with_name(posixpath.basename(part[0])), []).append((part[1], dest, m))
-        elif m.kind == "hardlink":
+        elif kind == "hardlink":
             self._link(source, dest, m)
-        elif m.kind == "symlink":
+        elif kind == "symlink":
             self.links.append((dest, m))
 
-    def _make_dir(self, path: Path) -> None:
+    def _make_dir(self, path: str) -> None:
         if path not in self.made_dirs:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
             self.made_dirs.add(path)
 
-    def _link(self, source: str, dest: Path, m: Member) -> None:
+    def _link(self, source: str, dest: str, m: Member) -> None:
         """A hard link to an earlier file of the same source (MemberChecker made sure of both)."""
         lsource, lrel = split_member(m.linkname)
         if lsource != source:
             raise UnsafeArchiveError(f"{self.where}: refused: hardlink {m.name!r} leaves its source")
-        self._make_dir(dest.parent)
+        self._make_dir(dest.rpartition("/")[0])
         try:
             # Staging holds no symlink yet (they are made in finish()), so no
             # component of either path can lead elsewhere.
@@ -229,30 +271,75 @@ class Extractor:
             mode &= ~_SETID
         return mode
 
-    def _write(self, dest: Path, src, m: Member) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    def _creatable(self, root: str) -> tuple[int, int, int]:
+        """(permission bits, uid, gid) a file created under ``root`` gets: which bits of its creation
+        mode it keeps, and its owner.
+
+        The kernel masks a new file's mode with the umask, or with the directory's
+        default ACL where it has one (inherited by every directory made under the
+        staging root). Both keep a fixed subset of the bits; a probe file created
+        with 0o777 shows which. A mode inside that subset needs no chmod after
+        the create; any other (setid, sticky, bits the mask drops) still gets one.
+        The owner is ours, the group ours or the directory's (setgid directories,
+        inherited too): as root, a member owned so needs no chown either.
+        """
+        found = self.created.get(root)
+        if found is None:
+            probe = f"{root}/..eternia-mode-probe-{os.getpid()}"
+            try:
+                fd = os.open(probe, _CREATE, 0o777)
+            except OSError:
+                found = (0, -1, -1)  # always chmod (and chown as root)
+            else:
+                try:
+                    st = os.fstat(fd)
+                    found = (statmod.S_IMODE(st.st_mode) & 0o777, st.st_uid, st.st_gid)
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+            self.created[root] = found
+        return found
+
+    def _write(self, dest: str, root: str, src, m: Member) -> None:
+        mode = statmod.S_IMODE(m.mode)
+        if mode & _SETID:
+            mode = self._mode(m)
+        # Created with its final mode when nothing follows that needs more (an owner change
+        # as root, which clears setid bits; xattrs, which need write permission on the file).
+        # As root, a member owned as the new file already is needs no chown.
+        created = self.created.get(root) or self._creatable(root)
+        final = (not mode & ~created[0] and not m.xattrs
+                 and (not self.root_is_owner or (m.uid == created[1] and m.gid == created[2])))
         try:
-            fd = os.open(dest, flags, 0o600)
+            fd = os.open(dest, _CREATE, mode if final else 0o600)
         except FileExistsError:
             raise UnsafeArchiveError(f"{self.where}: refused: member {m.name!r} appears twice") from None
         try:
-            if m.size < _BLOCK:  # no whole block that could be a hole: one write (most files of a tree)
-                _write_all_fd(fd, src, m.size)
+            size = m.size
+            if size < _BLOCK:  # no whole block that could be a hole: one write (most files of a tree)
+                if size:
+                    data = src.read(size)
+                    if len(data) != size:  # the archive stream gave it in pieces
+                        _write_all_fd(fd, src, size, data)
+                    elif (n := os.write(fd, data)) != size:  # a short write: a full disk, a signal
+                        _write_view(fd, memoryview(data)[n:])
             else:
                 with os.fdopen(fd, "wb", buffering=0, closefd=False) as out:
                     size, ends_in_hole = _write_sparse(out, src)
                     if ends_in_hole:
                         out.truncate(size)  # a file ending in a hole gets its length
-            if self.root_is_owner:
-                os.fchown(fd, m.uid, m.gid)  # first: chown clears setid bits and capabilities
-            if m.xattrs:
-                self._set_xattrs(fd, m)
-            os.fchmod(fd, self._mode(m))
-            _set_mtime(fd, m)
+            if not final:
+                if self.root_is_owner:
+                    os.fchown(fd, m.uid, m.gid)  # first: chown clears setid bits and capabilities
+                if m.xattrs:
+                    self._set_xattrs(fd, m)
+                os.fchmod(fd, mode)
+            ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
+            os.utime(fd, ns=(ns, ns))
         finally:
             os.close(fd)
 
-    def _append(self, dest: Path, offset: int, src, m: Member) -> None:
+    def _append(self, dest: str, offset: int, src, m: Member) -> None:
         """What an incremental backup stored as appended to a file: the file, staged from the chain's
         earlier archives (read oldest first), must be a plain file of exactly ``offset`` bytes."""
         try:
@@ -261,7 +348,7 @@ class Extractor:
             fd = None
         try:
             if fd is None or not statmod.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size != offset:
-                raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} appends to {dest.name} at byte "
+                raise UnsafeArchiveError(f"{self.where}: refused: {m.name!r} appends to {os.path.basename(dest)} at byte "
                                          f"{offset}, but the chain's earlier archives do not give a file of "
                                          "that size there")
             while chunk := src.read(_COPY):
@@ -320,14 +407,14 @@ class Extractor:
         for dest, m in self.links:
             if os.path.lexists(dest):
                 raise UnsafeArchiveError(f"{self.where}: refused: symlink {m.name!r} would replace another entry")
-            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             os.symlink(m.linkname, dest)
             try:
                 _set_mtime(dest, m)
             except (NotImplementedError, OSError):
                 pass
-        for dest, m in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
-            self._set_xattrs(str(dest), m)
+        for dest, m in sorted(self.dirs, key=lambda d: d[0].count("/"), reverse=True):
+            self._set_xattrs(dest, m)
             if self.root_is_owner:
                 os.chown(dest, m.uid, m.gid, follow_symlinks=False)
             os.chmod(dest, statmod.S_IMODE(m.mode))
@@ -377,16 +464,22 @@ def _write_sparse(out, src) -> tuple[int, bool]:
     return size, hole_at_end
 
 
-def _write_all_fd(fd: int, src, size: int) -> None:
-    """Copy the ``size`` bytes of a small member with plain writes."""
-    while size > 0:
+def _write_all_fd(fd: int, src, size: int, first: bytes = b"") -> None:
+    """Copy the ``size`` bytes of a small member with plain writes; ``first``: its first bytes, read already."""
+    chunk = first
+    while True:
+        size -= len(chunk)
+        _write_view(fd, memoryview(chunk))
+        if size <= 0:
+            break
         chunk = src.read(size)
         if not chunk:
             break
-        size -= len(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
+
+
+def _write_view(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _write_all(out, data) -> None:

@@ -111,6 +111,8 @@ class PartSplitter:
         self._part_size = part_size
         self.exact_metadata = getattr(inner, "exact_metadata", False)
         self.str_paths = getattr(inner, "str_paths", False)
+        # called per entry: bound here, not looked up through __getattr__ each time
+        self.add_file, self.add_directory, self.add_symlink = inner.add_file, inner.add_directory, inner.add_symlink
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)

@@ -79,3 +79,24 @@ def test_headers_are_what_tarfile_writes(name, kind, mode, uid, gid, size, mtime
     info.linkname, info.uname, info.gname, info.pax_headers = linkname, "", "", dict(pax)
     assert _header(name, kind, mode, uid, gid, size, mtime, linkname, pax) == \
         info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("name, mode, uid, gid, size, mtime_ns", [
+    ("src/a.txt", 0o644, 1000, 1000, 5, 1_700_000_000_123_456_789),
+    ("src/a.txt", 0o100644, 0, 0, 0, 1_700_000_000_000_000_000),  # a whole second: no pax record
+    ("src/a.txt", 0o4755, 0, 0, 200, 1_700_000_000_100_000_000),  # trailing zeros dropped
+    ("src/" + "x" * 96, 0o600, 0, 0, 1, 1),  # 100 characters, 1 ns after the epoch
+    ("src/" + "x" * 97, 0o600, 0, 0, 1, 5_000_000_001),  # 101: left to _header (a pax path record)
+    ("src/ünï.txt", 0o600, 0, 0, 3, 7),  # not ASCII: left to _header
+    ("src/big", 0o644, 2**21 + 5, 0, 1, 1),  # a uid that needs pax: left to _header
+])
+def test_the_plain_file_header_is_the_general_one(name, mode, uid, gid, size, mtime_ns):
+    """_file_header (the tiny-file fast path) gives exactly what _header gives, or leaves it to it."""
+    from eternia_backup.builtin.tar import _SectionWriter, _file_header, _header
+
+    general = _header(name, tarfile.REGTYPE, mode & 0o7777, uid, gid, size, mtime_ns // 1_000_000_000, "",
+                      _SectionWriter._records(mtime_ns, None))
+    fast = _file_header(name, mode, uid, gid, size, mtime_ns)  # the pax block of this size is known now
+    assert fast is None or fast == general
+    if name.isascii() and len(name) <= 100 and uid < 8**7:
+        assert fast == general

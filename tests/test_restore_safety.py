@@ -582,3 +582,18 @@ def test_sqlite_restore_does_not_write_through_a_symlink_in_the_destination(worl
     assert file_fingerprint(str(victim_db)) == victim_before
     assert sorted(os.listdir(world.outside)) == ["app.db", "victim.txt"]
     world.assert_untouched(before)
+
+
+@pytest.mark.parametrize("name", [
+    "src/a", "src", "src/a/b.txt", "src/.hidden", "src/./a", "src/../x", "./src/a", "src//a", "src/a/",
+    "/src/a", "C:/x", "src/a\\b", "src/a\x00b", "..", ".", "", "src/..", "src/a/..", "src/a.", "src/a..b",
+    ".eternia/x", "src/ünï", "s:rc/a",
+])
+def test_the_plain_name_shortcut_agrees_with_split_member(name):
+    """MemberChecker skips split_member for names already in normal form: only for names it would
+    give back unchanged."""
+    from eternia_backup.safety import _plain_name, split_member
+
+    if _plain_name(name):
+        source, _, rel = name.partition("/")
+        assert split_member(name) == (source, rel)
