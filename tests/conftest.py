@@ -17,6 +17,17 @@ from make_state import make_state  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _each_test_starts_with_no_remembered_secret():
+    """Values a test's config marked as secrets (``${VAR}`` values, passwords) are masked in every later
+    log line of the process; forget them after the test, so that a path one test took from a variable
+    (``backups``) is not masked in another's messages (the CLI in a new process starts empty too)."""
+    saved = set(_redact._known)
+    yield
+    _redact._known.clear()
+    _redact._known.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path_factory):
     """No test sees the developer's config or plugin blocks, or shares a state directory.
 
