@@ -9,7 +9,10 @@ would let anyone move backups away.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 import stat as statmod
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +31,26 @@ from eternia_backup.api import (
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
+#: how much of a file is written before the kernel is asked to start writing it to disk
+WRITEBACK_STEP = 16 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
+
+
+def _sync_file_range():
+    """Linux's sync_file_range(2), or None (other systems, or libc without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_start_writeback = _sync_file_range()
+
 
 class LocalAtomicWrite(AtomicWrite):
     def __init__(self, directory: Path, filename: str):
@@ -37,9 +60,19 @@ class LocalAtomicWrite(AtomicWrite):
         os.fchmod(fd, FILE_MODE)  # whatever the umask
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._done = False
+        self._written = 0
+        self._flushed = 0  # bytes whose writeback was started
 
     def write(self, data) -> int:
-        return self._file.write(data)
+        n = self._file.write(data)
+        self._written += n
+        if self._written - self._flushed >= WRITEBACK_STEP and _start_writeback is not None:
+            # The disk writes the archive while the rest is made, so the fsync of the commit
+            # waits for the last few megabytes, not for all of them (the fsync still decides).
+            _start_writeback(self._file.fileno(), self._flushed, self._written - self._flushed,
+                             _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._written
+        return n
 
     def commit(self) -> None:
         self._file.flush()
