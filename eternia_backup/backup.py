@@ -39,7 +39,6 @@ from .plugins import call_lifecycle
 from .progress import Progress, as_progress
 from .providers import Archiver, AtomicWrite, Compression, Source, Target, local_path_of
 from .storage import describe_os_error
-from .writebehind import WriteBehind
 
 log = logging.getLogger("eternia_backup.backup")
 
@@ -405,7 +404,6 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     failures: dict[str, str] = {}
     fan = _FanOut({}, failures, by_name)
     encrypting = None
-    behind = None
     parent = increment.parent if increment is not None else None
     index = None
     if increment is not None:
@@ -428,9 +426,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         if encryptor is not None:  # compress, then encrypt, then hash what is stored
             encrypting = sink = encryptor.writer(fan)
         compressor = compression.compressor(sink, level)
-        # compressing, hashing and storing run in a thread of their own, beside the reading of the sources
-        behind = WriteBehind(compressor)
-        counter = _CountingWriter(behind, progress, cancel)
+        counter = _CountingWriter(compressor, progress, cancel)
         records: list[SourceRecord] = []
         if parent is not None:
             base = _BaseSections(increment.open_parent_index())
@@ -460,7 +456,6 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
                                                 mtime=created.timestamp())
         hooks.after()  # every source is read: the application may write again while the rest is stored
         base.close()
-        behind.close()
         compressor.close()
         if encrypting is not None:
             encrypting.close()
@@ -486,8 +481,6 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             hooks.after()  # resume writes first, whatever failed
         except Exception as after_error:
             log.warning("%s", after_error)
-        if behind is not None:  # first: its thread writes to the compressor and the targets
-            behind.abort()
         base.close()
         if encrypting is not None:
             encrypting.abort()
