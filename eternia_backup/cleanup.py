@@ -33,6 +33,7 @@ from .errors import EterniaBackupError, IntegrityError
 from .manifest import archive_stem
 from .providers import Target, UploadCleanup
 from .retention import Candidate, plan_retention
+from .scratch import pid_alive
 from .storage import parse_temp_name
 from .verify import check_size, check_stored_archive
 
@@ -136,16 +137,6 @@ class CleanupResult:
                 "targets": [t.to_dict() for t in self.targets]}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _writer(parsed: tuple[str, str, int] | None, here: str) -> tuple[str | None, bool]:
     """(who wrote it, for people; whether that writer is known to be dead)."""
     if parsed is None:
@@ -153,7 +144,7 @@ def _writer(parsed: tuple[str, str, int] | None, here: str) -> tuple[str | None,
     _, host, pid = parsed
     if host != here:
         return f"{host}:{pid} (other host)", False
-    dead = not _pid_alive(pid)
+    dead = not pid_alive(pid)
     return f"{host}:{pid} ({'dead' if dead else 'running'})", dead
 
 

@@ -114,7 +114,8 @@ def owner(name: str) -> tuple[str, int] | None:
     return (m["host"], int(m["pid"])) if m else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -166,7 +167,7 @@ def is_stale(path: Path, *, now: float | None = None) -> bool:
         return now - _newest_mtime(path) > FOREIGN_GRACE_SECONDS
     if pid == os.getpid():
         return False  # ours: another thread of this process may be using it
-    if not _alive(pid):
+    if not pid_alive(pid):
         return True
     started = _started(pid)
     return started is not None and started > made + 1.0  # the pid was reused since

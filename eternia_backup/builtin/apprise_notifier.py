@@ -11,24 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from eternia_backup.api import ConfigError, redact_text
+from eternia_backup.api import ConfigError, RedactingFilter
 from eternia_backup.builtin.notifying import Event, Notifier
 
 TYPES = {"start": "info", "success": "success", "warning": "warning", "failure": "failure"}
-
-
-class _Redact(logging.Filter):
-    """apprise logs its own failures, sometimes with a URL: mask the tokens in them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
 
 
 class AppriseNotifier(Notifier):
@@ -42,8 +28,8 @@ class AppriseNotifier(Notifier):
             raise ConfigError(f"{spec.key}: needs the apprise package; install it with "
                               "`pip install 'eternia-backup[apprise]'`") from None
         apprise_logger = logging.getLogger("apprise")
-        if not any(isinstance(f, _Redact) for f in apprise_logger.filters):
-            apprise_logger.addFilter(_Redact())
+        if not any(isinstance(f, RedactingFilter) for f in apprise_logger.filters):
+            apprise_logger.addFilter(RedactingFilter())
         self.apprise = apprise.Apprise()
         for i, url in enumerate(spec.urls):
             if not self.apprise.add(url):
