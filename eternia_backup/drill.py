@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -165,23 +164,6 @@ class SampleTap:
             return reader
         picked[j] = _Picked(rel, member)
         return _HashingReader(reader, picked[j])
-
-
-def remove_scratch(path: Path) -> None:
-    """Remove a scratch tree whatever modes the restored directories have (a 0500 one too)."""
-    def retry(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=retry)
 
 
 def expected_entries(record) -> int:

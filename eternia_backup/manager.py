@@ -38,6 +38,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
+from .fsutil import remove_tree
 from .locks import LocalLock
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .progress import NO_PROGRESS, Progress, ProgressReader
@@ -648,7 +649,6 @@ class BackupManager:
         unless the archives it came from matched their checksums.
         """
         import glob
-        import shutil
 
         name = path.strip("/")
         if "/" not in name:
@@ -668,7 +668,8 @@ class BackupManager:
             out.flush()
             return size
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a leftover goes with the next operation after this process
+                remove_tree(staging)
 
     def chain_of(self, copy: catalog.BackupCopy) -> list[catalog.BackupCopy] | None:
         """The copies of an incremental backup's chain on its own target (full first, ``copy`` last); None for a full one.
@@ -811,7 +812,7 @@ class BackupManager:
         backup_id, checks, error = wanted, [], None
         announced = False
         try:
-            drill_mod.remove_scratch(scratch)  # a drill killed before it cleaned up
+            remove_tree(scratch)  # a drill killed before it cleaned up
             from .fsutil import make_private_dirs
 
             make_private_dirs(scratch)
@@ -828,7 +829,7 @@ class BackupManager:
             error = str(exc)
         finally:
             try:
-                drill_mod.remove_scratch(scratch)
+                remove_tree(scratch)
             except OSError as exc:
                 log.warning("drill: could not remove the scratch copy %s: %s; the next drill removes it",
                             scratch, exc)

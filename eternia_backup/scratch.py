@@ -30,14 +30,13 @@ import contextvars
 import logging
 import os
 import re
-import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from .fsutil import make_private_dirs
+from .fsutil import make_private_dirs, remove_tree
 
 log = logging.getLogger("eternia_backup.scratch")
 
@@ -188,10 +187,7 @@ def remove_stale(root: Path) -> list[Path]:
         if not is_stale(path):
             continue
         try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            remove_tree(path)
         except FileNotFoundError:
             continue
         except OSError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -298,3 +299,43 @@ def test_the_readme_drill_example_passes_on_the_example_app(app, cli):
     assert out.returncode == 0, out.stdout + out.stderr
     names = {(c["source"], c["name"]) for c in json.loads(out.stdout)["checks"]}
     assert {("files", "min_count"), ("files", "command"), ("db", "sql[0]"), ("db", "integrity_check")} <= names
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a tree as another user; needs root to hand it over")
+def test_a_restored_read_only_tree_is_removed_by_a_user_who_is_not_root(tmp_path):
+    """Root may remove anything, so the 0500 test above passes as root whatever remove_tree does;
+    an ordinary user cannot delete what a read-only directory holds without opening it up first."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="eternia-ro-"))
+    try:
+        os.chmod(base, 0o755)
+        tree = base / "scratch"
+        (tree / "files" / "locked").mkdir(parents=True)
+        (tree / "files" / "locked" / "a.txt").write_text("restored")
+        (tree / "outside-kept").mkdir()
+        for p in [tree, *tree.rglob("*")]:
+            os.chown(p, nobody, nobody)
+        (tree / "files" / "locked").chmod(0o500)
+        (tree / "files").chmod(0o555)
+        # the test's interpreter lives where that user may not go: the system's runs fsutil by its path
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None:
+            pytest.skip("no system python3 for another user")
+        fsutil = base / "fsutil.py"
+        shutil.copy(Path(__file__).parent.parent / "eternia_backup" / "fsutil.py", fsutil)
+        os.chmod(fsutil, 0o644)
+        code = ("import sys, importlib.util as u; from pathlib import Path; "
+                "s = u.spec_from_file_location('fsutil', sys.argv[1]); m = u.module_from_spec(s); "
+                "s.loader.exec_module(m); m.remove_tree(Path(sys.argv[2]))")
+        proc = subprocess.run([python, "-c", code, str(fsutil), str(tree / "files")], user=nobody,
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(base)})
+        assert proc.returncode == 0, proc.stderr
+        assert not (tree / "files").exists()
+        assert (tree / "outside-kept").is_dir()
+        assert (tree.stat().st_mode & 0o777) == 0o755  # the parent outside the removed tree keeps its mode
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
