@@ -79,6 +79,7 @@ from .providers import (
     local_path_of,
 )
 from .redact import RedactingFilter, redact_text
+from .sizes import human_size
 from .scratch import make_dir as scratch_dir
 from .scratch import temporary_file as scratch_file
 from .redact import remember as remember_secret
@@ -99,7 +100,7 @@ __all__ = [
     "EterniaBackupError", "ConfigError", "PluginError", "SourceError", "UnreadableFileError",
     "ArchiveError", "StorageError", "BackupNotFoundError", "IntegrityError", "RestoreError", "Cancelled",
     # helpers
-    "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "RedactingFilter", "describe_os_error",
+    "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "RedactingFilter", "human_size", "describe_os_error",
     "DirectorySwapPlan", "sibling", "remove_tree", "remove_stale_siblings", "fsync_dir", "make_private_dirs",
     "temp_name", "parse_temp_name", "split_protocol", "read_xattrs", "xattr_namespaces_kept",
     "scratch_dir", "scratch_file",

@@ -29,22 +29,12 @@ from .errors import (
     UsageError,
 )
 from .logformat import FORMATS, make_handler
+from .sizes import human_size
 from .timefmt import display_zone, for_people
 
 log = logging.getLogger("eternia_backup")
 
 JSON_VERSION = 1
-
-
-def _human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -116,8 +106,8 @@ def cmd_create(mgr, args) -> int:
                 unchanged = sum((s.increment or {}).get("unchanged", 0) for s in m.sources)
                 removed = sum((s.increment or {}).get("removed", 0) for s in m.sources)
                 kind = f"incremental on top of {m.parent} ({unchanged} unchanged, {removed} removed), "
-            _say(args, f"backup {result.backup_id}: {kind}{files} files, {_human_size(m.archive.content_size)} in, "
-                 f"{_human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s")
+            _say(args, f"backup {result.backup_id}: {kind}{files} files, {human_size(m.archive.content_size)} in, "
+                 f"{human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s")
     if result.warning_count:
         _print_backup_warnings(args, result)
         return EXIT_WARNINGS
@@ -162,7 +152,7 @@ def cmd_list(mgr, args) -> int:
                     state += " (kept only as a base)"
                 kind = "?" if m is None else ("incr" if m.is_incremental else "full")
                 rows.append((e.backup_id, for_people(e.created_at, zone) if e.created_at else "?", kind,
-                             _human_size(m.archive.size if m else None), sources, state, where))
+                             human_size(m.archive.size if m else None), sources, state, where))
             widths = [max(len(r[i]) for r in rows) for i in range(6)]
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
@@ -194,9 +184,9 @@ def cmd_verify(mgr, args) -> int:
             print("no backups to verify")
         for r in reports:
             if r.ok and r.note:
-                print(f"ok       {r.backup_id}  {_human_size(r.size)}  {r.url}  ({r.note})")
+                print(f"ok       {r.backup_id}  {human_size(r.size)}  {r.url}  ({r.note})")
             elif r.ok:
-                print(f"ok       {r.backup_id}  {_human_size(r.size)}, {r.entries} entries  {r.url}")
+                print(f"ok       {r.backup_id}  {human_size(r.size)}, {r.entries} entries  {r.url}")
             else:
                 print(f"DAMAGED  {r.backup_id}  {r.problem}")
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
@@ -255,7 +245,7 @@ def cmd_ls(mgr, args) -> int:
         when = for_people(r["mtime"], zone)
         link = f" -> {r['link']}" if r["link"] and r["type"] == "symlink" else ""
         kind = {"dir": "d", "symlink": "l", "hardlink": "h"}.get(r["type"], "-")
-        print(f"{kind}{r['mode']}  {_human_size(r['size']) if r['type'] == 'file' else '-':>10}  {when}  "
+        print(f"{kind}{r['mode']}  {human_size(r['size']) if r['type'] == 'file' else '-':>10}  {when}  "
               f"{r['path']}{'/' if r['type'] == 'dir' else ''}{link}")
     return EXIT_OK
 
@@ -335,7 +325,7 @@ def _orphan_line(o) -> str:
     d = o if isinstance(o, dict) else o.to_dict()
     age = "age unknown" if d["age_seconds"] is None else f"{d['age_seconds'] / 3600:.1f} h old"
     writer = f", written by {d['writer']}" if d.get("writer") else ""
-    return f"{d['kind']} {d['name']}: {_human_size(d['size'])}, {age}{writer}"
+    return f"{d['kind']} {d['name']}: {human_size(d['size'])}, {age}{writer}"
 
 
 def _orphan_action(o, dry_run: bool) -> str:
@@ -360,7 +350,7 @@ def cmd_status(mgr, args) -> int:
         if newest:
             hours = newest["age_seconds"] / 3600
             print(f"newest:     {newest['backup_id']}  {for_people(newest['created_at'], zone)}  "
-                  f"{_human_size(newest['size'])}  {hours:.1f} h old  on {', '.join(newest['copies'])}")
+                  f"{human_size(newest['size'])}  {hours:.1f} h old  on {', '.join(newest['copies'])}")
         elif status.get("unlisted_targets"):
             print("newest:     unknown (a target could not be listed)")
         else:

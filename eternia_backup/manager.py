@@ -40,6 +40,7 @@ from .errors import (
 )
 from .fsutil import remove_tree
 from .locks import LocalLock
+from .sizes import human_size
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
 from .progress import NO_PROGRESS, Progress, ProgressReader
 from .manifest_cache import ManifestCache
@@ -331,20 +332,15 @@ class BackupManager:
         listing (list, status, cleanup) refreshes it: `create` from cron still gets
         per-target counts, and S3 is not listed after every backup for the metrics.
         """
-        from .inventory import summarize
-
         per = state.get("targets") or {}
-        found = {}
+        listings = []
         for t in self.targets:
             if t.name in copies and not isinstance((per.get(t.name) or {}).get("inventory"), dict):
                 try:
-                    listing = catalog.list_target(t, self.config.name, self.manifest_cache(t))
+                    listings.append(catalog.list_target(t, self.config.name, self.manifest_cache(t)))
                 except EterniaBackupError as exc:
                     log.debug("target %r: not listed for its inventory: %s", t.name, exc)
-                    continue
-                if not any(c.unreadable for c in listing.copies):
-                    found[t.name] = summarize(listing.copies, environment=self.config.environment)
-        self._record_inventory(found)
+        self._record_inventory(self._inventories(listings))
 
     def metrics_collector(self):
         """The Prometheus collector of this configuration: reads the state file on each collection."""
@@ -372,6 +368,13 @@ class BackupManager:
             return None
         return path
 
+    def _inventories(self, listings: list[catalog.TargetListing]) -> dict[str, dict]:
+        """What each listed target holds (metrics, status), for the listings whose every manifest was read."""
+        from .inventory import summarize
+
+        return {li.target.name: summarize(li.copies, environment=self.config.environment)
+                for li in listings if not any(c.unreadable for c in li.copies)}
+
     def _record_inventory(self, inventories: dict[str, dict]) -> None:
         """Remember what the targets just listed hold (metrics, status); never fails the command."""
         try:
@@ -391,8 +394,6 @@ class BackupManager:
         What each listed target holds is recorded in the state (and the metrics
         textfile), so the metrics never list a target themselves.
         """
-        from .inventory import summarize
-
         listings, errors = [], {}
         for t in self.targets:
             try:
@@ -401,8 +402,7 @@ class BackupManager:
                 errors[t.name] = str(exc)
                 log.info("cannot list target %r: %s", t.name, exc)  # callers report it (list, restore ...)
         if listings:
-            self._record_inventory({li.target.name: summarize(li.copies, environment=self.config.environment)
-                                    for li in listings if not any(c.unreadable for c in li.copies)})
+            self._record_inventory(self._inventories(listings))
             self.write_metrics()
         return listings, errors
 
@@ -918,7 +918,7 @@ class BackupManager:
             result = self.create_backup(guard=guard, cancel=cancel)
             cleaned = self.cleanup(guard=guard)
             self.state.record_slot(slot, succeeded=True)
-            message = f"{_size(result.size)} at {result.location}; retention deleted {cleaned.deleted_count}"
+            message = f"{human_size(result.size)} at {result.location}; retention deleted {cleaned.deleted_count}"
             if result.warning_count:
                 message += f"; made with {result.warning_count} warning(s), listed in its manifest"
             if not cleaned.ok:
@@ -1128,14 +1128,6 @@ def _journal_description(path: Path) -> str | None:
         return journal.describe(path)
     except EterniaBackupError as exc:
         return str(exc)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class _DefaultManager:

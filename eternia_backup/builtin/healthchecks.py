@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from eternia_backup.builtin.notifying import Event, Notifier
-from eternia_backup.builtin.webhook import post
+from eternia_backup.builtin.notifying import Event, Notifier, post
 
 SUFFIX = {"start": "/start", "success": "", "warning": "", "failure": "/fail"}
 

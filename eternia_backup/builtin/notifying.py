@@ -18,10 +18,11 @@ import dataclasses
 import logging
 import socket
 import threading
+import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
-from eternia_backup.api import __version__, hookimpl, redact_text
+from eternia_backup.api import __version__, hookimpl, human_size, redact_text
 
 log = logging.getLogger("eternia_backup.notify")
 
@@ -149,14 +150,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 class Notifier:
     """Base of the built-in notifiers: the lifecycle hooks become :class:`Event` s for :meth:`send`.
 
@@ -223,7 +216,7 @@ class Notifier:
     def eternia_backup_succeeded(self, result):
         warnings = [{k: redact_text(str(v)) for k, v in w.items()} for w in result.warnings[:LIST_LIMIT]]
         status = "warning" if result.warning_count else "success"
-        message = f"backup {result.backup_id} of {self._where()} succeeded: {_size(result.size)} in " \
+        message = f"backup {result.backup_id} of {self._where()} succeeded: {human_size(result.size)} in " \
                   f"{result.duration:.1f} s"
         if result.warning_count:
             message += f", with {_plural(result.warning_count, 'warning')} (files skipped or changed while read; " \
@@ -308,3 +301,12 @@ def common_fields(notifier: Notifier, event: Event) -> dict[str, Any]:
         "framework_version": __version__,
         "backup_id": event.backup_id,
     }
+
+
+def post(url: str, body: bytes, timeout: float, content_type: str) -> None:
+    """POST ``body``; raises (URLError, OSError, ValueError) when the receiver cannot be reached or says no."""
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type,
+                                              "User-Agent": f"eternia-backup/{__version__}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read(1024)

@@ -11,10 +11,8 @@ fails the operation.
 from __future__ import annotations
 
 import json
-import urllib.request
 
-from eternia_backup.api import __version__
-from eternia_backup.builtin.notifying import Event, Notifier, common_fields
+from eternia_backup.builtin.notifying import Event, Notifier, common_fields, post
 
 
 class WebhookNotifier(Notifier):
@@ -30,12 +28,3 @@ class WebhookNotifier(Notifier):
     def send(self, event: Event) -> None:
         body = json.dumps(self.payload(event)).encode()
         post(self.spec.urls[0], body, self.spec.timeout_seconds, "application/json")
-
-
-def post(url: str, body: bytes, timeout: float, content_type: str) -> None:
-    """POST ``body``; raises (URLError, OSError, ValueError) when the receiver cannot be reached or says no."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type,
-                                              "User-Agent": f"eternia-backup/{__version__}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        response.read(1024)
