@@ -273,8 +273,12 @@ def _stage_chain(links: list[BackupCopy], plans: dict[str, RestorePlan], registr
 
     # a whole restore hands members straight to the extractor: no layer per member
     visit = extract if include or exclude or tap is not None else extractor.add
-    read_backup(links, registry, identities, visit, selected=set(plans), progress=progress, phase="restore")
-    extractor.finish()
+    try:
+        read_backup(links, registry, identities, visit, selected=set(plans), progress=progress, phase="restore")
+        extractor.finish()
+    except BaseException:
+        extractor.abort()  # nothing may still write into the staging directories being thrown away
+        raise
     if include or exclude:  # a source nothing of which was selected is not restored (no empty directory)
         for name in [n for n in plans if n not in touched]:
             plans.pop(name).discard()

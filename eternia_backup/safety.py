@@ -16,6 +16,7 @@ unless the caller asked to keep them (``--keep-setid``: as root, in place).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import posixpath
@@ -25,6 +26,7 @@ from pathlib import Path
 from .errors import UnsafeArchiveError
 from .providers import Member
 from .streams import split_append, split_part
+from .system_tar import MAX_FORWARDED_SIZE, TarFeed
 
 log = logging.getLogger("eternia_backup.restore")
 
@@ -186,7 +188,10 @@ class Extractor:
 
     Paths are plain strings here (pathlib cost more per tiny file than its write),
     and a plain file is created with its final mode when the kernel gives it that
-    mode (see :meth:`_creatable`): open, write, set mtime, close.
+    mode (see :meth:`_creatable`): open, write, set mtime, close. Past the first few
+    hundred, small files and hard links go to GNU tar instead where there is one
+    (:mod:`eternia_backup.system_tar`: it makes them on the other core); :meth:`finish`
+    waits for it, and :meth:`abort` stops it when the restore fails.
     """
 
     def __init__(self, staging: dict[str, Path], where: str, *, keep_setid: bool = False):
@@ -206,6 +211,8 @@ class Extractor:
         #: per staging root: the permission bits a file created there keeps of the mode it is created
         #: with, and the owner it gets (see _creatable)
         self.created: dict[str, tuple[int, int, int]] = {}
+        self.feed = TarFeed(same_owner=self.root_is_owner, where=where)
+        self.forward = self.feed.usable
 
     def _path(self, source: str, rel: str) -> str:
         return f"{self.roots[source]}/{rel}" if rel else self.roots[source]
@@ -221,9 +228,14 @@ class Extractor:
             if _PIECE in rel:  # a dump in parts, or what an incremental appended (rare: one test first)
                 appended = split_append(rel)
                 if appended is not None:
+                    self.feed.settle(root)  # the file appended to must be on disk
                     self._append(self._path(source, appended[0]), appended[1], reader.open_member(m), m)
                     return
                 part = split_part(rel)
+            elif self.forward and m.size <= MAX_FORWARDED_SIZE and not m.xattrs \
+                    and (self.feed.active(root) or self.feed.wants()):
+                self._forward(root, rel, m, reader)
+                return
             parent = dest.rpartition("/")[0]
             if parent not in self.made_dirs:
                 self._make_dir(parent)
@@ -251,11 +263,27 @@ class Extractor:
             os.makedirs(path, mode=0o700, exist_ok=True)
             self.made_dirs.add(path)
 
+    def _forward(self, root: str, rel: str, m: Member, reader) -> None:
+        """Hand a small file to tar, or write it here when tar cannot take it (a name not in UTF-8)."""
+        mode = statmod.S_IMODE(m.mode)
+        if mode & _SETID:
+            mode = self._mode(m)  # (counts it as stripped, once)
+        data = _read_exactly(reader.open_member(m), m.size)
+        if not self.feed.file(root, rel, m, mode, data):
+            dest = f"{root}/{rel}"
+            self._make_dir(dest.rpartition("/")[0])
+            self._write(dest, root, io.BytesIO(data), m)
+
     def _link(self, source: str, dest: str, m: Member) -> None:
         """A hard link to an earlier file of the same source (MemberChecker made sure of both)."""
         lsource, lrel = split_member(m.linkname)
         if lsource != source:
             raise UnsafeArchiveError(f"{self.where}: refused: hardlink {m.name!r} leaves its source")
+        root = self.roots[source]
+        if self.feed.active(root):  # the target may be tar's: tar links it after making it
+            if self.feed.hardlink(root, dest[len(root) + 1:], lrel, m):
+                return
+            self.feed.settle(root)
         self._make_dir(dest.rpartition("/")[0])
         try:
             # Staging holds no symlink yet (they are made in finish()), so no
@@ -402,7 +430,12 @@ class Extractor:
                     os.unlink(path)
             _set_mtime(whole, parts[0][2])
 
+    def abort(self) -> None:
+        """The restore failed: stop what still writes into the staging directories."""
+        self.feed.abort()
+
     def finish(self) -> None:
+        self.feed.finish()  # first: everything below needs tar's files on disk
         self._join_parts()
         for dest, m in self.links:
             if os.path.lexists(dest):
@@ -438,6 +471,19 @@ def _set_mtime(path: Path | int, m: Member) -> None:
         os.utime(path, ns=(ns, ns))  # an open file
     else:
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def _read_exactly(src, size: int) -> bytes:
+    """``size`` bytes of a member (fewer only at the end of a damaged archive: its checksum fails)."""
+    data = src.read(size) if size else b""
+    if len(data) < size:
+        pieces = [data]
+        got = len(data)
+        while got < size and (chunk := src.read(size - got)):
+            pieces.append(chunk)
+            got += len(chunk)
+        data = b"".join(pieces)
+    return data
 
 
 def _write_sparse(out, src) -> tuple[int, bool]:

@@ -336,3 +336,29 @@ def ftp_url(ftp_server) -> tuple[str, dict]:
     host, port, _root = ftp_server
     return (f"ftp://{host}:{port}/t-{uuid.uuid4().hex[:8]}",
             {"username": FTP_USER[0], "password": FTP_USER[1]})
+
+
+@pytest.fixture(params=["python", "system tar"])
+def extractor(request, monkeypatch):
+    """Run a restore test twice: every file made by the Python extractor, then every small file
+    made by GNU tar (eternia_backup.system_tar, which a restore of a few files does not start)."""
+    from eternia_backup import system_tar
+
+    if request.param == "python":
+        monkeypatch.setenv("ETERNIA_BACKUP_SYSTEM_TAR", "0")
+    else:
+        if system_tar.gnu_tar() is None:
+            pytest.skip("GNU tar is not installed")
+        monkeypatch.delenv("ETERNIA_BACKUP_SYSTEM_TAR", raising=False)
+        monkeypatch.setattr(system_tar, "START_AFTER", 0)
+    started = []
+    real = system_tar._TarProcess.__init__
+
+    def spy(self, *args):
+        started.append(self)
+        real(self, *args)
+
+    monkeypatch.setattr(system_tar._TarProcess, "__init__", spy)
+    yield request.param
+    # whatever the test did (a refused archive, a failed restore), no tar may be left running
+    assert all(p.proc.returncode is not None for p in started), "a tar process was left running"

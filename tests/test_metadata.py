@@ -57,7 +57,7 @@ def set_tree_mtimes(root: Path, ns: int) -> None:
 # -- hardlinks -------------------------------------------------------------------------------
 
 
-def test_hardlinks_are_archived_once_and_restored_as_links(tmp_path):
+def test_hardlinks_are_archived_once_and_restored_as_links(tmp_path, extractor):
     config, data = world(tmp_path)
     payload = os.urandom(2 * MIB)
     (data / "a.bin").write_bytes(payload)
@@ -104,7 +104,7 @@ def test_hardlink_detection_keeps_no_state_for_single_link_files(tmp_path):
 # -- extended attributes -----------------------------------------------------------------------
 
 
-def test_extended_attributes_round_trip_as_schily_xattr_records(tmp_path):
+def test_extended_attributes_round_trip_as_schily_xattr_records(tmp_path, extractor):
     config, data = world(tmp_path)
     f = data / "tagged.txt"
     f.write_text("with attributes\n")
@@ -159,7 +159,7 @@ def test_an_attribute_the_filesystem_refuses_is_a_warning_not_a_failure(tmp_path
 # -- nanosecond mtimes -------------------------------------------------------------------------
 
 
-def test_mtimes_keep_nanoseconds_for_files_dirs_and_symlinks(tmp_path):
+def test_mtimes_keep_nanoseconds_for_files_dirs_and_symlinks(tmp_path, extractor):
     config, data = world(tmp_path)
     (data / "f.txt").write_text("x")
     (data / "d").mkdir()
@@ -301,7 +301,7 @@ MODES = {"rw-r--r--": 0o644, "private": 0o600, "exec": 0o755, "read-only": 0o444
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000, 0o777])
-def test_restored_files_get_their_archived_modes_whatever_the_umask(tmp_path, umask):
+def test_restored_files_get_their_archived_modes_whatever_the_umask(tmp_path, extractor, umask):
     """Files are created with their final mode when the kernel keeps it (no chmod); a umask that
     would drop bits must not show in the restored tree (setuid is stripped, as always)."""
     config, data = world(tmp_path)
@@ -327,7 +327,7 @@ def test_restored_files_get_their_archived_modes_whatever_the_umask(tmp_path, um
 
 
 @pytest.mark.skipif(shutil.which("setfacl") is None, reason="setfacl is not installed")
-def test_restored_files_get_their_archived_modes_under_a_default_acl(tmp_path):
+def test_restored_files_get_their_archived_modes_under_a_default_acl(tmp_path, extractor):
     """A default ACL on the destination's parent masks new files instead of the umask."""
     config, data = world(tmp_path)
     for name, mode in MODES.items():

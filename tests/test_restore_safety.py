@@ -35,6 +35,9 @@ from conftest import run_cli_in_process as run_cli  # the CLI in this process (s
 
 NAME = "eternia-backup"
 
+# every hostile archive is refused whether its ordinary files are made by Python or by GNU tar
+pytestmark = pytest.mark.usefixtures("extractor")
+
 
 # -- building archives by hand -------------------------------------------------------
 

@@ -1,0 +1,302 @@
+"""Small files of a restore made by the system's GNU ``tar``, fed only members already checked.
+
+At 300,000 tiny files a restore is four system calls per file (open, write,
+utimes, close); made from Python they cost about as much as GNU tar's whole
+extraction, on top of reading the archive. Here Python still reads, decompresses,
+hashes and parses the archive and :class:`~eternia_backup.safety.MemberChecker`
+still judges every member, but the files are made by a ``tar -x`` per source on
+the other core, from a stream this module writes.
+
+Why this is as safe as the Python extractor:
+
+* ``tar`` never sees the archive. It sees headers written here, from the parsed
+  and checked :class:`Member`: a relative name inside the source (no ``..``, no
+  absolute path, checked by the caller), a regular file or a hard link to an
+  earlier regular file of the same source, and nothing else (no symlinks, devices,
+  sparse maps, xattrs, global headers or GNU extensions), so a parser difference
+  between ours and tar's cannot be exploited.
+* Everything lands in the staging directory, and the staging directory holds no
+  symlink while ``tar`` runs (the extractor makes them after ``tar`` exited), so
+  nothing is written through a link. ``--keep-old-files`` makes a name that
+  exists already an error.
+* Set-id bits are stripped before the header is written unless the caller kept them.
+* The archive's sha256 and the link checks still decide before anything is swapped in.
+
+Used only with GNU tar (``gtar`` or ``tar``), never with ``TAR_OPTIONS`` from the
+environment; ``ETERNIA_BACKUP_SYSTEM_TAR=0`` turns it off (the Python extractor
+makes every file then).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import zlib
+
+from .errors import RestoreError
+from .providers import Member
+
+log = logging.getLogger("eternia_backup.restore")
+
+#: files up to this size may go to tar (larger ones are written by Python, which keeps holes)
+MAX_FORWARDED_SIZE = 64 * 1024
+#: small files made by Python before tar is started: a restore of a few files spawns no process
+START_AFTER = 256
+_GATHER = 256 * 1024  # bytes gathered before one write into the pipe
+_PIPE_SIZE = 1024 * 1024  # asked for the pipe (fewer wake-ups of tar); Linux only
+_BLOCK = 512
+_NUL512 = bytes(_BLOCK)
+_MAX_ID = 8 ** 7
+_MAX_MTIME = 8 ** 11
+_USTAR_TAIL = b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
+_pax_blocks: dict[int, bytes] = {}  # a pax header's own block depends only on its records' size
+_adler32 = zlib.adler32
+
+
+def disabled_by_environment() -> bool:
+    return os.environ.get("ETERNIA_BACKUP_SYSTEM_TAR", "").strip().lower() in ("0", "no", "false", "off")
+
+
+@functools.lru_cache(maxsize=1)
+def gnu_tar() -> str | None:
+    """The path of GNU tar on this machine, or None (bsdtar and others are not used)."""
+    for name in ("gtar", "tar"):
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, timeout=10, env=_environment(),
+                                 check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.startswith(b"tar (GNU tar)"):
+            return path
+    return None
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TAR_OPTIONS" and not k.startswith("LC_")}
+    env["LC_ALL"] = "C"  # messages we can quote, names passed as bytes
+    return env
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    length = len(key) + len(value) + 3
+    n = 0
+    while (p := length + len(str(n))) != n:
+        n = p
+    return b"%d %s=%s\n" % (n, key, value)
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
+    """One ustar block; ``name`` and ``link`` of at most 100 bytes."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    # byte sums by adler32 (its low half is 1 + the sum modulo 65521: exact for these lengths)
+    chksum = ((_adler32(name) & 0xFFFF) + (_adler32(numbers) & 0xFFFF) + (_adler32(link) & 0xFFFF) - 3
+              + kind[0] + _TAIL_SUM)
+    return b"%s%s%s%06o\0 %s%s%s%s" % (name, _NUL512[:100 - len(name)], numbers, chksum, kind,
+                                       link, _NUL512[:100 - len(link)], _USTAR_TAIL)
+
+
+def _pax(records: bytes) -> bytes:
+    block = _pax_blocks.get(len(records))
+    if block is None:
+        block = _pax_blocks[len(records)] = _ustar(b"././@PaxHeader", 0, 0, 0, len(records), 0, b"x", b"")
+    return block + records + _NUL512[: -len(records) % _BLOCK]
+
+
+def header(rel: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+           linkname: str = "") -> bytes | None:
+    """The header blocks of a regular file (``b"0"``) or hard link (``b"1"``) named ``rel``, as tar
+    reads them: ustar, with a pax header for a long or non-ASCII name and a fractional mtime.
+    None for what this module does not forward (a name that is not UTF-8, ids or times out of range)."""
+    if not (0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID and 0 <= mtime_ns < _MAX_MTIME * 1_000_000_000):
+        return None
+    try:
+        name, link = rel.encode("utf-8"), linkname.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates): the Python extractor
+        return None
+    seconds, frac = divmod(mtime_ns, 1_000_000_000)
+    records = b""
+    if frac:
+        value = (b"%d.%09d" % (seconds, frac)).rstrip(b"0")
+        records = b"%d mtime=%s\n" % (len(value) + 10, value) if len(value) < 90 else _pax_record(b"mtime", value)
+    if len(name) > 100 or not name.isascii():
+        records += _pax_record(b"path", name)
+        name = name[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
+    if len(link) > 100 or not link.isascii():
+        records += _pax_record(b"linkpath", link)
+        link = link[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
+    block = _ustar(name, mode & 0o7777, uid, gid, size, seconds, kind, link)
+    return _pax(records) + block if records else block
+
+
+class _TarProcess:
+    """One ``tar -x`` into one staging root, reading the stream written to its stdin."""
+
+    def __init__(self, tar: str, root: str, same_owner: bool, where: str = "restore"):
+        self.root = root
+        self.where = where
+        self.errors = tempfile.TemporaryFile(prefix="eternia-tar-")
+        args = [tar, "-x", "-f", "-", "-C", root, "--keep-old-files", "--same-permissions", "--numeric-owner",
+                "--same-owner" if same_owner else "--no-same-owner", "--warning=no-timestamp",
+                "--no-acls", "--no-selinux", "--no-xattrs"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.errors,
+                                     env=_environment(), close_fds=True)
+        self.fd = self.proc.stdin.fileno()
+        try:
+            import fcntl
+            fcntl.fcntl(self.fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+        except (ImportError, OSError):
+            pass  # the default pipe: slower, not wrong
+        self.parts: list[bytes] = []
+        self.gathered = 0
+
+    def put(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.gathered += len(data)
+        if self.gathered >= _GATHER:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        view = memoryview(b"".join(self.parts))
+        self.parts, self.gathered = [], 0
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except BrokenPipeError:
+            self.finish()  # tar stopped early: its own message says why
+            raise RestoreError(f"{self.where}: the system tar stopped reading the restored files (exit "
+                               f"{self.proc.returncode}); nothing was swapped in")  # finish() raised otherwise
+
+    def finish(self) -> None:
+        """End the stream, wait for tar, and raise with its message if it failed."""
+        try:
+            if not self.proc.stdin.closed:
+                if self.parts:
+                    self.parts.append(bytes(2 * _BLOCK))
+                    view = memoryview(b"".join(self.parts))
+                    self.parts = []
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                else:
+                    os.write(self.fd, bytes(2 * _BLOCK))
+        except BrokenPipeError:
+            pass
+        finally:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        code = self.proc.wait()
+        if code != 0:
+            self.errors.seek(0)
+            lines = [ln for ln in self.errors.read().decode("utf-8", "replace").splitlines()
+                     if ln.strip() and "Exiting with failure status" not in ln]
+            self.errors.close()
+            said = "; ".join(lines[:3]) + (f" (and {len(lines) - 3} more)" if len(lines) > 3 else "")
+            raise RestoreError(f"{self.where}: the system tar failed while making the restored files (exit {code}): "
+                               f"{said or 'no message'}; nothing was swapped in, the current state is as it was "
+                               "(ETERNIA_BACKUP_SYSTEM_TAR=0 restores without the system tar)")
+        self.errors.close()
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait()
+        self.errors.close()
+
+
+class TarFeed:
+    """Hands small files and hard links of a restore to a GNU ``tar -x`` per staging root.
+
+    The caller (the extractor) has checked every member; it asks :meth:`wants` per small
+    file, then :meth:`file` or :meth:`hardlink`, and :meth:`finish` before anything that
+    needs the files on disk (appending to one, links, directory modes).
+    """
+
+    def __init__(self, *, same_owner: bool, where: str = "restore"):
+        self.same_owner = same_owner
+        self.where = where
+        self.tar = None if disabled_by_environment() else gnu_tar()
+        self.procs: dict[str, _TarProcess] = {}
+        self.seen = 0  # small files offered so far
+
+    @property
+    def usable(self) -> bool:
+        return self.tar is not None
+
+    def wants(self) -> bool:
+        """True once enough small files went by that a tar process pays for itself."""
+        if self.tar is None:
+            return False
+        self.seen += 1
+        return self.seen > START_AFTER
+
+    def file(self, root: str, rel: str, m: Member, mode: int, data: bytes) -> bool:
+        """Send a regular file of ``len(data)`` bytes; False when it cannot be sent (the caller writes it)."""
+        ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
+        head = header(rel, b"0", mode, m.uid, m.gid, len(data), ns)
+        if head is None:
+            return False
+        proc = self._proc(root)
+        proc.put(head)
+        if data:
+            proc.put(data)
+            if len(data) % _BLOCK:
+                proc.put(_NUL512[len(data) % _BLOCK:])
+        return True
+
+    def hardlink(self, root: str, rel: str, target_rel: str, m: Member) -> bool:
+        """A hard link to an earlier file of the same root, made by tar after everything sent before it."""
+        ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
+        head = header(rel, b"1", m.mode & 0o7777, m.uid, m.gid, 0, ns, target_rel)
+        if head is None:
+            return False
+        self._proc(root).put(head)
+        return True
+
+    def active(self, root: str) -> bool:
+        return root in self.procs
+
+    def _proc(self, root: str) -> _TarProcess:
+        proc = self.procs.get(root)
+        if proc is None:
+            proc = self.procs[root] = _TarProcess(self.tar, root, self.same_owner, self.where)
+        return proc
+
+    def settle(self, root: str) -> None:
+        """Wait until tar made everything sent for ``root`` (a later member may start a new tar)."""
+        proc = self.procs.pop(root, None)
+        if proc is not None:
+            proc.finish()
+
+    def finish(self) -> None:
+        """Wait for every tar; the first failure is raised after all were waited for."""
+        failure = None
+        for root in list(self.procs):
+            try:
+                self.settle(root)
+            except RestoreError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def abort(self) -> None:
+        """Stop every tar now (the restore failed): the staging directory is thrown away."""
+        for proc in self.procs.values():
+            proc.kill()
+        self.procs.clear()
