@@ -103,13 +103,6 @@ def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, ki
                                        link, _NUL512[:100 - len(link)], _USTAR_TAIL)
 
 
-def _pax(records: bytes) -> bytes:
-    block = _pax_blocks.get(len(records))
-    if block is None:
-        block = _pax_blocks[len(records)] = _ustar(b"././@PaxHeader", 0, 0, 0, len(records), 0, b"x", b"")
-    return block + records + _NUL512[: -len(records) % _BLOCK]
-
-
 def header(rel: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
            linkname: str = "") -> bytes | None:
     """The header blocks of a regular file (``b"0"``) or hard link (``b"1"``) named ``rel``, as tar
@@ -117,23 +110,32 @@ def header(rel: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtim
     None for what this module does not forward (a name that is not UTF-8, ids or times out of range)."""
     if not (0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID and 0 <= mtime_ns < _MAX_MTIME * 1_000_000_000):
         return None
-    try:
-        name, link = rel.encode("utf-8"), linkname.encode("utf-8")
-    except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates): the Python extractor
-        return None
     seconds, frac = divmod(mtime_ns, 1_000_000_000)
-    records = b""
     if frac:
         value = (b"%d.%09d" % (seconds, frac)).rstrip(b"0")
         records = b"%d mtime=%s\n" % (len(value) + 10, value) if len(value) < 90 else _pax_record(b"mtime", value)
-    if len(name) > 100 or not name.isascii():
-        records += _pax_record(b"path", name)
-        name = name[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
-    if len(link) > 100 or not link.isascii():
-        records += _pax_record(b"linkpath", link)
-        link = link[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
+    else:
+        records = b""
+    if len(rel) <= 100 and not linkname and rel.isascii():  # the usual file: no name records
+        name, link = rel.encode("ascii"), b""
+    else:
+        try:
+            name, link = rel.encode("utf-8"), linkname.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates): the Python extractor
+            return None
+        if len(name) > 100 or not name.isascii():
+            records += _pax_record(b"path", name)
+            name = name[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
+        if len(link) > 100 or not link.isascii():
+            records += _pax_record(b"linkpath", link)
+            link = link[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
     block = _ustar(name, mode & 0o7777, uid, gid, size, seconds, kind, link)
-    return _pax(records) + block if records else block
+    if not records:
+        return block
+    pax = _pax_blocks.get(len(records))
+    if pax is None:
+        pax = _pax_blocks[len(records)] = _ustar(b"././@PaxHeader", 0, 0, 0, len(records), 0, b"x", b"")
+    return b"%s%s%s%s" % (pax, records, _NUL512[: -len(records) % _BLOCK], block)
 
 
 class _TarProcess:
