@@ -30,7 +30,6 @@ makes every file then).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
 import subprocess
@@ -39,8 +38,6 @@ import zlib
 
 from .errors import RestoreError
 from .providers import Member
-
-log = logging.getLogger("eternia_backup.restore")
 
 #: files up to this size may go to tar (larger ones are written by Python, which keeps holes)
 MAX_FORWARDED_SIZE = 64 * 1024
@@ -165,14 +162,15 @@ class _TarProcess:
         if self.gathered >= _GATHER:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.parts:
-            return
+    def _write_gathered(self) -> None:
         view = memoryview(b"".join(self.parts))
         self.parts, self.gathered = [], 0
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def flush(self) -> None:
         try:
-            while view:
-                view = view[os.write(self.fd, view):]
+            self._write_gathered()
         except BrokenPipeError:
             self.finish()  # tar stopped early: its own message says why
             raise RestoreError(f"{self.where}: the system tar stopped reading the restored files (exit "
@@ -182,16 +180,10 @@ class _TarProcess:
         """End the stream, wait for tar, and raise with its message if it failed."""
         try:
             if not self.proc.stdin.closed:
-                if self.parts:
-                    self.parts.append(bytes(2 * _BLOCK))
-                    view = memoryview(b"".join(self.parts))
-                    self.parts = []
-                    while view:
-                        view = view[os.write(self.fd, view):]
-                else:
-                    os.write(self.fd, bytes(2 * _BLOCK))
+                self.parts.append(bytes(2 * _BLOCK))  # the end of the archive
+                self._write_gathered()
         except BrokenPipeError:
-            pass
+            pass  # tar stopped: its exit status and message say why
         finally:
             try:
                 self.proc.stdin.close()
