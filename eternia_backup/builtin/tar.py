@@ -163,6 +163,9 @@ class _SectionWriter(EntryWriter):
     #: add_file(..., digest=True) returns the sha256 of the bytes archived (incremental
     #: backups record it to tell a file that only grew); add_stream takes mtime_ns
     file_digests = True
+    #: add_file needs no stat= (the header comes from fstat of the open file) and returns that
+    #: fstat, or None when the file was skipped: a source need not stat a file before adding it
+    stat_optional = True
 
     def __init__(self, tar: "_TarWriter", source: str):
         self.tar = tar
@@ -212,9 +215,10 @@ class _SectionWriter(EntryWriter):
         A file that vanished (or stopped being a regular file) is skipped; one
         that changed while read is archived as read; both with a warning. A
         permission error raises UnreadableFileError: the source decides.
-        ``stat`` is ignored (kept for callers): the header comes from fstat of the open file.
-        With ``digest``, returns ``(size, sha256 hex)`` of the bytes archived for a
-        file larger than 64 KiB stored as a plain member (not sparse, not a hard link), else None.
+        ``stat`` is ignored (kept for callers): the header comes from fstat of the open file,
+        which is returned (None when skipped). With ``digest``, returns ``(size, sha256 hex)`` of the
+        bytes archived for a file larger than 64 KiB stored as a plain member (not sparse, not a hard
+        link), else None.
         """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -229,15 +233,17 @@ class _SectionWriter(EntryWriter):
                 return
             raise
         try:
-            return self._add_open_file(relpath, fd, digest)
+            before = os.fstat(fd)
+            if not statmod.S_ISREG(before.st_mode):
+                self.warn(relpath, "was replaced by something other than a file before it was read; skipped")
+                return None
+            hashed = self._add_open_file(relpath, fd, before, digest)
         finally:
             os.close(fd)
+        return hashed if digest else before
 
-    def _add_open_file(self, relpath: str, fd: int, digest: bool = False) -> tuple[int, str] | None:
-        before = os.fstat(fd)
-        if not statmod.S_ISREG(before.st_mode):
-            self.warn(relpath, "was replaced by something other than a file before it was read; skipped")
-            return None
+    def _add_open_file(self, relpath: str, fd: int, before: os.stat_result,
+                       digest: bool = False) -> tuple[int, str] | None:
         if before.st_nlink > 1 and self._add_hardlink(relpath, before):
             return None
         name = self._name(relpath)
