@@ -62,6 +62,7 @@ _USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
 _TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
 _MAX_ID = 8 ** 7  # octal fields of 8 and 12 bytes (7 and 11 digits)
 _MAX_NUM = 8 ** 11
+_MAX_MTIME_NS = _MAX_NUM * 1_000_000_000
 _pax_blocks: dict[int, bytes] = {}
 _HAVE_XATTRS = hasattr(os, "listxattr")  # not on macOS and the BSDs
 adler32 = zlib.adler32
@@ -156,7 +157,7 @@ def _file_header_parts(name: str, mode: int, uid: int, gid: int, size: int, mtim
     """The header of a regular file whose only pax record is its exact mtime, as pieces to join: the
     same bytes as ``_header`` gives, in fewer steps (the header was most of the Python work per tiny
     file); None when anything is unusual (then ``_header`` builds it)."""
-    if not (len(name) <= 100 and name.isascii() and 0 <= mtime_ns < _MAX_NUM * 1_000_000_000):
+    if not (len(name) <= 100 and name.isascii() and 0 <= mtime_ns < _MAX_MTIME_NS):
         return None
     fields = _fields_cache.get((mode, uid, gid, size))
     if fields is None:
