@@ -142,7 +142,7 @@ _fields_cache: dict[tuple[int, int, int, int], tuple[bytes, int]] = {}  # (mode,
 _FIELDS_CACHED = 4096
 _seconds_cache: dict[int, tuple[bytes, int, bytes]] = {}  # mtime seconds: octal field, its sum, "S."
 _SECONDS_CACHED = 1024
-_checksums: dict[int, bytes] = {}  # the checksum field (at most 512 * 255: a bounded dict)
+_checksums: dict[int, bytes] = {}  # checksum -> its field; at most 512 * 255 keys, a few thousand in practice
 #: a pax header of one "mtime" record of n bytes (10 to 99): its block and b"NN mtime=", built
 #: on first use; and what follows the value: b"\n" and the padding
 _mtime_start: dict[int, bytes] = {}
