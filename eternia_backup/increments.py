@@ -154,6 +154,7 @@ class ChangeFilter:
         self.exact_metadata = getattr(inner, "exact_metadata", False)
         self.str_paths = getattr(inner, "str_paths", False)
         self._digests = getattr(inner, "file_digests", False)  # the archiver can hash what it stores
+        self.stat_optional = False  # the walk's stat is compared with the parent's index
 
     def __getattr__(self, name: str):  # size, entries, warnings, warn ...
         return getattr(self._inner, name)
@@ -217,8 +218,11 @@ class ChangeFilter:
                 return
         before = self._inner.entries
         wants_digest = self._digests and stat is not None and stat.st_size >= APPEND_MIN
-        digest = self._inner.add_file(relpath, path, stat=stat, digest=True) if wants_digest \
-            else self._inner.add_file(relpath, path, stat=stat)
+        digest = None
+        if wants_digest:
+            digest = self._inner.add_file(relpath, path, stat=stat, digest=True)
+        else:  # (what an archiver returns without digest=True is not a digest)
+            self._inner.add_file(relpath, path, stat=stat)
         if stat is None:
             entry = [relpath.strip("/"), "f", -1, 0, 0, 0, 0, self._id, ""]  # never equal: always archived
         else:

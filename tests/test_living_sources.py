@@ -96,6 +96,26 @@ def test_file_and_directory_deleted_between_listing_and_reading_are_skipped_with
     assert mgr.list_backups()[0].to_dict()["warning_count"] == 2
 
 
+@pytest.mark.parametrize("replacement", ["symlink", "fifo", "directory"])
+def test_file_replaced_after_it_was_listed_is_skipped_with_a_warning(tmp_path, replacement):
+    """The walk takes a regular file's type from the listing (no stat): what replaces it before it is
+    opened is not read (a FIFO would block, a link is not followed), and the rest is backed up."""
+    config, data = make_world(tmp_path)
+    swapped = data / "b-swapped.txt"
+    swapped.write_text("a regular file when listed\n")
+    make = {"symlink": "os.symlink('keep.txt', p)", "fifo": "os.mkfifo(p)", "directory": "os.mkdir(p)"}[replacement]
+    mgr = BackupManager.from_config(config)
+
+    result = mgr.create_backup(progress=run_at(2 * MIB, lambda: other_process(
+        f"import os; p = {str(swapped)!r}; os.unlink(p); {make}")))
+
+    assert result.ok and result.warning_count == 1
+    assert problems(result) == {"b-swapped.txt": "was replaced by something other than a file before it was read; "
+                                                 "skipped"}
+    out = restored(mgr, result.backup_id, tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == ["a-big.bin", "keep.txt"]
+
+
 def test_file_rewritten_in_place_while_read_is_archived_and_warned(tmp_path):
     config, data = make_world(tmp_path)
     big = data / "a-big.bin"

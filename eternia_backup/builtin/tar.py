@@ -62,6 +62,7 @@ _USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
 _TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
 _MAX_ID = 8 ** 7  # octal fields of 8 and 12 bytes (7 and 11 digits)
 _MAX_NUM = 8 ** 11
+_MAX_MTIME_NS = _MAX_NUM * 1_000_000_000
 _pax_blocks: dict[int, bytes] = {}
 _HAVE_XATTRS = hasattr(os, "listxattr")  # not on macOS and the BSDs
 adler32 = zlib.adler32
@@ -91,13 +92,18 @@ def _pax(records: dict[str, str]) -> bytes:
             p = n
         out.append(b"%d %s=%s\n" % (p, k, v))
     data = b"".join(out)
-    # The pax header's own block depends only on the records' size: built once per size.
-    block = _pax_blocks.get(len(data))
+    return _pax_block(len(data)) + data + bytes(-len(data) % _BLOCK)
+
+
+def _pax_block(size: int) -> bytes:
+    """The ustar block of a pax header of ``size`` bytes of records: it depends only on the size,
+    so it is built once per size."""
+    block = _pax_blocks.get(size)
     if block is None:
-        block = _ustar(b"././@PaxHeader", 0, 0, 0, len(data), 0, tarfile.XHDTYPE, b"")
+        block = _ustar(b"././@PaxHeader", 0, 0, 0, size, 0, tarfile.XHDTYPE, b"")
         if len(_pax_blocks) < 4096:
-            _pax_blocks[len(data)] = block
-    return block + data + bytes(-len(data) % _BLOCK)
+            _pax_blocks[size] = block
+    return block
 
 
 def _header(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
@@ -124,27 +130,74 @@ def _header(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mt
 
 
 _NUL512 = bytes(_BLOCK)
+#: _NULS[n]: n NUL bytes, shared (a slice of _NUL512 is a new copy each time)
+_NULS = [bytes(n) for n in range(_BLOCK + 1)]
+#: kind, no link name, and the rest of a regular file's ustar block after its checksum field
+_REG_TAIL = tarfile.REGTYPE + _NUL100 + _USTAR_TAIL
+_REG_SUM = _TAIL_SUM + tarfile.REGTYPE[0]
+# Formatting numbers was most of a tiny file's header: the fields that repeat across a tree are
+# kept formatted, with the sum of their bytes (for the checksum). Bounded: a tree of many
+# distinct sizes just formats the others.
+_fields_cache: dict[tuple[int, int, int, int], tuple[bytes, int]] = {}  # (mode, uid, gid, size)
+_FIELDS_CACHED = 4096
+_seconds_cache: dict[int, tuple[bytes, int, bytes]] = {}  # mtime seconds: octal field, its sum, "S."
+_SECONDS_CACHED = 1024
+_checksums: dict[int, bytes] = {}  # checksum -> its field; at most 512 * 255 keys, a few thousand in practice
+#: a pax header of one "mtime" record of n bytes (10 to 99): its block and b"NN mtime=", built
+#: on first use; and what follows the value: b"\n" and the padding
+_mtime_start: dict[int, bytes] = {}
+_MTIME_END = {n: b"\n" + bytes(_BLOCK - n) for n in range(10, 100)}
+#: bytes of a header by its number of pieces: a ustar block (6), or a pax header before it (10)
+_HEADER_BYTES = {6: _BLOCK, 10: 3 * _BLOCK}
+_READ_FLAGS = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+_S_IFMT, _S_IFREG = statmod.S_IFMT(0o177777), statmod.S_IFREG
+
+
+def _file_header_parts(name: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int) -> tuple | None:
+    """The header of a regular file whose only pax record is its exact mtime, as pieces to join: the
+    same bytes as ``_header`` gives, in fewer steps (the header was most of the Python work per tiny
+    file); None when anything is unusual (then ``_header`` builds it)."""
+    if not (len(name) <= 100 and name.isascii() and 0 <= mtime_ns < _MAX_MTIME_NS):
+        return None
+    fields = _fields_cache.get((mode, uid, gid, size))
+    if fields is None:
+        if not (0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID and 0 <= size < _MAX_NUM):
+            return None
+        numbers = b"%07o\0%07o\0%07o\0%011o\0" % (mode & 0o7777, uid, gid, size)
+        fields = (numbers, sum(numbers))
+        if len(_fields_cache) < _FIELDS_CACHED:
+            _fields_cache[(mode, uid, gid, size)] = fields
+    seconds, frac = divmod(mtime_ns, 1_000_000_000)
+    when = _seconds_cache.get(seconds)
+    if when is None:
+        octal = b"%011o\0" % seconds
+        when = (octal, sum(octal), b"%d." % seconds)
+        if len(_seconds_cache) >= _SECONDS_CACHED:
+            _seconds_cache.clear()
+        _seconds_cache[seconds] = when
+    encoded = name.encode("ascii")
+    # the sum of the name's bytes by adler32 in C: its low half is 1 + the sum modulo 65521
+    checksum = (adler32(encoded) & 0xFFFF) - 1 + fields[1] + when[1] + _REG_SUM
+    field = _checksums.get(checksum)
+    if field is None:
+        field = _checksums[checksum] = b"%06o\0 " % checksum
+    ustar = (encoded, _NULS[100 - len(encoded)], fields[0], when[0], field, _REG_TAIL)
+    if not frac:
+        return ustar
+    digits = (b"%09d" % frac).rstrip(b"0")
+    length = len(when[2]) + len(digits) + 10  # "NN mtime=" and "\n": 10 to 99 bytes have a 2-digit length
+    if length > 99:
+        return None
+    start = _mtime_start.get(length)
+    if start is None:
+        start = _mtime_start[length] = _pax_block(length) + b"%d mtime=" % length
+    return (start, when[2], digits, _MTIME_END[length]) + ustar
 
 
 def _file_header(name: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int) -> bytes | None:
-    """The header of a regular file whose only pax record is its exact mtime: the same bytes as
-    ``_header`` gives, in fewer steps (the header was most of the Python work per tiny file);
-    None when anything is unusual (then ``_header`` builds it)."""
-    if not (len(name) <= 100 and name.isascii() and 0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID
-            and 0 <= size < _MAX_NUM and 0 <= mtime_ns < _MAX_NUM * 1_000_000_000):
-        return None
-    seconds, frac = divmod(mtime_ns, 1_000_000_000)
-    ustar = _ustar(name.encode("ascii"), mode & 0o7777, uid, gid, size, seconds, tarfile.REGTYPE, b"")
-    if not frac:
-        return ustar
-    value = (b"%d.%09d" % (seconds, frac)).rstrip(b"0")
-    length = len(value) + 10  # "NN mtime=" and "\n": a record of 10 to 99 bytes has a 2-digit length
-    if not 10 <= length <= 99:
-        return None
-    block = _pax_blocks.get(length)
-    if block is None:
-        return None  # the first of its size goes through _pax, which keeps the block
-    return b"%s%d mtime=%s\n%s%s" % (block, length, value, _NUL512[length:], ustar)
+    """``_file_header_parts`` joined."""
+    parts = _file_header_parts(name, mode, uid, gid, size, mtime_ns)
+    return None if parts is None else b"".join(parts)
 
 
 def _pad(size: int) -> bytes:
@@ -163,6 +216,9 @@ class _SectionWriter(EntryWriter):
     #: add_file(..., digest=True) returns the sha256 of the bytes archived (incremental
     #: backups record it to tell a file that only grew); add_stream takes mtime_ns
     file_digests = True
+    #: add_file needs no stat= (the header comes from fstat of the open file) and returns that
+    #: fstat, or None when the file was skipped: a source need not stat a file before adding it
+    stat_optional = True
 
     def __init__(self, tar: "_TarWriter", source: str):
         self.tar = tar
@@ -212,12 +268,13 @@ class _SectionWriter(EntryWriter):
         A file that vanished (or stopped being a regular file) is skipped; one
         that changed while read is archived as read; both with a warning. A
         permission error raises UnreadableFileError: the source decides.
-        ``stat`` is ignored (kept for callers): the header comes from fstat of the open file.
-        With ``digest``, returns ``(size, sha256 hex)`` of the bytes archived for a
-        file larger than 64 KiB stored as a plain member (not sparse, not a hard link), else None.
+        ``stat`` is ignored (kept for callers): the header comes from fstat of the open file,
+        which is returned (None when skipped). With ``digest``, returns ``(size, sha256 hex)`` of the
+        bytes archived for a file larger than 64 KiB stored as a plain member (not sparse, not a hard
+        link), else None.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             self.warn(relpath, "vanished before it was read; skipped")
             return
@@ -229,15 +286,48 @@ class _SectionWriter(EntryWriter):
                 return
             raise
         try:
-            return self._add_open_file(relpath, fd, digest)
+            before = os.fstat(fd)
+            if not self._add_small_file(relpath, fd, before):
+                if not statmod.S_ISREG(before.st_mode):
+                    self.warn(relpath, "was replaced by something other than a file before it was read; skipped")
+                    return None
+                hashed = self._add_open_file(relpath, fd, before, digest)
+                if digest:
+                    return hashed
         finally:
             os.close(fd)
+        return None if digest else before
 
-    def _add_open_file(self, relpath: str, fd: int, digest: bool = False) -> tuple[int, str] | None:
-        before = os.fstat(fd)
-        if not statmod.S_ISREG(before.st_mode):
-            self.warn(relpath, "was replaced by something other than a file before it was read; skipped")
-            return None
+    def _add_small_file(self, relpath: str, fd: int, st: os.stat_result) -> bool:
+        """The common case in one go: a small regular file, one link, no holes, no xattrs, a plain
+        name; False, having written nothing, for any other (``_add_open_file`` takes it)."""
+        size = st.st_size
+        if not (st.st_mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and size <= _SMALL_FILE
+                and st.st_blocks * 512 >= size):
+            return False
+        try:  # most files have no xattrs: one call says so
+            if _HAVE_XATTRS and os.listxattr(fd):
+                return False
+        except OSError:
+            return False
+        header = _file_header_parts(f"{self.prefix}/{relpath.strip('/')}", st.st_mode, st.st_uid, st.st_gid,
+                                    size, st.st_mtime_ns)
+        if header is None:
+            return False
+        data = os.pread(fd, size, 0) if size else b""
+        if len(data) != size:  # it shrank
+            return False
+        pad = -size % _BLOCK
+        self.tar.put_parts(header + (data, _NULS[pad]), _HEADER_BYTES[len(header)] + size + pad)
+        self.size += size
+        self.entries += 1
+        after = os.fstat(fd)
+        if (size, st.st_mtime_ns, st.st_ctime_ns) != (after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+            self.warn(relpath, "changed while it was read; archived as read, its contents may be inconsistent")
+        return True
+
+    def _add_open_file(self, relpath: str, fd: int, before: os.stat_result,
+                       digest: bool = False) -> tuple[int, str] | None:
         if before.st_nlink > 1 and self._add_hardlink(relpath, before):
             return None
         name = self._name(relpath)
@@ -513,6 +603,14 @@ class _TarWriter:
         self._parts.append(data)
         self._gathered += len(data)
         self.offset += len(data)
+        if self._gathered >= _GATHER:
+            self.flush()
+
+    def put_parts(self, parts: tuple, size: int) -> None:
+        """Small data in pieces, ``size`` bytes in all: gathered, written with the next ones."""
+        self._parts += parts
+        self._gathered += size
+        self.offset += size
         if self._gathered >= _GATHER:
             self.flush()
 
