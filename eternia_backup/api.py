@@ -25,14 +25,15 @@ Helpers
     :func:`fsync_dir`, :func:`make_private_dirs`), private temporary space in the
     state directory (:func:`scratch_dir`, :func:`scratch_file`), the temporary-name convention
     (:func:`temp_name`, :func:`parse_temp_name`), extended attributes
-    (:func:`read_xattrs`, :func:`xattr_namespaces_kept`).
+    (:func:`read_xattrs`, :func:`xattr_namespaces_kept`), tar header blocks as
+    ``tarfile`` writes them, built fast (the module :mod:`tarheaders`).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from . import __version__, hookimpl
+from . import __version__, hookimpl, tarheaders
 from .errors import (
     ArchiveError,
     BackupNotFoundError,
@@ -103,5 +104,5 @@ __all__ = [
     "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "RedactingFilter", "human_size", "describe_os_error",
     "DirectorySwapPlan", "sibling", "remove_tree", "remove_stale_siblings", "fsync_dir", "make_private_dirs",
     "temp_name", "parse_temp_name", "split_protocol", "read_xattrs", "xattr_namespaces_kept",
-    "scratch_dir", "scratch_file",
+    "scratch_dir", "scratch_file", "tarheaders",
 ]

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import shutil
 import subprocess
+import tarfile
 import tempfile
-import zlib
+import threading
 
+from . import tarheaders
 from .errors import RestoreError
 from .providers import Member
 
@@ -43,16 +46,11 @@ from .providers import Member
 MAX_FORWARDED_SIZE = 64 * 1024
 #: small files made by Python before tar is started: a restore of a few files spawns no process
 START_AFTER = 256
-_GATHER = 256 * 1024  # bytes gathered before one write into the pipe
+_GATHER = 1024 * 1024  # bytes gathered before they go to the writer thread
 _PIPE_SIZE = 1024 * 1024  # asked for the pipe (fewer wake-ups of tar); Linux only
 _BLOCK = 512
-_NUL512 = bytes(_BLOCK)
-_MAX_ID = 8 ** 7
-_MAX_MTIME = 8 ** 11
-_USTAR_TAIL = b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
-_TAIL_SUM = sum(_USTAR_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
-_pax_blocks: dict[int, bytes] = {}  # a pax header's own block depends only on its records' size
-_adler32 = zlib.adler32
+_IOV_MAX = 1024  # buffers per writev (Linux's and the BSDs' limit)
+_NULS = tarheaders.NULS
 
 
 def disabled_by_environment() -> bool:
@@ -82,57 +80,67 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _pax_record(key: bytes, value: bytes) -> bytes:
-    length = len(key) + len(value) + 3
-    n = 0
-    while (p := length + len(str(n))) != n:
-        n = p
-    return b"%d %s=%s\n" % (n, key, value)
-
-
-def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes) -> bytes:
-    """One ustar block; ``name`` and ``link`` of at most 100 bytes."""
-    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
-    # byte sums by adler32 (its low half is 1 + the sum modulo 65521: exact for these lengths)
-    chksum = ((_adler32(name) & 0xFFFF) + (_adler32(numbers) & 0xFFFF) + (_adler32(link) & 0xFFFF) - 3
-              + kind[0] + _TAIL_SUM)
-    return b"%s%s%s%06o\0 %s%s%s%s" % (name, _NUL512[:100 - len(name)], numbers, chksum, kind,
-                                       link, _NUL512[:100 - len(link)], _USTAR_TAIL)
-
-
-def header(rel: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
-           linkname: str = "") -> bytes | None:
-    """The header blocks of a regular file (``b"0"``) or hard link (``b"1"``) named ``rel``, as tar
-    reads them: ustar, with a pax header for a long or non-ASCII name and a fractional mtime.
-    None for what this module does not forward (a name that is not UTF-8, ids or times out of range)."""
-    if not (0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID and 0 <= mtime_ns < _MAX_MTIME * 1_000_000_000):
+def header_parts(rel: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                 linkname: str = "") -> tuple[bytes, ...] | None:
+    """The header blocks of a regular file (``b"0"``) or hard link (``b"1"``) named ``rel``, as pieces
+    to write one after the other: what our archiver writes, pax (an exact mtime, long or non-ASCII
+    names) and ustar. None for what is not forwarded: a name that is not UTF-8, a time before 1970."""
+    if kind == tarfile.REGTYPE:
+        parts = tarheaders.file_header_parts(rel, mode, uid, gid, size, mtime_ns)
+        if parts is not None:
+            return parts
+    if mtime_ns < 0:
+        return None
+    try:
+        rel.encode("utf-8")
+        linkname.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates): the Python extractor
         return None
     seconds, frac = divmod(mtime_ns, 1_000_000_000)
-    if frac:
-        value = (b"%d.%09d" % (seconds, frac)).rstrip(b"0")
-        records = b"%d mtime=%s\n" % (len(value) + 10, value) if len(value) < 90 else _pax_record(b"mtime", value)
-    else:
-        records = b""
-    if len(rel) <= 100 and not linkname and rel.isascii():  # the usual file: no name records
-        name, link = rel.encode("ascii"), b""
-    else:
-        try:
-            name, link = rel.encode("utf-8"), linkname.encode("utf-8")
-        except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates): the Python extractor
-            return None
-        if len(name) > 100 or not name.isascii():
-            records += _pax_record(b"path", name)
-            name = name[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
-        if len(link) > 100 or not link.isascii():
-            records += _pax_record(b"linkpath", link)
-            link = link[:100].decode("utf-8", "ignore").encode("ascii", "replace")[:100]
-    block = _ustar(name, mode & 0o7777, uid, gid, size, seconds, kind, link)
-    if not records:
-        return block
-    pax = _pax_blocks.get(len(records))
-    if pax is None:
-        pax = _pax_blocks[len(records)] = _ustar(b"././@PaxHeader", 0, 0, 0, len(records), 0, b"x", b"")
-    return b"%s%s%s%s" % (pax, records, _NUL512[: -len(records) % _BLOCK], block)
+    records = {"mtime": f"{seconds}.{frac:09d}".rstrip("0")} if frac else {}
+    return (tarheaders.member_header(rel, kind, mode, uid, gid, size, seconds, linkname, records),)
+
+
+class _PipeWriter:
+    """Writes what is gathered into tar's stdin from its own thread: while tar is busy and the pipe
+    is full, that thread waits, not the one parsing the archive (os.writev lets go of the GIL)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="eternia-tar-feed", daemon=True)
+        self.thread.start()
+
+    def send(self, parts: list[bytes]) -> None:
+        self.queue.put(parts)
+
+    def close(self) -> None:
+        """Wait until everything sent was written, or failed to be."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while (parts := self.queue.get()) is not None:
+            if self.error is None:  # after a failure the rest is taken and dropped: nobody waits on a full queue
+                try:
+                    _write_parts(self.fd, parts)
+                except OSError as exc:
+                    self.error = exc
+
+
+def _write_parts(fd: int, parts: list) -> None:
+    """All of ``parts`` with as few writev calls as the kernel takes (a pipe may take part of one)."""
+    while parts:
+        n = os.writev(fd, parts[:_IOV_MAX])
+        done = 0
+        while done < len(parts) and n >= len(parts[done]):
+            n -= len(parts[done])
+            done += 1
+        parts = parts[done:]
+        if n:
+            parts[0] = memoryview(parts[0])[n:]
 
 
 class _TarProcess:
@@ -155,36 +163,35 @@ class _TarProcess:
             pass  # the default pipe: slower, not wrong
         self.parts: list[bytes] = []
         self.gathered = 0
+        self.writer = _PipeWriter(self.fd)
 
-    def put(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.gathered += len(data)
+    def put(self, header: tuple[bytes, ...], data: bytes) -> None:
+        """A member: its header pieces, its data and the padding to a whole block."""
+        parts = self.parts
+        parts += header
+        if data:
+            parts.append(data)
+            if len(data) % _BLOCK:
+                parts.append(_NULS[-len(data) % _BLOCK])
+        self.gathered += len(data) + 1024  # (headers: one to three blocks)
         if self.gathered >= _GATHER:
             self.flush()
 
-    def _write_gathered(self) -> None:
-        view = memoryview(b"".join(self.parts))
-        self.parts, self.gathered = [], 0
-        while view:
-            view = view[os.write(self.fd, view):]
-
     def flush(self) -> None:
-        try:
-            self._write_gathered()
-        except BrokenPipeError:
-            self.finish()  # tar stopped early: its own message says why
+        if self.writer.error is not None:  # tar stopped reading early: its own message says why
+            self.finish()
             raise RestoreError(f"{self.where}: the system tar stopped reading the restored files (exit "
                                f"{self.proc.returncode}); nothing was swapped in")  # finish() raised otherwise
+        self.writer.send(self.parts)
+        self.parts, self.gathered = [], 0
 
     def finish(self) -> None:
         """End the stream, wait for tar, and raise with its message if it failed."""
-        try:
-            if not self.proc.stdin.closed:
-                self.parts.append(bytes(2 * _BLOCK))  # the end of the archive
-                self._write_gathered()
-        except BrokenPipeError:
-            pass  # tar stopped: its exit status and message say why
-        finally:
+        if not self.proc.stdin.closed:
+            self.parts.append(bytes(2 * _BLOCK))  # the end of the archive
+            self.writer.send(self.parts)
+            self.parts = []
+            self.writer.close()  # (a broken pipe is tar's to explain: its exit status and message)
             try:
                 self.proc.stdin.close()
             except BrokenPipeError:
@@ -206,6 +213,7 @@ class _TarProcess:
             self.proc.kill()
         except OSError:
             pass
+        self.writer.close()  # its write fails now that tar is gone
         try:
             self.proc.stdin.close()
         except OSError:
@@ -243,24 +251,19 @@ class TarFeed:
     def file(self, root: str, rel: str, m: Member, mode: int, data: bytes) -> bool:
         """Send a regular file of ``len(data)`` bytes; False when it cannot be sent (the caller writes it)."""
         ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
-        head = header(rel, b"0", mode, m.uid, m.gid, len(data), ns)
+        head = header_parts(rel, tarfile.REGTYPE, mode, m.uid, m.gid, len(data), ns)
         if head is None:
             return False
-        proc = self._proc(root)
-        proc.put(head)
-        if data:
-            proc.put(data)
-            if len(data) % _BLOCK:
-                proc.put(_NUL512[len(data) % _BLOCK:])
+        self._proc(root).put(head, data)
         return True
 
     def hardlink(self, root: str, rel: str, target_rel: str, m: Member) -> bool:
         """A hard link to an earlier file of the same root, made by tar after everything sent before it."""
         ns = m.mtime_ns if m.mtime_ns is not None else int(m.mtime * 1_000_000_000)
-        head = header(rel, b"1", m.mode & 0o7777, m.uid, m.gid, 0, ns, target_rel)
+        head = header_parts(rel, tarfile.LNKTYPE, m.mode & 0o7777, m.uid, m.gid, 0, ns, target_rel)
         if head is None:
             return False
-        self._proc(root).put(head)
+        self._proc(root).put(head, b"")
         return True
 
     def active(self, root: str) -> bool:
