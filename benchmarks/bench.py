@@ -42,7 +42,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset import MIB, generate_state, generate_tiny, human, parse_size  # noqa: E402
-from measure import kill_running, run_measured  # noqa: E402
+from measure import compile_package, kill_running, run_measured, timed_env  # noqa: E402
 
 SCENARIOS = ["create", "restore", "create-s3", "restore-s3", "tiny", "list"]
 REPO = Path(__file__).resolve().parent.parent
@@ -182,11 +182,7 @@ class Bench:
         self.tmp = tmp
         self.tiny_tmp = tiny_tmp or tmp  # the tiny-file scenario's place (a tmpfs by default)
         self.cli = cli_command()
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.env.pop("ETERNIA_BACKUP_CONFIG", None)
-        # An installed package comes with its bytecode (pip compiles it); with this set (as in
-        # some development shells) every run of ours compiled its ~50 modules again: 0.13 s a run.
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.env = timed_env()
         self.results: dict[str, dict] = {}
         self.s3 = None
         self.proxy = None
@@ -542,10 +538,7 @@ class Bench:
             self.made["seconds"] = round(time.monotonic() - t0, 1)
             self.input_bytes = self.made["bytes"]
             log(f"  {self.made['files']} files, {human(self.made['bytes'])} in {self.made['seconds']} s")
-        # untimed: the bytecode of the package is written once, as an install would have
-        subprocess.run([sys.executable, "-c", "import compileall, os, eternia_backup\n"
-                        "compileall.compile_dir(os.path.dirname(eternia_backup.__file__), quiet=1)"],
-                       env=self.env, check=False, stdout=subprocess.DEVNULL)
+        compile_package(self.env)
         t_start = time.monotonic()
         for name in SCENARIOS:
             if name not in only or (name == "tiny" and self.args.tiny <= 0) or \

@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import cli_command, du, fresh, log, machine, read_through, rm  # noqa: E402
 from dataset import MIB, _text_pool, generate_state, generate_tiny, human, parse_size  # noqa: E402
-from measure import kill_running, run_measured  # noqa: E402
+from measure import compile_package, kill_running, run_measured, timed_env  # noqa: E402
 
 FIGURES = ["no-change", "changes", "chain", "index"]
 REPO = Path(__file__).resolve().parent.parent
@@ -165,8 +165,8 @@ class IncrementalBench:
         self.tmp = tmp
         self.shm = shm
         self.cli = cli_command()
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.env.pop("ETERNIA_BACKUP_CONFIG", None)
+        self.env = timed_env()
+        compile_package(self.env)
         self.data = tmp / "data"
         self.results: dict[str, dict] = {}
         self.loads: list[float] = []

@@ -17,6 +17,24 @@ import time
 _running: set[subprocess.Popen] = set()
 
 
+def timed_env() -> dict[str, str]:
+    """The environment of a timed run of ours: unbuffered, no config from the caller's shell, and
+    bytecode written (with PYTHONDONTWRITEBYTECODE, as in some development shells, every run
+    compiled the package's modules again: 0.13 s a run; a pip install compiles them once)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ETERNIA_BACKUP_CONFIG", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_package(env: dict[str, str]) -> None:
+    """Untimed: the package's bytecode written once, as an install would have."""
+    import sys
+    subprocess.run([sys.executable, "-c", "import compileall, os, eternia_backup\n"
+                    "compileall.compile_dir(os.path.dirname(eternia_backup.__file__), quiet=1)"],
+                   env=env, check=False, stdout=subprocess.DEVNULL)
+
+
 def _status_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in KiB; VmHWM is its peak RSS since its last exec."""
     rss = hwm = 0

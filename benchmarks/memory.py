@@ -45,7 +45,7 @@ MIB = 1024 * 1024
 GOAL_MIB = 200  # the bound for a 2 GiB backup: about 200 MB resident
 
 from dataset import generate_state  # noqa: E402  (benchmarks/ is sys.path[0]): the mix of bench.py
-from measure import _status_kib, run_measured  # noqa: E402,F401  (benchmarks/ is sys.path[0])
+from measure import _status_kib, compile_package, run_measured, timed_env  # noqa: E402,F401  (benchmarks/ is sys.path[0])
 
 
 def du(path: Path) -> int:
@@ -108,7 +108,8 @@ def _run(tmp: Path, args) -> int:
                     {"type": "sqlite", "name": "db", "path": str(state / "app.db")}],
     }}))
     cli = cli_command() + ["--config", str(config)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = timed_env()
+    compile_package(env)
     results: dict[str, dict] = {}
 
     def step(name: str, cmd, *, before=None, size=None, **kw) -> None:
