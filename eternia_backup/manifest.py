@@ -46,6 +46,13 @@ def format_time(dt: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
+    """A time as :func:`format_time` writes it (``2026-12-07T04:17:35.123456Z``); ValueError otherwise.
+    ``fromisoformat`` first: strptime was a tenth of ``status`` with 1,000 backups."""
+    if len(text) == 27 and text[-1] == "Z" and text[10] == "T" and text[19] == ".":
+        try:
+            return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
 
 
