@@ -113,9 +113,10 @@ def temp_files(storage: Path) -> list[str]:
     return sorted(p.name for p in storage.iterdir() if p.name.endswith(".tmp")) if storage.exists() else []
 
 
-def gate_command(gate: Path, payload: str = "payload") -> str:
-    """A dump command that finishes only once ``gate`` exists."""
-    return f"while [ ! -e '{gate}' ]; do sleep 0.05; done; echo {payload}"
+def gate_command(gate: Path, payload: str = "payload", started: Path | None = None) -> str:
+    """A dump command that finishes only once ``gate`` exists (and makes ``started`` when it starts)."""
+    mark = f"touch '{started}'; " if started is not None else ""
+    return f"{mark}while [ ! -e '{gate}' ]; do sleep 0.05; done; echo {payload}"
 
 
 def write_section(app: Path, section: dict, name: str = "eternia-backup.yaml") -> Path:
@@ -1050,12 +1051,15 @@ def test_a_replica_killed_holding_the_lease_is_taken_over_after_expiry(app, s3_e
 
 @pytest.mark.slow
 def test_a_holder_paused_past_its_lease_does_not_commit_after_it_resumes(app, s3_env, s3_server, s3_bucket):
-    gate = app / "gate"
+    gate, started = app / "gate", app / "dump-started"
     slot = datetime.now(UTC).replace(microsecond=0)
-    holder = start_replica(replica_config(app, s3_bucket, s3_server.endpoint, 1, gate_command(gate, "stale")),
-                           [(slot, 0)])
+    holder = start_replica(replica_config(app, s3_bucket, s3_server.endpoint, 1,
+                                          gate_command(gate, "stale", started)), [(slot, 0)])
     try:
         wait_for(lambda: lease_body(s3_server, s3_bucket), timeout=20, what="the first replica's lease")
+        # paused while its dump runs (on a slow machine, stopping it as soon as the lease appeared could
+        # catch it before it looked for an existing backup: it then skips the slot, also safely)
+        wait_for(started.exists, timeout=20, what="the first replica's dump")
         os.kill(holder.pid, signal.SIGSTOP)  # a long GC pause, a frozen VM ...
         lease = lease_body(s3_server, s3_bucket)
         gate.touch()  # its dump is complete: on waking it has only to commit
