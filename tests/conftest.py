@@ -338,8 +338,26 @@ def ftp_url(ftp_server) -> tuple[str, dict]:
             {"username": FTP_USER[0], "password": FTP_USER[1]})
 
 
+@pytest.fixture
+def tar_processes(monkeypatch) -> list:
+    """The GNU tar processes (eternia_backup.system_tar._TarProcess) a test's restores started, in
+    order; at the end none may be left running, whatever the test did."""
+    from eternia_backup import system_tar
+
+    started: list = []
+    real = system_tar._TarProcess.__init__
+
+    def spy(self, *args):
+        started.append(self)
+        real(self, *args)
+
+    monkeypatch.setattr(system_tar._TarProcess, "__init__", spy)
+    yield started
+    assert all(p.proc.returncode is not None for p in started), "a tar process was left running"
+
+
 @pytest.fixture(params=["python", "system tar"])
-def extractor(request, monkeypatch):
+def extractor(request, monkeypatch, tar_processes):
     """Run a restore test twice: every file made by the Python extractor, then every small file
     made by GNU tar (eternia_backup.system_tar, which a restore of a few files does not start)."""
     from eternia_backup import system_tar
@@ -351,14 +369,4 @@ def extractor(request, monkeypatch):
             pytest.skip("GNU tar is not installed")
         monkeypatch.delenv("ETERNIA_BACKUP_SYSTEM_TAR", raising=False)
         monkeypatch.setattr(system_tar, "START_AFTER", 0)
-    started = []
-    real = system_tar._TarProcess.__init__
-
-    def spy(self, *args):
-        started.append(self)
-        real(self, *args)
-
-    monkeypatch.setattr(system_tar._TarProcess, "__init__", spy)
-    yield request.param
-    # whatever the test did (a refused archive, a failed restore), no tar may be left running
-    assert all(p.proc.returncode is not None for p in started), "a tar process was left running"
+    return request.param

@@ -30,20 +30,6 @@ def world(base: Path, *, incremental: bool = False) -> tuple[Path, Path]:
     return config, data
 
 
-@pytest.fixture
-def tar_processes(monkeypatch) -> list:
-    """The tar processes (system_tar._TarProcess) a restore started, in order."""
-    started: list = []
-    real = system_tar._TarProcess.__init__
-
-    def spy(self, *args):
-        started.append(self)
-        real(self, *args)
-
-    monkeypatch.setattr(system_tar._TarProcess, "__init__", spy)
-    return started
-
-
 def fill(data: Path, files: int = 400) -> None:
     """An application tree of many small files with everything a restore must get right."""
     for i in range(files):

@@ -228,7 +228,7 @@ class DirectorySource(Source):
         """A file the listing says is regular, archived without a stat here: the writer checks the
         open file (one replaced meanwhile is skipped with a warning) and returns its fstat."""
         try:
-            st = writer.add_file(relpath, path if self._file_path is str else Path(path))
+            st = writer.add_file(relpath, self._file_path(path))
         except UnreadableFileError as exc:
             self._unreadable(writer, relpath, exc)
             return

@@ -176,8 +176,7 @@ class _SectionWriter(EntryWriter):
                 return False
         except OSError:
             return False
-        header = _file_header_parts(f"{self.prefix}/{relpath.strip('/')}", st.st_mode, st.st_uid, st.st_gid,
-                                    size, st.st_mtime_ns)
+        header = _file_header_parts(self._name(relpath), st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns)
         if header is None:
             return False
         data = os.pread(fd, size, 0) if size else b""
@@ -187,8 +186,7 @@ class _SectionWriter(EntryWriter):
         self.tar.put_parts(header + (data, _NULS[pad]), _HEADER_BYTES[len(header)] + size + pad)
         self.size += size
         self.entries += 1
-        after = os.fstat(fd)
-        if (size, st.st_mtime_ns, st.st_ctime_ns) != (after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+        if _changed(st, os.fstat(fd)):
             self.warn(relpath, "changed while it was read; archived as read, its contents may be inconsistent")
         return True
 
