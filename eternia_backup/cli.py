@@ -99,14 +99,15 @@ def cmd_create(mgr, args) -> int:
         print(result.location)
         if _summary_wanted(args):
             m = result.manifest
-            files = sum(s.entries for s in m.sources)
-            ratio = m.archive.content_size / m.archive.size if m.archive.size else 0.0
+            entries = sum(s.entries for s in m.sources)  # files, directories and links
+            data = m.total_source_size  # the sources' bytes, not the tar stream (headers, padding)
+            ratio = data / m.archive.size if m.archive.size else 0.0
             kind = ""
             if m.is_incremental:
                 unchanged = sum((s.increment or {}).get("unchanged", 0) for s in m.sources)
                 removed = sum((s.increment or {}).get("removed", 0) for s in m.sources)
                 kind = f"incremental on top of {m.parent} ({unchanged} unchanged, {removed} removed), "
-            _say(args, f"backup {result.backup_id}: {kind}{files} files, {human_size(m.archive.content_size)} in, "
+            _say(args, f"backup {result.backup_id}: {kind}{entries} entries, {human_size(data)} in, "
                  f"{human_size(m.archive.size)} stored (ratio {ratio:.2f}), {result.duration:.1f} s")
     if result.warning_count:
         _print_backup_warnings(args, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,22 @@ def test_v_gives_info_vv_gives_debug_records_and_q_gives_only_errors(project):
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip().endswith(".tar.zst")
     failing = run_cli_in_process("restore", "nope", "-q", config=project)
     assert failing.returncode == 1 and failing.stderr.startswith("error: "), failing.stderr
+
+
+def test_the_create_summary_counts_the_files_bytes_not_the_tar_stream(tmp_path):
+    """300 files of 10 bytes (and 4 directories) are 2.9 KiB of data, though their tar stream is 300 KiB of headers and padding."""
+    for i in range(300):
+        (tmp_path / "data" / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / f"d{i % 3}" / f"f{i}.txt").write_bytes(b"0123456789")
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "retention_days": 7}}))
+    proc = run_cli_in_process("create", "-v", config=config)
+    assert proc.returncode == 0, proc.stderr
+    [summary] = [line for line in proc.stderr.splitlines() if "stored (ratio" in line]
+    assert "304 entries, 2.9 KiB in, " in summary, summary
+    stored = float(re.search(r"([\d.]+) KiB stored", summary).group(1))
+    ratio = float(re.search(r"ratio ([\d.]+)", summary).group(1))
+    assert ratio == pytest.approx(3000 / (stored * 1024), rel=0.05), summary
 
 
 def test_log_lines_carry_the_utc_offset(project):

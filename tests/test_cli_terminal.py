@@ -115,13 +115,13 @@ def test_create_shows_bytes_of_the_total_then_one_summary_line(big_app):
     clean = ANSI.sub("", out)
     summary = [line for line in clean.splitlines() if line.startswith("backup 2")]
     assert len(summary) == 1, clean
-    assert re.search(r"\d+ files, [\d.]+ MiB in, [\d.]+ MiB stored \(ratio [\d.]+\), [\d.]+ s", summary[0]), summary
+    assert re.search(r"\d+ entries, 40.0 MiB in, [\d.]+ MiB stored \(ratio [\d.]+\), [\d.]+ s", summary[0]), summary
     assert any(line.strip().endswith(".tar.zst") for line in clean.splitlines()), clean
 
 
 def test_quiet_and_json_draw_no_bar_on_a_terminal(big_app):
     status, out = run_on_terminal(big_app, "create", "-q")
-    assert status == 0 and "%|" not in out and "files," not in out, out
+    assert status == 0 and "%|" not in out and "entries," not in out, out
     status, out = run_on_terminal(big_app, "create", "--json")
     assert status == 0 and "%|" not in out and '"version": 1' in out, out
 
