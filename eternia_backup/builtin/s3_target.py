@@ -37,6 +37,7 @@ Credentials come from the standard AWS chain (environment, profile, IAM role).
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import json
 import logging
@@ -258,6 +259,16 @@ def creator_marker(filename: str) -> bytes:
                        "started": time.time()}).encode()
 
 
+def _part_buffer(size: int) -> io.BytesIO:
+    """An empty BytesIO whose buffer already holds ``size`` bytes, so filling it never reallocates
+    (growing one by appends copied each 8 MiB part about eight times over)."""
+    buffer = io.BytesIO()
+    buffer.seek(size - 1)
+    buffer.write(b"\0")
+    buffer.seek(0)
+    return buffer
+
+
 class S3AtomicWrite(AtomicWrite):
     """An uncommitted multipart upload: an object exists only after commit().
 
@@ -280,7 +291,9 @@ class S3AtomicWrite(AtomicWrite):
         self.filename = filename
         self.key = target._key(filename)
         self.parts: list[dict[str, Any]] = []  # uploaded (appended by the uploader threads, in any order)
-        self.buffer = bytearray()
+        #: the part being filled: a BytesIO that owns its buffer, so neither botocore nor aiohttp
+        #: copies it (aiohttp takes ``getbuffer()``, which copies a BytesIO made from bytes)
+        self.buffer = _part_buffer(part_size(0))
         self._done = False
         self._sent = 0  # parts handed to the uploaders
         self._queue: queue.Queue = queue.Queue()
@@ -323,7 +336,7 @@ class S3AtomicWrite(AtomicWrite):
                 del item, data  # the part's memory goes before the slot is given back
                 self._slots.release()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: io.BytesIO) -> None:
         """Hand a part to the uploaders; waits while PARTS_AT_ONCE are not yet uploaded."""
         self._raise_failure()
         number = self._sent + 1
@@ -363,19 +376,29 @@ class S3AtomicWrite(AtomicWrite):
     # -- AtomicWrite --------------------------------------------------------------------
 
     def write(self, data) -> int:
+        """Copies ``data`` into the part being filled (the one copy); a full part goes to the uploaders."""
         self._raise_failure()
-        self.buffer += data
-        size = part_size(self._sent)
-        while len(self.buffer) >= size:
-            self._send(bytes(memoryview(self.buffer)[:size]))
-            del self.buffer[:size]
-            size = part_size(self._sent)
-        return len(data)
+        view = memoryview(data).cast("B")
+        written = len(view)
+        while view:
+            room = part_size(self._sent) - self.buffer.tell()
+            self.buffer.write(view[:room])
+            view = view[room:]
+            if self.buffer.tell() >= part_size(self._sent):
+                self._send_part()
+        return written
+
+    def _send_part(self, last: bool = False) -> None:
+        part, self.buffer = self.buffer, io.BytesIO()
+        part.truncate(part.tell())  # the last part may be shorter than its buffer
+        part.seek(0)
+        self._send(part)
+        if not last:  # allocated once a slot is free: at most PARTS_AT_ONCE + 1 parts in memory
+            self.buffer = _part_buffer(part_size(self._sent))
 
     def commit(self) -> None:
-        if self.buffer or not self._sent:
-            self._send(bytes(self.buffer))  # the last part may be small (or empty, when it is the only one)
-            self.buffer = bytearray()
+        if self.buffer.tell() or not self._sent:
+            self._send_part(last=True)  # it may be small (or empty, when it is the only one)
         self.drain()
         self.parts.sort(key=lambda p: p["PartNumber"])
         for attempt in range(COMPLETE_ATTEMPTS):
@@ -398,7 +421,7 @@ class S3AtomicWrite(AtomicWrite):
         if self._done:
             return
         self._done = True
-        self.buffer = bytearray()
+        self.buffer = io.BytesIO()
         self._stop_uploaders()
         try:
             self.target.fs.call_s3("abort_multipart_upload", Bucket=self.target.bucket, Key=self.key,
