@@ -370,3 +370,63 @@ def extractor(request, monkeypatch, tar_processes):
         monkeypatch.delenv("ETERNIA_BACKUP_SYSTEM_TAR", raising=False)
         monkeypatch.setattr(system_tar, "START_AFTER", 0)
     return request.param
+
+
+# -- a loopback HTTP receiver (notifications, webhooks) ------------------------------------------
+
+import http.server  # noqa: E402
+import json as _json  # noqa: E402
+import threading  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+
+
+class HttpReceiver:
+    """A local HTTP server that records every request, in arrival order, and answers 200 "OK"."""
+
+    def __init__(self):
+        self.requests: list[Request] = []
+        requests = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                requests.append(Request(self.command, self.path, dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_POST = do_GET = do_HEAD = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
+
+    def events(self, path: str = "/hook") -> list[dict]:
+        """The JSON bodies posted to ``path``."""
+        return [_json.loads(r.body) for r in self.requests if r.path == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = HttpReceiver()
+    yield r
+    r.close()

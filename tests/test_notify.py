@@ -10,11 +10,9 @@ meaning.
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,50 +32,6 @@ from eternia_backup.plugins import call_lifecycle, get_plugin_manager
 
 SECRET = "hunter2-SECRET-value-7f3a"
 UUID = "5f1c1c1e-0b8e-4d4e-9a53-0c2b1f0e7d11"
-
-
-class Receiver:
-    """A local HTTP server that records every request: (method, path, body), in arrival order."""
-
-    def __init__(self):
-        self.requests: list[tuple[str, str, bytes]] = []
-        requests = self.requests
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _record(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                requests.append((self.command, self.path, body))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"OK")
-
-            do_POST = do_GET = do_HEAD = _record
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p, _ in self.requests]
-
-    def events(self, path: str = "/hook") -> list[dict]:
-        return [json.loads(b) for _, p, b in self.requests if p == path]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture
@@ -117,7 +71,7 @@ def test_healthchecks_pings_start_then_success_then_start_then_fail_with_the_log
     proc = cli("create", config=config, env={"DUMP": 'echo "cannot reach the database" >&2; exit 4'})
     assert proc.returncode == 1
     assert receiver.paths[2:] == [f"/ping/{UUID}/start", f"/ping/{UUID}/fail"]
-    method, _, body = receiver.requests[3]
+    method, _, _, body = receiver.requests[3]
     tail = body.decode()
     assert method == "POST" and "exited with status 4" in tail and "cannot reach the database" in tail
     assert len(body) <= LOG_TAIL_BYTES
@@ -129,7 +83,7 @@ def test_healthchecks_fail_body_holds_no_secret(app, cli, receiver):
     proc = cli("create", config=config, env={"DB_PASSWORD": SECRET})
     assert proc.returncode == 1 and SECRET not in proc.stderr
     assert [p for p in receiver.paths] == [f"/ping/{UUID}/start", f"/ping/{UUID}/fail"]
-    body = receiver.requests[1][2]
+    body = receiver.requests[1].body
     assert SECRET.encode() not in body and b"exited with status 4" in body
 
 
@@ -257,7 +211,7 @@ def test_a_backup_with_warnings_is_a_warning_and_a_success(app, receiver):
     assert receiver.events("/success") == [warned]
     assert warned["event"] == "backup.succeeded" and warned["status"] == "warning" and warned["warning_count"] == 1
     assert warned["warnings"] == [{"source": "w", "path": "gone.txt", "problem": "vanished before it was read; skipped"}]
-    hc_body = [b for _, p, b in receiver.requests if p == "/hc"][0].decode()
+    hc_body = [r.body for r in receiver.requests if r.path == "/hc"][0].decode()
     assert "1 warning" in hc_body and "gone.txt" in hc_body
 
 
@@ -308,7 +262,7 @@ def test_drill_results_reach_webhook_and_a_drill_check(app, receiver):
     assert [p for p in receiver.paths if p.startswith("/backups")] == []
     assert [p for p in receiver.paths if p.startswith("/drills")] == [
         "/drills/start", "/drills", "/drills/start", "/drills/fail"]
-    fail_body = [b for _, p, b in receiver.requests if p == "/drills/fail"][0]
+    fail_body = [r.body for r in receiver.requests if r.path == "/drills/fail"][0]
     assert b"malformed" in fail_body
 
 

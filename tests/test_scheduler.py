@@ -15,7 +15,6 @@ so "during a backup" is a moment the test chooses, not a race.
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import logging
@@ -787,39 +786,6 @@ def test_status_exit_codes_and_json(app, cli, real_cli):
 # -- webhook notifier and metrics -----------------------------------------------------------------
 
 
-class Receiver:
-    """A local HTTP server that records the POSTs it gets."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append((self.path, dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/backup"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 SECRET = "hunter2-SECRET-value-7f3a"
 
 
@@ -832,12 +798,12 @@ def webhook_config(app: Path, url: str, **webhook) -> Path:
 
 
 def test_webhook_receives_the_failure_with_the_error_and_no_secret(app, cli, receiver):
-    config = webhook_config(app, receiver.url)
+    config = webhook_config(app, f"{receiver.base}/hooks/backup")
     # the dump fails and prints the secret in its error output
     env = {"APP_SECRET": SECRET, "DUMP": 'echo "cannot log in with $APP_SECRET" >&2; exit 3'}
     proc = cli("create", config=config, env=env)
     assert proc.returncode == 1 and SECRET not in proc.stderr
-    [(path, headers, body)] = receiver.received
+    [(_, path, headers, body)] = receiver.requests
     assert path == "/hooks/backup" and headers["Content-Type"] == "application/json"
     assert SECRET.encode() not in body
     event = json.loads(body)
@@ -849,15 +815,15 @@ def test_webhook_receives_the_failure_with_the_error_and_no_secret(app, cli, rec
     # a success is not sent unless asked for
     proc = cli("create", config=config, env={"APP_SECRET": SECRET})
     assert proc.returncode == 0, proc.stderr
-    assert len(receiver.received) == 1
+    assert len(receiver.requests) == 1
 
 
 def test_webhook_on_success_sends_the_success(app, cli, receiver):
-    config = webhook_config(app, receiver.url, on_success=True)
+    config = webhook_config(app, f"{receiver.base}/hooks/backup", on_success=True)
     proc = cli("create", "--json", config=config, env={"APP_SECRET": SECRET})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    [(_, _, body)] = receiver.received
+    [(_, _, _, body)] = receiver.requests
     event = json.loads(body)
     assert event["event"] == "backup.succeeded" and event["backup_id"] == result["backup_id"]
     assert event["size"] == result["size"] and event["copies"][0]["target"] == "local"
@@ -919,7 +885,7 @@ def test_metrics_textfile_after_a_success_and_a_failure(app, cli):
 
 def test_a_missing_source_directory_is_counted_and_alerted(app, cli, receiver):
     config = write_section(app, local_section(metrics={"textfile": "metrics.prom"},
-                                              notify={"webhook": {"url": receiver.url}}))
+                                              notify={"webhook": {"url": f"{receiver.base}/hooks/backup"}}))
     assert cli("create", config=config).returncode == 0
     (app / "state" / "files").rename(app / "state" / "moved")
     proc = cli("create", config=config)
@@ -927,7 +893,7 @@ def test_a_missing_source_directory_is_counted_and_alerted(app, cli, receiver):
     target = json.loads(cli("status", "--json", config=config).stdout)["targets"]["local"]
     assert target.get("last_failure") and "does not exist" in target.get("last_error", "")
     assert read_metrics(app / "metrics.prom")[("eternia_backup_failures_total", "local")] == 1
-    assert [json.loads(b)["event"] for _, _, b in receiver.received] == ["backup.failed"]
+    assert [json.loads(b)["event"] for _, _, _, b in receiver.requests] == ["backup.failed"]
 
 
 # -- replicas sharing one S3 bucket -----------------------------------------------------------------
