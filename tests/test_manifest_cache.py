@@ -15,12 +15,14 @@ import json
 import threading
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import run_cli
+from eternia_backup.manager import BackupManager
 
 from eternia_backup.testing.s3proxy import CountingProxy
 
@@ -244,3 +246,28 @@ def test_concurrent_listings_agree_and_leave_a_usable_cache(many, proxy):
     proxy.take()
     assert ids(run_cli("list", "--json", config=config)) == listings[0]
     assert manifest_gets(proxy.take()) == 0
+
+
+def test_a_scheduled_runs_bookkeeping_reads_no_manifest_again(many, proxy):
+    """One scheduled run (is there a backup for this slot? the backup; retention) on a machine that
+    listed before reads no stored manifest again (only the new one, once), so its requests do not
+    grow with the number of backups."""
+    config, _, _ = many
+    before = ids(run_cli("list", "--json", config=config))
+    assert len(before) == BACKUPS
+    proxy.take()
+    manager = BackupManager.from_config(config)
+    outcome = manager.run_scheduled(datetime.now(timezone.utc))
+    assert outcome.status == "ok", outcome.message
+    read = [path for method, path in proxy.requests if method in ("GET", "HEAD") and ".manifest.json" in path]
+    counts = proxy.take()
+    [new] = [b.backup_id for b in manager.list_backups() if b.backup_id not in before]
+    assert len(read) <= 1 and all(new in path for path in read), read  # only the new backup's, new here
+    # the upload (marker, multipart, parts, size check, manifest) and a few LISTs; not one per backup
+    assert sum(counts.values()) < 40, counts
+    proxy.take()
+    skipped = manager.run_scheduled(datetime.now(timezone.utc) - timedelta(minutes=1))
+    assert skipped.status == "skipped" and "already exists" in skipped.message
+    counts = proxy.take()
+    assert manifest_gets(counts) == 0 and sum(counts.values()) <= 6, counts
+    assert len(ids(run_cli("list", "--json", config=config))) == BACKUPS + 1
