@@ -188,8 +188,8 @@ def cmd_verify(mgr, args) -> int:
                 print(f"ok       {r.backup_id}  {human_size(r.size)}  {r.url}  ({r.note})")
             elif r.ok:
                 print(f"ok       {r.backup_id}  {human_size(r.size)}, {r.entries} entries  {r.url}")
-            else:
-                print(f"DAMAGED  {r.backup_id}  {r.problem}")
+            else:  # damaged, or not checkable here (unreadable store, a key that does not open it)
+                print(f"{'DAMAGED' if r.damaged else 'FAILED ':7}  {r.backup_id}  {r.problem}")
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 

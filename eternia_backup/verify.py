@@ -186,8 +186,9 @@ def verify_chain(links: list[BackupCopy], registry, encryption=None, progress: P
     for link in links[:-1]:  # what the restore reads of a base: its archive
         report = verify_copy(link, registry, encryption, progress, check_files_index=False)
         if not report.ok:
+            state = "is damaged" if report.damaged else "cannot be verified"
             return VerifyReport(copy.backup_id, copy.url, False,
-                                f"{copy.describe()}: its base backup {link.backup_id} is damaged: {report.problem}",
+                                f"{copy.describe()}: its base backup {link.backup_id} {state}: {report.problem}",
                                 damaged=report.damaged)
     report = verify_copy(copy, registry, encryption, progress)
     if report.ok:
@@ -195,14 +196,23 @@ def verify_chain(links: list[BackupCopy], registry, encryption=None, progress: P
     return report
 
 
+def _wrong_key(copy: BackupCopy, exc: Exception):
+    """The error for a backup whose stored bytes match its manifest but that the configured key cannot open."""
+    from .encryption import DecryptionError
+
+    return DecryptionError(f"{copy.describe()}: its stored bytes match the manifest (size and sha256), but it "
+                           f"cannot be opened with the configured key, so a restore would fail: {exc}")
+
+
 def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress = NO_PROGRESS, *,
                 check_files_index: bool = True) -> VerifyReport:
     """Verify one copy fully; returns a report (ok or the problem), never raises IntegrityError.
 
     An encrypted backup with no key configured is checked for size and sha256
-    only, and the report's ``note`` says so.
+    only, and the report's ``note`` says so; one that the configured key does not
+    open is a failed report (not damage: its stored bytes are intact).
     """
-    from .encryption import DecryptionError
+    from .encryption import DecryptionError, NoKeyError
 
     report = VerifyReport(copy.backup_id, copy.url, False, None)
     try:
@@ -215,12 +225,16 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
         compression = registry.compression(manifest.archive.compression)()
         try:
             identities = keys_for(manifest, encryption)
-        except DecryptionError as exc:
-            # No usable key: the stored bytes can still be checked against the manifest.
+        except NoKeyError as exc:
+            # No key configured (a verifier that holds none): the stored bytes can still be checked.
             check_stored_archive(copy)
             report.ok, report.size = True, manifest.archive.size
             report.note = f"size and sha256 checked; contents not read: {exc}"
             return report
+        except DecryptionError as exc:
+            # A key is configured and does not open it: a restore with this config would fail.
+            check_stored_archive(copy)
+            raise _wrong_key(copy, exc) from None
         progress.phase(f"verify {copy.backup_id}", manifest.archive.size)
         with copy.target.open_read(manifest.archive.file) as raw:
             hashing = HashingReader(ProgressReader(raw, progress))
@@ -250,6 +264,8 @@ def verify_copy(copy: BackupCopy, registry, encryption=None, progress: Progress 
                 content.close()
                 hashing.drain()
                 compare_checksum(copy, manifest, hashing)
+                if isinstance(exc, DecryptionError):  # the stored bytes are what was written: the key is wrong
+                    raise _wrong_key(copy, exc) from exc
                 if isinstance(exc, ArchiveError):
                     raise IntegrityError(f"{copy.describe()}: {exc}") from exc
                 raise IntegrityError(f"{copy.describe()}: archive cannot be read: {exc}") from exc

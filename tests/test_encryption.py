@@ -118,6 +118,30 @@ def test_wrong_key_and_wrong_passphrase_are_refused_without_output(app, keypair,
     assert report.ok and "contents not read" in report.note
 
 
+def test_verify_fails_when_the_configured_key_does_not_open_the_backup(app, keypair, tmp_path, cli):
+    """A verify that says ok while every restore would fail keeps monitoring green: a configured
+    passphrase or identity file that does not open the backup fails verify (exit 1), and is not
+    reported as damage (the stored bytes are intact; the right key still restores)."""
+    key, recipient = keypair
+    other = tmp_path / "other.txt"
+    assert cli("keygen", "--output", str(other)).returncode == 0
+    config = app / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": section(recipients=[recipient], passphrase="${PASS}")}))
+    assert cli("create", config=config, env={"PASS": PASSPHRASE}).returncode == 0
+    for wrong in ({"passphrase": "${PASS}"}, {"identity_file": str(other)}):
+        config.write_text(yaml.safe_dump({"backup": section(recipients=[recipient], **wrong)}))
+        proc = cli("verify", config=config, env={"PASS": "not the passphrase"})
+        assert proc.returncode == 1, (wrong, proc.stdout, proc.stderr)
+        [line] = proc.stdout.splitlines()
+        assert line.startswith("FAILED ") and "cannot be opened with the configured key" in line, line
+        assert "match the manifest" in line and "not the passphrase" not in line, line
+        listed = json.loads(cli("list", "--json", config=config, env={"PASS": "x"}).stdout)["backups"]
+        assert [b["state"] for b in listed] == ["ok"], listed  # not marked damaged
+    config.write_text(yaml.safe_dump({"backup": section(recipients=[recipient], passphrase="${PASS}")}))
+    proc = cli("verify", config=config, env={"PASS": PASSPHRASE})
+    assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
+
+
 def test_tampered_ciphertext_gives_an_authentication_error_and_no_plaintext(app, keypair, tmp_path):
     """The attacker also fixes the manifest's checksum: only age's authentication can tell."""
     key, recipient = keypair
