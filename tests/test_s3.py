@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from eternia_backup.builtin.s3_target import MAX_PART, MAX_PARTS, max_archive_size, part_size
+from conftest import run_cli
 from eternia_backup.testing import ADMIN, READER, SeaweedFS
 
 SEED_SECTION = """
@@ -134,6 +136,25 @@ def test_missing_bucket_is_a_clear_error_unless_create_bucket(app, s3_server, cl
     proc = cli("create", config=config, env=creds())
     assert proc.returncode == 0, proc.stderr
     assert any(k.endswith(".manifest.json") for k in keys(s3_server, "made-by-eternia"))
+
+
+def test_a_scheduler_with_create_bucket_takes_its_lease_in_a_bucket_not_made_yet(app, s3_server, s3_env,
+                                                                                   monkeypatch):
+    """The lease probe is the scheduler's first write: with create_bucket it makes the bucket, so replicas
+    get their per-slot lease from the first run (it said "access denied" and fell back to local locking);
+    a listing before that says the bucket comes with the next backup, not "set create_bucket"."""
+    from eternia_backup.manager import BackupManager
+
+    bucket = f"lease-{uuid.uuid4().hex[:8]}"
+    for k, v in creds().items():
+        monkeypatch.setenv(k, v)
+    manager = BackupManager.from_config(cloud_config(app, bucket, s3_server.endpoint, create_bucket=True))
+    proc = run_cli("list", config=app / "eternia-backup.yaml", env=creds())
+    assert "does not exist yet; the next backup creates it" in proc.stderr, proc.stderr
+    manager.prepare_scheduled_runs()
+    assert manager.lease_target is not None and manager.lease_target.name != "local"
+    assert s3_server.client().exists(bucket)
+    assert [k for k in keys(s3_server, bucket) if "lease-probe" in k] == []  # the probe cleans up
 
 
 @pytest.mark.parametrize("key, needle", [

@@ -131,7 +131,8 @@ def max_archive_size() -> int:
 
 
 def explain(exc: BaseException, bucket: str, endpoint: str = "the S3 endpoint", *,
-            action: str | None = None, credentials: str = "the AWS credential chain") -> str:
+            action: str | None = None, credentials: str = "the AWS credential chain",
+            create_bucket: bool = False) -> str:
     """One line saying what went wrong with S3 and what to check.
 
     ``credentials`` names where the credentials came from (the config file's
@@ -150,6 +151,8 @@ def explain(exc: BaseException, bucket: str, endpoint: str = "the S3 endpoint", 
     if "InvalidBucketName" in text:
         return f"the server refuses the bucket name {bucket!r}; {bucket_name_problem(bucket) or 'choose another'}"
     if "NoSuchBucket" in text or "specified bucket does not exist" in text:
+        if create_bucket:
+            return f"bucket {bucket!r} does not exist yet; the next backup creates it (create_bucket is set)"
         return (f"bucket {bucket!r} does not exist; create it, or set cloud_backup.create_bucket: true "
                 "to let eternia-backup create it")
     if "AccessDenied" in text or "Access Denied" in text or isinstance(exc, PermissionError):
@@ -475,7 +478,8 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
         return session
 
     def explain(self, exc: BaseException, action: str | None = None) -> str:
-        return explain(exc, self.bucket, self.endpoint, action=action, credentials=self.credentials)
+        return explain(exc, self.bucket, self.endpoint, action=action, credentials=self.credentials,
+                       create_bucket=self.create_bucket)
 
     def error_for(self, action: str, exc: BaseException, filename: str | None = None) -> StorageError:
         where = self.file_url(filename) if filename else self.display_url
@@ -570,6 +574,7 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
     # -- conditional writes (leases) ------------------------------------------------
 
     def conditional_put(self, filename, data, *, if_none_match=False, if_match=None):
+        self.ensure_dir()  # the lease probe may be the first write: create_bucket applies to it too
         kw = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
         try:
             out = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(filename), Body=data, **kw)
