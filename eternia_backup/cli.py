@@ -656,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep setuid/setgid bits (as root, restoring in place only; otherwise they are stripped)")
     s.add_argument("--allow-older", action="store_true", help=_ALLOW_OLDER)
     s.add_argument("--force", action="store_true",
-                   help="restore in place although processes hold files open under the destination")
+                   help="restore in place although processes hold files open under the destination, or "
+                   "the backup was read from other paths on this host (the state moved)")
     s.add_argument("--allow-partial-listing", action="store_true", help=_PARTIAL)
 
     s = _add_command(sub, "ls")

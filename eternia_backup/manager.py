@@ -34,6 +34,7 @@ from .errors import (
     EterniaBackupError,
     IntegrityError,
     LatestDamagedError,
+    RestoreError,
     SourceError,
     StorageError,
     UsageError,
@@ -552,7 +553,8 @@ class BackupManager:
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
         ``allow_older`` (then the newest good one is used). ``force`` goes ahead
-        although processes hold files open under an in-place destination.
+        although processes hold files open under an in-place destination, or the backup
+        was made on this host from other paths than the config's (:mod:`.origin`).
         ``latest`` is refused while a target cannot be listed (the newest backup
         may be there) unless ``allow_partial_listing``. Setuid/setgid bits are stripped (one warning) unless ``keep_setid`` and
         the restore runs as root into the configured places. ``to_database`` restores
@@ -579,6 +581,8 @@ class BackupManager:
                  exclude=None) -> restore.RestoreResult:
         copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         links = self.chain_of(copy)
+        if to is None and to_database is None and copy.manifest is not None:
+            self._check_origin(copy.manifest, sources, force)
         try:
             result = restore.restore_copy(
                 copy, sources=self.sources, selected=sources, to=Path(to).absolute() if to is not None else None,
@@ -598,6 +602,19 @@ class BackupManager:
             raise
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         return result
+
+    def _check_origin(self, manifest, selected: list[str] | None, force: bool) -> None:
+        """An in-place restore of a backup read from other paths on this host: refused, or with
+        ``force`` a warning (the application's state moved)."""
+        from .origin import check_same_origin
+
+        names = list(selected) if selected else [s.name for s in manifest.sources]
+        try:
+            check_same_origin(manifest, self.sources, names)
+        except RestoreError as exc:
+            if not force:
+                raise
+            log.warning("%s (going ahead: --force)", str(exc).rsplit(". Restore it elsewhere", 1)[0])
 
     @_in_scratch
     def list_members(self, backup: str, path: str | None = None, *, allow_partial_listing: bool = False,

@@ -426,6 +426,34 @@ def two_targets(write_config) -> Path:
     return write_config(section(targets=[{"name": "nas", "url": "nas"}]))
 
 
+def test_an_in_place_restore_of_another_apps_backup_in_shared_storage_is_refused(cli, tmp_path):
+    """Two applications with one storage_path and the default backup.name share a series, so app A's
+    ``latest`` can be app B's backup: restoring it in place would replace A's state with B's. A backup
+    read from other paths on this host is refused in place (and in a dry run), nothing changes;
+    ``--to`` takes it elsewhere, ``--force`` restores it in place (a state that moved)."""
+    shared = tmp_path / "shared"
+    apps = {}
+    for app in ("appA", "appB"):
+        (tmp_path / app / "data").mkdir(parents=True)
+        (tmp_path / app / "data" / f"{app}.txt").write_text(app)
+        config = tmp_path / app / "eternia-backup.yaml"
+        config.write_text(yaml.safe_dump({"backup": {"storage_path": str(shared)}}))
+        apps[app] = config
+        assert cli("create", "-q", config=config).returncode == 0
+    for args in (("--yes",), ("--dry-run",)):
+        proc = cli("restore", "latest", *args, config=apps["appA"])
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "was made on this host from other paths" in proc.stderr, proc.stderr
+        assert str(tmp_path / "appB" / "data") in proc.stderr and "backup.name" in proc.stderr, proc.stderr
+        assert sorted(p.name for p in (tmp_path / "appA" / "data").iterdir()) == ["appA.txt"]
+    assert cli("restore", "latest", "--to", str(tmp_path / "out"), "--yes", config=apps["appA"]).returncode == 0
+    assert (tmp_path / "out" / "data" / "appB.txt").read_text() == "appB"
+    assert cli("restore", "latest", "--yes", config=apps["appB"]).returncode == 0  # its own: as ever
+    proc = cli("restore", "latest", "--yes", "--force", config=apps["appA"])
+    assert proc.returncode == 0 and "going ahead: --force" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "appA" / "data").iterdir()) == ["appB.txt"]
+
+
 def test_download_to_a_directory_copies_archive_and_manifest(cli, app, two_targets):
     archive = backup_now(two_targets)
     on_nas = app / "nas" / archive.name
