@@ -221,8 +221,13 @@ def retention_candidates(copies) -> list[Candidate]:
 
 
 def cleanup_target(target: Target, *, name: str, environment: str, policy: Retention, tz: tzinfo | None,
-                   dry_run: bool, now: datetime | None = None, guard=None, cache=None) -> TargetCleanup:
-    """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease)."""
+                   dry_run: bool, now: datetime | None = None, guard=None, cache=None,
+                   foreign=None) -> TargetCleanup:
+    """Apply retention on one target. ``guard()`` runs before each delete and may raise (a lost lease).
+
+    ``foreign(manifest)`` is true for a backup of this series that another application made (read
+    on this host from other paths, :mod:`.origin`): retention leaves those to their own maker.
+    """
     report = TargetCleanup(target.name)
     now = now or datetime.now(timezone.utc)
     try:
@@ -239,6 +244,15 @@ def cleanup_target(target: Target, *, name: str, environment: str, policy: Reten
         log.info("cleanup on target %r: %s", target.name, report.error)
         return report
     ours = [c for c in listing.copies if c.manifest is None or c.manifest.environment == environment]
+    if foreign is not None:
+        theirs = [c for c in ours if c.manifest is not None and foreign(c.manifest)]
+        if theirs:
+            log.warning("cleanup on target %r: %d backup(s) of this series were made on this host from other "
+                        "paths than this config's sources, e.g. %s; retention leaves them alone (another "
+                        "application sharing this storage and backup.name? give each its own name; if this "
+                        "application's state moved, delete them by hand, manifest first)",
+                        target.name, len(theirs), theirs[0].backup_id)
+            ours = [c for c in ours if c not in theirs]
     plan = plan_retention(retention_candidates(ours), policy, now, tz)
     try:
         plan = _with_the_newest_checked(target, ours, plan, policy, now, tz, report.found_damaged)

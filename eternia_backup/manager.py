@@ -603,6 +603,12 @@ class BackupManager:
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
         return result
 
+    def _made_elsewhere(self, manifest) -> bool:
+        """Made on this host from other paths than this config's sources: another application's backup."""
+        from .origin import moved_sources
+
+        return bool(moved_sources(manifest, self.sources, [s.name for s in manifest.sources]))
+
     def _check_origin(self, manifest, selected: list[str] | None, force: bool) -> None:
         """An in-place restore of a backup read from other paths on this host: refused, or with
         ``force`` a warning (the application's state moved)."""
@@ -774,7 +780,7 @@ class BackupManager:
         result = cleanup.CleanupResult(dry_run, [
             cleanup.cleanup_target(t, name=self.config.name, environment=self.config.environment,
                                    policy=self.config.retention, tz=self.tz, dry_run=dry_run, guard=guard,
-                                   cache=self.manifest_cache(t))
+                                   cache=self.manifest_cache(t), foreign=self._made_elsewhere)
             for t in self.targets
         ])
         self._record_checked({i: p for t in result.targets for i, p in t.found_damaged.items()}, [])

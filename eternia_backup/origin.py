@@ -29,7 +29,8 @@ def moved_sources(manifest: Manifest, sources: dict[str, Source], names: list[st
         if record.name not in names or source is None:
             continue
         recorded, current = record.details.get("path"), source.describe().get("path")
-        if recorded and current and os.path.normpath(recorded) != os.path.normpath(current):
+        # realpath: one directory reached through a symlink (or another -c path to the config) is no move
+        if recorded and current and os.path.realpath(recorded) != os.path.realpath(current):
             moved.append((record.name, recorded, current))
     return moved
 

@@ -454,6 +454,27 @@ def test_an_in_place_restore_of_another_apps_backup_in_shared_storage_is_refused
     assert sorted(p.name for p in (tmp_path / "appA" / "data").iterdir()) == ["appB.txt"]
 
 
+def test_retention_leaves_alone_another_apps_backups_in_shared_storage(cli, tmp_path):
+    """With keep_last: 1, app B's cleanup deleted app A's only backup (one series for both); backups
+    made on this host from other paths are now left to their maker, with a warning saying why."""
+    shared, made = tmp_path / "shared", {}
+    for app in ("appA", "appB"):
+        (tmp_path / app / "data").mkdir(parents=True)
+        (tmp_path / app / "data" / f"{app}.txt").write_text(app)
+        config = tmp_path / app / "eternia-backup.yaml"
+        config.write_text(yaml.safe_dump({"backup": {"storage_path": str(shared), "retention": {"keep_last": 1}}}))
+        made[app] = (config, [ID_RE.search(cli("create", "--json", config=config).stdout).group(0)
+                              for _ in range(2)])
+    proc = cli("cleanup", "--json", config=made["appB"][0])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 backup(s) of this series were made on this host from other paths" in proc.stderr, proc.stderr
+    left = {b["backup_id"] for b in json.loads(cli("list", "--json", config=made["appA"][0]).stdout)["backups"]}
+    assert left == {*made["appA"][1], made["appB"][1][1]}  # B's older one went; A's two stayed
+    assert cli("cleanup", config=made["appA"][0]).returncode == 0
+    left = {b["backup_id"] for b in json.loads(cli("list", "--json", config=made["appA"][0]).stdout)["backups"]}
+    assert left == {made["appA"][1][1], made["appB"][1][1]}
+
+
 def test_download_to_a_directory_copies_archive_and_manifest(cli, app, two_targets):
     archive = backup_now(two_targets)
     on_nas = app / "nas" / archive.name
