@@ -162,6 +162,15 @@ def cmd_list(mgr, args) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
+def _span(seconds: float) -> str:
+    """``10 min``, ``48 h``, ``14 d``: an overdue window in the unit people read it in."""
+    if seconds < 3 * 3600:
+        return f"{round(seconds / 60)} min"
+    if seconds < 3 * 86400:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} d"
+
+
 def cmd_verify(mgr, args) -> int:
     from .progress import NO_PROGRESS
 
@@ -347,7 +356,8 @@ def cmd_status(mgr, args) -> int:
         newest = status["newest_backup"]
         print(f"schedule:   {status['schedule']} ({status['timezone']})"
               + ("" if status["enabled"] else "  [automated backups disabled]"))
-        print(f"next run:   {for_people(status['next_run'], zone)}")
+        print(f"next run:   {for_people(status['next_run'], zone)}" if status["enabled"]
+              else "next run:   none (backup.enabled is false: `run` makes no backups)")
         if newest:
             hours = newest["age_seconds"] / 3600
             print(f"newest:     {newest['backup_id']}  {for_people(newest['created_at'], zone)}  "
@@ -370,7 +380,7 @@ def cmd_status(mgr, args) -> int:
         if status.get("interrupted_restore"):
             print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
         if status["overdue"]:
-            print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
+            print(f"OVERDUE: no complete backup in the last {_span(status['overdue_after_seconds'])} "
                   "(twice the schedule's period)")
         _print_drill_status(status["drill"], zone)
     drill = status["drill"]
@@ -395,7 +405,7 @@ def _print_drill_status(drill: dict, zone) -> None:
         line += f"  (schedule cron {drill['schedule']}, next {for_people(drill['next_run'], zone)})"
     print(line)
     if drill["overdue"]:
-        print(f"DRILL OVERDUE: no restore drill in the last {drill['overdue_after_seconds'] // 3600} h "
+        print(f"DRILL OVERDUE: no restore drill in the last {_span(drill['overdue_after_seconds'])} "
               "(twice the drill schedule's period)")
 
 

@@ -1083,7 +1083,8 @@ class BackupManager:
                 "warning_count": newest.manifest.warning_count,
                 "copies": [c.target.name for c in newest.copies if c.ok],
             },
-            "overdue": newest is None or age > limit,
+            # no schedule runs while disabled: nothing can be late (an outside cron has its own alarm)
+            "overdue": self.config.enabled and (newest is None or age > limit),
             "interrupted_restore": _journal_description(self.journal_path),
             "overdue_after_seconds": int(limit.total_seconds()),
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),

@@ -781,6 +781,18 @@ def test_status_exit_codes_and_json(app, cli, real_cli):
     assert proc.returncode == 1 and "OVERDUE" in proc.stdout
     data = json.loads(cli("status", "--json", config=config).stdout)
     assert data["overdue"] is True and data["newest_backup"]["age_seconds"] >= 2.5 * 86400 - 60
+    assert "in the last 2 d (twice" in proc.stdout or "in the last 48 h (twice" in proc.stdout, proc.stdout
+
+
+def test_status_says_overdue_in_minutes_for_a_short_schedule_and_not_at_all_when_disabled(app, cli):
+    config = write_section(app, local_section(schedule={"cron": "*/5 * * * *"}))
+    proc = cli("status", config=config)
+    assert proc.returncode == 1 and "OVERDUE: no complete backup in the last 10 min" in proc.stdout, proc.stdout
+    config = write_section(app, local_section(enabled=False))
+    proc = cli("status", config=config)  # no backup at all, but no scheduled run is due either
+    assert proc.returncode == 0 and "OVERDUE" not in proc.stdout, proc.stdout
+    assert "next run:   none (backup.enabled is false" in proc.stdout, proc.stdout
+    assert json.loads(cli("status", "--json", config=config).stdout)["overdue"] is False
 
 
 # -- webhook notifier and metrics -----------------------------------------------------------------
