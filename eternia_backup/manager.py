@@ -94,6 +94,7 @@ class BackupManager:
         self._check_level()
         self._check_drill()
         self.targets: list[Target] = [self._make_target(t.name, t.url, t.options) for t in config.targets]
+        self._check_overlaps()
         self.tz = ZoneInfo(config.timezone) if config.timezone else None
         if config.encryption is not None:
             from .encryption import parse_recipient
@@ -193,6 +194,31 @@ class BackupManager:
             if checks.sql_by_database and "sql_by_database" not in src.drill_keys:
                 raise ConfigError(f"backup.drill.checks.{name}.sql: a {src.type_name} source checks one database; "
                                   "write its queries as a list, not as a mapping of database names")
+
+    def _check_overlaps(self) -> None:
+        """Directory sources inside one another, or two local targets in one directory, never work:
+        files archived twice and an in-place restore that cannot swap both; every write colliding."""
+        def real(path) -> str:
+            return os.path.realpath(path)
+
+        trees = [(name, real(s.describe()["path"])) for name, s in self.sources.items()
+                 if s.type_name == "directory" and s.describe().get("path")]
+        for name, root in trees:
+            for other, other_root in trees:
+                if name != other and (root == other_root or root.startswith(other_root.rstrip("/") + "/")):
+                    raise ConfigError(
+                        f"backup.sources: {name!r} ({root}) lies inside {other!r} ({other_root}): its files "
+                        f"would be archived twice and an in-place restore cannot swap both; back up {other!r} "
+                        f"alone (it holds {name!r}), or keep the sources in separate directories")
+        seen: dict[str, str] = {}
+        for t in self.targets:
+            path = local_path_of(t)
+            if path is None:
+                continue
+            if real(path) in seen:
+                raise ConfigError(f"backup.targets: {t.name!r} and {seen[real(path)]!r} are one directory "
+                                  f"({real(path)}); every backup would be written there twice; keep one of them")
+            seen[real(path)] = t.name
 
     def _make_target(self, name: str, url: str, options: dict) -> Target:
         cls = self.registry.target_for(split_protocol(url))

@@ -592,6 +592,23 @@ def test_config_check(cli, app, cfg, write_config):
     assert "backup.retention_days" in line and "'seven'" in line
 
 
+def test_config_check_refuses_nested_directory_sources_and_two_targets_in_one_directory(cli, app, write_config):
+    """Both passed config check, then every in-place restore failed (nested sources) or every create
+    collided with itself (one directory twice); now they are config errors (exit 2), before any I/O."""
+    cfg = write_config(section(sources=[{"type": "directory", "name": "files", "path": "state/files"},
+                                        {"type": "directory", "name": "uploads", "path": "state/files/../files/up"}]))
+    line = assert_error(cli("config", "check", config=cfg), 2)
+    assert "'uploads'" in line and "lies inside 'files'" in line and str(app / "state" / "files") in line, line
+    assert_error(cli("create", config=cfg), 2)
+    assert not (app / "backups").exists()
+    cfg = write_config(section(targets=[{"name": "copy", "url": str(app / "backups") + "/"}]))
+    line = assert_error(cli("config", "check", config=cfg), 2)
+    assert "'copy' and 'local' are one directory" in line, line
+    cfg = write_config(section(sources=[{"type": "directory", "name": "files", "path": "state/files"},
+                                        {"type": "directory", "name": "more", "path": "state/files-more"}]))
+    assert cli("config", "check", config=cfg).returncode == 0  # a shared name prefix is no nesting
+
+
 def test_config_show_masks_secrets(cli, app, write_config):
     cfg = write_config(section(targets=[
         {"name": "nas", "url": "nas", "options": {"secret": "hunter2hunter2", "password": "${NAS_PASSWORD}"}},
