@@ -501,14 +501,17 @@ def cmd_config(args) -> int:
     _apply_config_logging(args, config)
     mgr = BackupManager(config)  # plugin-level validation (source options, levels, URLs)
     if args.config_command == "check":
-        notes = mgr.config_notes()
+        notes, problems = mgr.config_notes(), [] if args.file_only else mgr.config_problems()
         if args.json:
-            _print_json({"ok": True, "path": str(config.path), "notes": notes})
+            _print_json({"ok": not problems, "path": str(config.path), "notes": notes, "problems": problems})
         else:
-            print(f"{config.path}: ok ({len(config.sources)} source(s), {len(config.targets)} target(s))")
+            verdict = "valid, but it cannot work here yet" if problems else "ok"
+            print(f"{config.path}: {verdict} ({len(config.sources)} source(s), {len(config.targets)} target(s))")
             for line in notes:
                 print(line)
-        return EXIT_OK
+            for line in problems:
+                print(f"problem: {line}")
+        return EXIT_FAILED if problems else EXIT_OK
     data = config.as_dict(masked=True)
     if args.json:
         _print_json({"config": data})
@@ -706,13 +709,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = _add_command(sub, "config")
     csub = s.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
-    for action, line in (("check", "validate the config file"),
+    for action, line in (("check", "validate the config file, and the paths it names on this machine"),
                          ("show", "print the effective config, secrets masked"),
                          ("schema", "print the JSON Schema of the config file (for editors)")):
         c = csub.add_parser(action, help=line, description=line[0].upper() + line[1:] + ".",
                             epilog=f"example:\n  eternia-backup config {action}",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _global_options(c, top=False)
+        if action == "check":
+            c.add_argument("--file-only", action="store_true",
+                           help="check the file only, not this machine's paths (a config for another machine)")
 
     s = _add_command(sub, "completion")
     s.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")

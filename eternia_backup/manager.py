@@ -262,6 +262,30 @@ class BackupManager:
         """One line per thing a careful user should know about this configuration (``config check``)."""
         return [line for source in self.sources.values() for line in source.notes()]
 
+    def config_problems(self) -> list[str]:
+        """What on this machine makes the valid config fail now (``config check``; exit 1): a file-based
+        source that is missing or unreadable, local storage that is a file. Only local checks: no
+        database or bucket is contacted."""
+        problems = []
+        for source in self.sources.values():
+            if not source.describe().get("path"):
+                continue  # commands, databases: checked when they run
+            try:
+                source.check()
+            except EterniaBackupError as exc:
+                problems.append(f"{exc} (create would fail)")
+        for target in self.targets:
+            path = local_path_of(target)
+            if path is not None and path.exists() and not path.is_dir():
+                problems.append(f"target {target.name!r}: {path} is a file, not a directory; fix the path "
+                                "(create would fail)")
+        encryption = self.config.encryption
+        if encryption is not None and encryption.identity_file is not None \
+                and not os.access(encryption.identity_file, os.R_OK):
+            problems.append(f"backup.encryption.identity_file: {encryption.identity_file} cannot be read here "
+                            "(restore and verify need it)")
+        return problems
+
     # -- operations ------------------------------------------------------------------
 
     @_in_scratch

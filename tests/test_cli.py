@@ -606,7 +606,29 @@ def test_config_check_refuses_nested_directory_sources_and_two_targets_in_one_di
     assert "'copy' and 'local' are one directory" in line, line
     cfg = write_config(section(sources=[{"type": "directory", "name": "files", "path": "state/files"},
                                         {"type": "directory", "name": "more", "path": "state/files-more"}]))
+    (app / "state" / "files-more").mkdir()
     assert cli("config", "check", config=cfg).returncode == 0  # a shared name prefix is no nesting
+
+
+def test_config_check_fails_when_create_could_not_work_on_this_machine(cli, app, write_config):
+    """A valid config whose source directory or SQLite file is missing, whose storage is a file, or
+    whose identity file cannot be read: config check names each problem and exits 1 (it said ok)."""
+    (app / "not-a-dir").write_text("x")
+    cfg = write_config(section(storage_path="not-a-dir", sources=[
+        {"type": "directory", "name": "files", "path": "state/nothing-here"},
+        {"type": "sqlite", "name": "db", "path": "state/missing.db"}],
+        encryption={"enabled": True, "passphrase": "pw", "identity_file": "no-key.txt"}))
+    proc = cli("config", "check", config=cfg)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 4, proc.stdout
+    assert "state/nothing-here does not exist" in problems[0] and "missing.db does not exist" in problems[1]
+    assert "not-a-dir is a file" in problems[2] and "no-key.txt cannot be read" in problems[3]
+    data = json.loads(cli("config", "check", "--json", config=cfg).stdout)
+    assert data["ok"] is False and len(data["problems"]) == 4
+    cfg = write_config(section())
+    data = json.loads(ok(cli("config", "check", "--json", config=cfg)))
+    assert data["ok"] is True and data["problems"] == []
 
 
 def test_config_show_masks_secrets(cli, app, write_config):
