@@ -227,6 +227,7 @@ class BackupManager:
         if scratch.ROOT.get() == root:
             yield root  # already inside an operation of this manager
             return
+        self.state.make_dir(root)
         with scratch.using(root):
             scratch.remove_stale(root)
             yield root
