@@ -543,6 +543,21 @@ def test_config_check(cli, app, cfg, write_config):
     assert "backup.retention_days" in line and "'seven'" in line
 
 
+def test_a_key_given_twice_is_refused_by_config_check_and_create(cli, app, cfg):
+    """YAML keeps the last of two equal keys: a second backup: section with enabled: false, or a
+    repeated retention_days, would silently change the config."""
+    text = cfg.read_text()
+    cfg.write_text(text + "backup:\n  enabled: false\n")
+    for args in (("config", "check"), ("create",)):
+        line = assert_error(cli(*args, config=cfg), 2)
+        assert line.endswith(f"{cfg}: backup: given twice, at lines 1 and {len(text.splitlines()) + 1} "
+                             "(YAML would keep only the last); remove one"), line
+    cfg.write_text(text.replace("  retention_days: 7\n", "  retention_days: 7\n  retention_days: 30\n"))
+    line = assert_error(cli("create", config=cfg), 2)
+    assert "backup.retention_days: given twice" in line
+    assert not (app / "backups").exists()
+
+
 def test_config_show_masks_secrets(cli, app, write_config):
     cfg = write_config(section(targets=[
         {"name": "nas", "url": "nas", "options": {"secret": "hunter2hunter2", "password": "${NAS_PASSWORD}"}},
