@@ -71,6 +71,20 @@ def _in_scratch(method):
     return wrapper
 
 
+def _names(value, what: str) -> list[str] | None:
+    """A list of names or patterns; one string is one of them (``sources="db"``), not its characters."""
+    if value is None or isinstance(value, str):
+        return None if value is None else [value]
+    try:
+        names = list(value)
+    except TypeError:
+        names = [value]
+    wrong = [n for n in names if not isinstance(n, str)]
+    if wrong:
+        raise UsageError(f"{what}: expected a name or a list of names (strings), got {wrong[0]!r}")
+    return names
+
+
 class BackupManager:
     """Make, list, verify, restore and clean up the backups of one configuration."""
 
@@ -544,11 +558,12 @@ class BackupManager:
 
     @_in_scratch
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
-                       sources: list[str] | None = None, dry_run: bool = False,
+                       sources: str | list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
                        force: bool = False, keep_setid: bool = False, allow_partial_listing: bool = False,
                        progress: Progress = NO_PROGRESS, to_database: str | None = None,
-                       include: list[str] | None = None, exclude: list[str] | None = None) -> restore.RestoreResult:
+                       include: str | list[str] | None = None,
+                       exclude: str | list[str] | None = None) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
@@ -559,8 +574,10 @@ class BackupManager:
         the restore runs as root into the configured places. ``to_database`` restores
         the one selected database source into that database instead of its own.
         ``include``/``exclude`` (glob patterns over ``<source>/<path>``, with ``to``)
-        restore only the matching part.
+        restore only the matching part. Each of ``sources``, ``include`` and ``exclude`` is a
+        list, or one string for one name or pattern.
         """
+        sources, include, exclude = _names(sources, "sources"), _names(include, "include"), _names(exclude, "exclude")
         args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress,
                 to_database, include, exclude)
         if dry_run:
