@@ -702,6 +702,13 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(cli, tmp_path):
         assert f"cannot make the state directory {said}" in line and "unexpected" not in line, line
         assert storage in line if state_dir is None else "set by backup.state_dir" in line
 
+    # with a state directory that can be made, a storage directory that cannot is named as such
+    for storage in ("/proc/nope", "/sys/backups"):
+        config.write_text(yaml.safe_dump({"backup": {"storage_path": storage, "state_dir": str(tmp_path / "st")}}))
+        line = assert_error(cli("create", config=config), 1)
+        assert f"target 'local': cannot create the storage directory {storage}: " in line, line
+        assert "choose another path" in line and "unexpected" not in line
+
 
 def test_config_discovery_order(cli, real_cli, app, cfg, tmp_path):
     elsewhere = tmp_path / "elsewhere"
