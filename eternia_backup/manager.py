@@ -35,6 +35,7 @@ from .errors import (
     IntegrityError,
     LatestDamagedError,
     SourceError,
+    StateDirError,
     StorageError,
     UsageError,
 )
@@ -230,6 +231,11 @@ class BackupManager:
         paths.append(self.state.path.parent.absolute())
         return tuple(dict.fromkeys(paths))
 
+    def _acquire_lock(self, what: str) -> LocalLock:
+        """The host lock, in the state directory: one that cannot be made is said as such."""
+        self.state.make_dir()
+        return self.lock.acquire(what)
+
     @contextlib.contextmanager
     def scratch_space(self):
         """Temporary files of the operation run inside go to ``<state dir>/tmp`` (0700), not /tmp.
@@ -268,7 +274,7 @@ class BackupManager:
         if self.lock.held:
             self.finish_interrupted_restore()  # never back up a half-restored state
             return self._create(progress, guard, cancel, full)
-        with self.lock.acquire("backup"):
+        with self._acquire_lock("backup"):
             self.finish_interrupted_restore()
             return self._create(progress, guard, cancel, full)
 
@@ -586,7 +592,7 @@ class BackupManager:
             if self.lock.held:
                 self.finish_interrupted_restore()
                 return self._restore(*args)
-            with self.lock.acquire("restore"):
+            with self._acquire_lock("restore"):
                 self.finish_interrupted_restore()
                 return self._restore(*args)
         finally:
@@ -766,7 +772,7 @@ class BackupManager:
         """
         if dry_run or self.lock.held:
             return self._cleanup(dry_run, guard)
-        with self.lock.acquire("cleanup"):
+        with self._acquire_lock("cleanup"):
             return self._cleanup(dry_run, guard)
 
     def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
@@ -816,7 +822,7 @@ class BackupManager:
         """
         if self.lock.held:
             return self._drill(backup or self.config.drill.backup)
-        with self.lock.acquire("drill"):
+        with self._acquire_lock("drill"):
             self.finish_interrupted_restore()
             return self._drill(backup or self.config.drill.backup)
 
@@ -918,9 +924,11 @@ class BackupManager:
         from .scheduler import RunOutcome
 
         try:
-            self.lock.acquire("scheduled backup")
+            self._acquire_lock("scheduled backup")
         except BackupInProgress as exc:
             return RunOutcome(slot, "skipped", str(exc))
+        except StateDirError as exc:  # nowhere to record the slot either; said, not a crash
+            return RunOutcome(slot, "failed", str(exc))
         lease = None
         try:
             if self.lease_target is not None:

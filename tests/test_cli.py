@@ -679,6 +679,9 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(cli, tmp_path):
         assert "backup.state_dir" in line and "XDG_STATE_HOME" in line
         assert "unexpected" not in line
         assert not list((base / "rootonly" / "myapp").iterdir())
+        for command in ("cleanup", "drill"):  # they take the lock without temporary files
+            line = assert_error(_cli_as_nobody(command, cwd=config.parent, env=quiet), 1)
+            assert "cannot make the state directory /nonexistent/.local/state/eternia-backup" in line, line
 
         # what it says to do works: $XDG_STATE_HOME, or backup.state_dir
         xdg = base / "app" / "xdg"
