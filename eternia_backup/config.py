@@ -483,7 +483,9 @@ class BackupModel(_Model):
     state_dir: str | None = _f("a local directory path", None, min_length=1,
                                description="Where the lock, the last-run state and temporary files (tmp/, "
                                "0700; never /tmp) are kept; default: beside the first local storage directory "
-                               "(.<dir>.eternia), else ~/.local/state/eternia-backup.",
+                               "(.<dir>.eternia) when this user can write its parent, else $XDG_STATE_HOME/eternia-backup or "
+                               "~/.local/state/eternia-backup. One that cannot be made is an error (never a silent "
+                               "move: two places would keep two records); set this for a service user without a home.",
                                examples=["/var/lib/eternia-backup"])
     encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
                                      description="age encryption of the archives; see below.",
