@@ -522,17 +522,33 @@ def cmd_config(args) -> int:
     return EXIT_OK
 
 
+def _init_path(args) -> tuple[str, str]:
+    """Where ``init`` writes, and the ``-c`` the next commands need to find it ('' when they find it
+    anyway): where --path, else -c, else $ETERNIA_BACKUP_CONFIG say, so that ``-c myapp.yaml init``
+    then ``-c myapp.yaml create`` use one file. (--path wins: -c may come from an alias.)"""
+    import shlex
+    from pathlib import Path
+
+    from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME
+
+    given = args.path if args.path is not None else args.config
+    if given is not None:
+        return given, "" if Path(given) == Path(DEFAULT_CONFIG_NAME) else f"-c {shlex.quote(given)} "
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME, ""
+
+
 def cmd_init(args) -> int:
     from .starter import write_starter
 
-    path = write_starter(args.path)
+    where, option = _init_path(args)
+    path = write_starter(where, option=option)
     if args.json:
         _print_json({"path": str(path)})
     else:
         print(f"wrote {path}")
         if not args.quiet:
             _say(args, "next: put the state to back up in data/ beside it (or list sources), then run "
-                 "`eternia-backup config check` and `eternia-backup create`")
+                 f"`eternia-backup {option}config check` and `eternia-backup {option}create`")
     return EXIT_OK
 
 
@@ -588,7 +604,7 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 #: name -> (one-line description, examples); shown by `eternia-backup COMMAND --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("write a commented starter eternia-backup.yaml (never overwrites a file)",
-             "eternia-backup init\n  eternia-backup init --path /etc/myapp/eternia-backup.yaml"),
+             "eternia-backup init\n  eternia-backup -c /etc/myapp/eternia-backup.yaml init"),
     "create": ("make a backup now and print where it went",
                "eternia-backup create\n  eternia-backup create --full\n"
                "  eternia-backup -c /etc/myapp/eternia-backup.yaml create --json"),
@@ -645,8 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = _add_command(sub, "init")
-    s.add_argument("--path", default="eternia-backup.yaml", metavar="FILE",
-                   help="where to write it (default: ./eternia-backup.yaml)")
+    s.add_argument("--path", metavar="FILE",
+                   help="where to write it (default: --config, else $ETERNIA_BACKUP_CONFIG, else ./eternia-backup.yaml)")
     s = _add_command(sub, "create")
     s.add_argument("--full", action="store_true",
                    help="a full backup, also when archive.incremental is on (the next incrementals build on it)")

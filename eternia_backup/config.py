@@ -483,7 +483,9 @@ class BackupModel(_Model):
     state_dir: str | None = _f("a local directory path", None, min_length=1,
                                description="Where the lock, the last-run state and temporary files (tmp/, "
                                "0700; never /tmp) are kept; default: beside the first local storage directory "
-                               "(.<dir>.eternia), else ~/.local/state/eternia-backup.",
+                               "(.<dir>.eternia) when this user can write its parent, else $XDG_STATE_HOME/eternia-backup or "
+                               "~/.local/state/eternia-backup. One that cannot be made is an error (never a silent "
+                               "move: two places would keep two records); set this for a service user without a home.",
                                examples=["/var/lib/eternia-backup"])
     encryption: EncryptionModel = _f("a mapping", default_factory=EncryptionModel,
                                      description="age encryption of the archives; see below.",
@@ -736,6 +738,61 @@ def find_config(path: str | os.PathLike | None = None, *, base_dir: str | os.Pat
     )
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key given twice in one mapping is an error: YAML's "the last one
+    wins" would let a repeated ``retention_days`` or a second ``backup:`` section (``enabled: false``)
+    replace the first in silence. Only the ``backup:`` section is ours to refuse; keys brought in by a
+    ``<<`` merge may still be overridden."""
+
+    def construct_document(self, node):
+        self._root = node
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                    continue
+                line = key_node.start_mark.line + 1
+                keypath = (_node_path(self._root, node, "", str(key_node.value), set()) if seen else None) or ""
+                if keypath == "backup" or keypath.startswith(("backup.", "backup[")):  # the rest is the app's
+                    lines = f"lines {first[key]} and {line}" if first[key] != line else f"line {line}"
+                    raise _DuplicateKey(f"{keypath}: given twice, at {lines} (YAML would keep only the "
+                                        "last); remove one")
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _node_path(node, target, keypath: str, key, visited: set[int]) -> str | None:
+    """The key path (``backup.sources[0].name``) of ``key`` in mapping node ``target`` under ``node``."""
+    if node is target:
+        return _join(keypath, key).lstrip(".")
+    if id(node) in visited:  # an alias of a node already searched (or of itself)
+        return None
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [(_join(keypath, getattr(k, "value", "?")), v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(f"{keypath}[{i}]", v) for i, v in enumerate(node.value)]
+    else:
+        return None
+    for child_path, child in children:
+        found = _node_path(child, target, child_path, key, visited)
+        if found is not None:
+            return found
+    return None
+
+
 def load_config(path: str | os.PathLike | None = None, *, base_dir: str | os.PathLike | None = None) -> BackupConfig:
     """Find (:func:`find_config`), read and validate the config file's ``backup:`` section."""
     p = find_config(path, base_dir=base_dir)
@@ -744,7 +801,9 @@ def load_config(path: str | os.PathLike | None = None, *, base_dir: str | os.Pat
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from exc
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

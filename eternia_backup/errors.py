@@ -62,6 +62,10 @@ class StorageError(EterniaBackupError, OSError):
     code = "storage"
 
 
+class StateDirError(StorageError):
+    """The state directory (lock, last-run record, temporary files) cannot be made or written."""
+
+
 class BackupNotFoundError(StorageError, FileNotFoundError):
     """No backup matches what was asked for."""
 

@@ -36,6 +36,7 @@ from .errors import (
     LatestDamagedError,
     RestoreError,
     SourceError,
+    StateDirError,
     StorageError,
     UsageError,
 )
@@ -70,6 +71,20 @@ def _in_scratch(method):
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+def _names(value, what: str) -> list[str] | None:
+    """A list of names or patterns; one string is one of them (``sources="db"``), not its characters."""
+    if value is None or isinstance(value, str):
+        return None if value is None else [value]
+    try:
+        names = list(value)
+    except TypeError:
+        names = [value]
+    wrong = [n for n in names if not isinstance(n, str)]
+    if wrong:
+        raise UsageError(f"{what}: expected a name or a list of names (strings), got {wrong[0]!r}")
+    return names
 
 
 class BackupManager:
@@ -243,6 +258,11 @@ class BackupManager:
         paths.append(self.state.path.parent.absolute())
         return tuple(dict.fromkeys(paths))
 
+    def _acquire_lock(self, what: str) -> LocalLock:
+        """The host lock, in the state directory: one that cannot be made is said as such."""
+        self.state.make_dir()
+        return self.lock.acquire(what)
+
     @contextlib.contextmanager
     def scratch_space(self):
         """Temporary files of the operation run inside go to ``<state dir>/tmp`` (0700), not /tmp.
@@ -254,6 +274,7 @@ class BackupManager:
         if scratch.ROOT.get() == root:
             yield root  # already inside an operation of this manager
             return
+        self.state.make_dir(root)
         with scratch.using(root):
             scratch.remove_stale(root)
             yield root
@@ -304,7 +325,7 @@ class BackupManager:
         if self.lock.held:
             self.finish_interrupted_restore()  # never back up a half-restored state
             return self._create(progress, guard, cancel, full)
-        with self.lock.acquire("backup"):
+        with self._acquire_lock("backup"):
             self.finish_interrupted_restore()
             return self._create(progress, guard, cancel, full)
 
@@ -594,11 +615,12 @@ class BackupManager:
 
     @_in_scratch
     def restore_backup(self, backup: str, *, to: str | os.PathLike | None = None,
-                       sources: list[str] | None = None, dry_run: bool = False,
+                       sources: str | list[str] | None = None, dry_run: bool = False,
                        confirm: Callable[[list[str]], bool] | None = None, allow_older: bool = False,
                        force: bool = False, keep_setid: bool = False, allow_partial_listing: bool = False,
                        progress: Progress = NO_PROGRESS, to_database: str | None = None,
-                       include: list[str] | None = None, exclude: list[str] | None = None) -> restore.RestoreResult:
+                       include: str | list[str] | None = None,
+                       exclude: str | list[str] | None = None) -> restore.RestoreResult:
         """Verify, stage and swap a backup into place (or into ``to``).
 
         ``latest`` is the newest backup; if it is damaged the restore fails unless
@@ -610,8 +632,10 @@ class BackupManager:
         the restore runs as root into the configured places. ``to_database`` restores
         the one selected database source into that database instead of its own.
         ``include``/``exclude`` (glob patterns over ``<source>/<path>``, with ``to``)
-        restore only the matching part.
+        restore only the matching part. Each of ``sources``, ``include`` and ``exclude`` is a
+        list, or one string for one name or pattern.
         """
+        sources, include, exclude = _names(sources, "sources"), _names(include, "include"), _names(exclude, "exclude")
         args = (backup, to, sources, dry_run, confirm, allow_older, force, keep_setid, allow_partial_listing, progress,
                 to_database, include, exclude)
         if dry_run:
@@ -620,7 +644,7 @@ class BackupManager:
             if self.lock.held:
                 self.finish_interrupted_restore()
                 return self._restore(*args)
-            with self.lock.acquire("restore"):
+            with self._acquire_lock("restore"):
                 self.finish_interrupted_restore()
                 return self._restore(*args)
         finally:
@@ -821,7 +845,7 @@ class BackupManager:
         """
         if dry_run or self.lock.held:
             return self._cleanup(dry_run, guard)
-        with self.lock.acquire("cleanup"):
+        with self._acquire_lock("cleanup"):
             return self._cleanup(dry_run, guard)
 
     def _cleanup(self, dry_run: bool, guard) -> cleanup.CleanupResult:
@@ -871,7 +895,7 @@ class BackupManager:
         """
         if self.lock.held:
             return self._drill(backup or self.config.drill.backup)
-        with self.lock.acquire("drill"):
+        with self._acquire_lock("drill"):
             self.finish_interrupted_restore()
             return self._drill(backup or self.config.drill.backup)
 
@@ -973,9 +997,11 @@ class BackupManager:
         from .scheduler import RunOutcome
 
         try:
-            self.lock.acquire("scheduled backup")
+            self._acquire_lock("scheduled backup")
         except BackupInProgress as exc:
             return RunOutcome(slot, "skipped", str(exc))
+        except StateDirError as exc:  # nowhere to record the slot either; said, not a crash
+            return RunOutcome(slot, "failed", str(exc))
         lease = None
         try:
             if self.lease_target is not None:

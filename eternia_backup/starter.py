@@ -54,16 +54,17 @@ backup:
 """
 
 
-def write_starter(path: str | os.PathLike) -> Path:
-    """Write the starter config to ``path``; never replaces an existing file."""
+def write_starter(path: str | os.PathLike, *, option: str = "") -> Path:
+    """Write the starter config to ``path``; never replaces an existing file. ``option`` is what
+    the commands the messages suggest need to find it (``-c myapp.yaml ``)."""
     p = Path(path)
     if p.is_dir():
         p = p / "eternia-backup.yaml"
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise UsageError(f"{p} already exists; it was left as it is (choose another --path, "
-                         "or check it with `eternia-backup config check`)") from None
+        raise UsageError(f"{p} already exists; it was left as it is (choose another file, "
+                         f"or check it with `eternia-backup {option}config check`)") from None
     except OSError as exc:
         raise UsageError(f"cannot write {p}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:

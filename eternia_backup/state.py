@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import StateDirError
 from .fsutil import fsync_dir, make_private_dirs
 from .timefmt import iso_utc
 
@@ -32,16 +34,28 @@ def default_state_dir(config) -> Path:
     """Beside the first local storage directory (``.<dir>.eternia``), so that all
     processes using that storage share the lock; else the user's state dir.
     Never inside the storage directory, which holds backups only."""
+    return _choose_state_dir(config)[0]
+
+
+_SET = "set by backup.state_dir"
+
+
+def _choose_state_dir(config) -> tuple[Path, str]:
+    """The state directory and why it is there (said when it cannot be made)."""
     if config.state_dir is not None:
-        return config.state_dir
+        return config.state_dir, _SET
+    why = "there is no local storage to keep it beside"
     for t in config.targets:
         if "://" not in t.url or t.url.startswith("file://"):
             storage = Path(t.url.removeprefix("file://"))
             beside = storage.parent / f".{storage.name}.eternia"
             if beside.exists() or _writable_ancestor(storage.parent):
-                return beside
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "eternia-backup"
+                return beside, f"beside the storage directory {storage}"
+            why = f"this user cannot write {storage.parent} to keep it beside the storage directory {storage}"
+            break
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "eternia-backup", f"in $XDG_STATE_HOME: {why}"
+    return Path.home() / ".local" / "state" / "eternia-backup", f"in the user's home: {why}"
 
 
 def _writable_ancestor(path: Path) -> bool:
@@ -71,11 +85,32 @@ def _now() -> str:
 @dataclasses.dataclass
 class StateStore:
     path: Path
+    #: Why the state directory is where it is (said when it cannot be made).
+    why: str = ""
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def for_config(cls, config) -> "StateStore":
-        return cls(default_state_dir(config) / f".{config.name}-{config.environment}.state.json")
+        directory, why = _choose_state_dir(config)
+        return cls(directory / f".{config.name}-{config.environment}.state.json", why)
+
+    def make_dir(self, inside: Path | None = None) -> None:
+        """Make the state directory (0700), and ``inside`` it, or raise :class:`StateDirError` saying
+        which directory, why it is there and what to do: it holds the lock and the last-run record,
+        so it is never silently moved elsewhere (two runs would then keep two records)."""
+        directory = self.path.parent
+        try:
+            make_private_dirs(inside or directory)
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+        except OSError as exc:
+            failed = f" on {exc.filename}" if exc.filename and Path(exc.filename) != directory else ""
+            cause = (exc.strerror or str(exc)).lower()
+            where = "" if self.why == _SET else "(or $XDG_STATE_HOME) "
+            raise StateDirError(
+                f"cannot make the state directory {directory}, which holds the lock and the last-run record: "
+                f"{cause}{failed} (it is {self.why}); set backup.state_dir: {where}to a directory this user "
+                "can write, or fix the permissions") from exc
 
     def read(self) -> dict[str, Any]:
         try:

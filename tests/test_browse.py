@@ -84,6 +84,29 @@ def test_restore_include_and_exclude(tmp_path, cli):
     assert r.returncode == 2 and "give --to DIR" in r.stderr
 
 
+def test_restore_api_takes_one_string_as_one_source_or_pattern(tmp_path):
+    """restore_backup(sources="files") is the source files, not the sources 'f', 'i', 'l' ...;
+    likewise one include or exclude pattern."""
+    from eternia_backup.errors import UsageError
+
+    cfg = make_config(tmp_path)
+    mgr = BackupManager.from_config(cfg)
+    mgr.create_backup()
+    result = mgr.restore_backup("latest", to=tmp_path / "r", sources="files")
+    assert result.sources == ["files"] and "dump" not in tree(tmp_path / "r")
+    assert (tmp_path / "r" / "files" / "notes.txt").read_text() == "notes\n"
+    mgr.restore_backup("latest", to=tmp_path / "r2", sources=("dump",))  # any iterable of names
+    assert tree(tmp_path / "r2") == {"dump", "dump/d.sql"}
+
+    mgr.restore_backup("latest", to=tmp_path / "r3", include="files/uploads", exclude="*.png")
+    assert tree(tmp_path / "r3") == {"files", "files/uploads", "files/uploads/b.txt", "files/uploads/2026"}
+
+    with pytest.raises(UsageError, match="has no source 'nothing'; it has: "):
+        mgr.restore_backup("latest", to=tmp_path / "r4", sources="nothing")
+    with pytest.raises(UsageError, match=r"sources: expected a name or a list of names \(strings\), got 3"):
+        mgr.restore_backup("latest", to=tmp_path / "r5", sources=["files", 3])
+
+
 def test_restore_stdout_writes_one_file(tmp_path, cli):
     cfg = make_config(tmp_path)
     mgr = BackupManager.from_config(cfg)

@@ -631,6 +631,21 @@ def test_config_check_fails_when_create_could_not_work_on_this_machine(cli, app,
     assert data["ok"] is True and data["problems"] == []
 
 
+def test_a_key_given_twice_is_refused_by_config_check_and_create(cli, app, cfg):
+    """YAML keeps the last of two equal keys: a second backup: section with enabled: false, or a
+    repeated retention_days, would silently change the config."""
+    text = cfg.read_text()
+    cfg.write_text(text + "backup:\n  enabled: false\n")
+    for args in (("config", "check"), ("create",)):
+        line = assert_error(cli(*args, config=cfg), 2)
+        assert line.endswith(f"{cfg}: backup: given twice, at lines 1 and {len(text.splitlines()) + 1} "
+                             "(YAML would keep only the last); remove one"), line
+    cfg.write_text(text.replace("  retention_days: 7\n", "  retention_days: 7\n  retention_days: 30\n"))
+    line = assert_error(cli("create", config=cfg), 2)
+    assert "backup.retention_days: given twice" in line
+    assert not (app / "backups").exists()
+
+
 def test_config_show_masks_secrets(cli, app, write_config):
     cfg = write_config(section(targets=[
         {"name": "nas", "url": "nas", "options": {"secret": "hunter2hunter2", "password": "${NAS_PASSWORD}"}},
@@ -699,6 +714,91 @@ def test_operation_failures_exit_1(real_cli, app, cfg):
     assert "no backups" in line
     line = assert_error(real_cli("download", str(app / "nothing-here.tar.zst"), config=cfg), 1)
     assert "nothing-here" in line
+
+
+def _cli_as_nobody(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI run by user nobody through runuser (tests run as root, who may write anywhere), with
+    runuser's environment (HOME=/nonexistent, as for a service user), no $XDG_STATE_HOME, plus ``env``."""
+    import pwd
+    import sysconfig
+
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to run the CLI as another user")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    python = sys.executable
+    code = "import sys; from eternia_backup.cli import main; sys.exit(main(sys.argv[1:]))"
+    if subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", "pass"], capture_output=True).returncode:
+        # this interpreter lives where nobody may not go (/root): the system's, with our packages
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        version = subprocess.run([python or "false", "-c", "import sys; print(sys.version_info[:2])"],
+                                 capture_output=True, text=True).stdout.strip()
+        if version != str(sys.version_info[:2]):
+            pytest.skip("no interpreter user nobody may run")
+        code = f"import site; site.addsitedir({sysconfig.get_path('purelib')!r}); {code}"
+    extra = [f"{k}={v}" for k, v in (env or {}).items()]
+    return subprocess.run(["runuser", "-u", "nobody", "--", "env", "-u", "XDG_STATE_HOME", *extra, python, "-c", code, *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_clear_error(cli, tmp_path):
+    """A service user whose storage is /var/backups/myapp (its own, in a directory only root may
+    write) and whose home does not exist: the state directory can be made neither beside the
+    storage nor in the home, and the error says which, why and what to do."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="eternia-nobody-"))  # pytest's tmp_path is root-only
+    try:
+        os.chmod(base, 0o755)
+        (base / "rootonly" / "myapp").mkdir(parents=True)
+        (base / "app" / "data").mkdir(parents=True)
+        (base / "app" / "data" / "a.txt").write_text("hello")
+        config = base / "app" / "eternia-backup.yaml"
+        config.write_text(f"backup:\n  storage_path: {base / 'rootonly' / 'myapp'}\n")
+        for p in (base / "rootonly" / "myapp", base / "app" / "data", base / "app" / "data" / "a.txt"):
+            os.chown(p, 65534, 65534)
+        quiet = {"ETERNIA_BACKUP_DISABLE_PLUGINS": "postgres,mysql,redis"}  # not importable by nobody
+
+        line = assert_error(_cli_as_nobody("create", cwd=config.parent, env=quiet), 1)
+        assert "cannot make the state directory /nonexistent/.local/state/eternia-backup" in line, line
+        assert "permission denied" in line and f"cannot write {base / 'rootonly'}" in line
+        assert "backup.state_dir" in line and "XDG_STATE_HOME" in line
+        assert "unexpected" not in line
+        assert not list((base / "rootonly" / "myapp").iterdir())
+        for command in ("cleanup", "drill"):  # they take the lock without temporary files
+            line = assert_error(_cli_as_nobody(command, cwd=config.parent, env=quiet), 1)
+            assert "cannot make the state directory /nonexistent/.local/state/eternia-backup" in line, line
+
+        # what it says to do works: $XDG_STATE_HOME, or backup.state_dir
+        xdg = base / "app" / "xdg"
+        line = assert_error(_cli_as_nobody("create", cwd=config.parent, env={**quiet, "XDG_STATE_HOME": xdg}), 1)
+        assert f"cannot make the state directory {xdg}/eternia-backup" in line  # not there yet: the app dir is root's
+        os.chown(base / "app", 65534, 65534)
+        ok(_cli_as_nobody("create", cwd=config.parent, env={**quiet, "XDG_STATE_HOME": xdg}))
+        assert (xdg / "eternia-backup").is_dir()
+        assert len(list((base / "rootonly" / "myapp").glob("*.manifest.json"))) == 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    # one that cannot be made for anyone (not even root): beside storage in /proc, or backup.state_dir there
+    for storage, state_dir, said in (("/proc/nope", None, "/proc/.nope.eternia"),
+                                     ("/sys/backups", None, "/sys/.backups.eternia"),
+                                     (str(tmp_path / "backups"), "/proc/nope-state", "/proc/nope-state")):
+        config = tmp_path / "eternia-backup.yaml"
+        config.write_text(yaml.safe_dump({"backup": {"storage_path": storage, "state_dir": state_dir}}))
+        (tmp_path / "data").mkdir(exist_ok=True)
+        line = assert_error(cli("create", config=config), 1)
+        assert f"cannot make the state directory {said}" in line and "unexpected" not in line, line
+        assert storage in line if state_dir is None else "set by backup.state_dir" in line
+
+    # with a state directory that can be made, a storage directory that cannot is named as such
+    for storage in ("/proc/nope", "/sys/backups"):
+        config.write_text(yaml.safe_dump({"backup": {"storage_path": storage, "state_dir": str(tmp_path / "st")}}))
+        line = assert_error(cli("create", config=config), 1)
+        assert f"target 'local': cannot create the storage directory {storage}: " in line, line
+        assert "choose another path" in line and "unexpected" not in line
 
 
 def test_config_discovery_order(cli, real_cli, app, cfg, tmp_path):

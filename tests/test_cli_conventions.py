@@ -183,6 +183,36 @@ def test_init_writes_a_config_that_checks_and_backs_up_at_once(tmp_path):
     assert other.returncode == 0 and (tmp_path / "sub.yaml").read_text() == text
 
 
+def test_init_writes_where_config_or_the_environment_say_and_never_over_a_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("remember")
+    for args in (("-c", "myapp.yaml", "init"), ("init", "--config", "myapp.yaml")):
+        proc = cli_in(tmp_path, *args)
+        if args[0] == "-c":
+            assert proc.returncode == 0 and proc.stdout.strip() == f"wrote {tmp_path / 'myapp.yaml'}", proc.stderr
+            assert "`eternia-backup -c myapp.yaml create`" in proc.stderr  # the next step finds it
+            text = (tmp_path / "myapp.yaml").read_text()
+        else:  # the second time: the file is there and stays as it was
+            assert proc.returncode == EXIT_USAGE and "myapp.yaml already exists" in proc.stderr, proc.stderr
+            assert "`eternia-backup -c myapp.yaml config check`" in proc.stderr
+            assert (tmp_path / "myapp.yaml").read_text() == text
+    assert not (tmp_path / "eternia-backup.yaml").exists()
+    created = cli_in(tmp_path, "-c", "myapp.yaml", "create")
+    assert created.returncode == 0 and Path(created.stdout.strip()).is_file(), created.stderr
+
+    env = {"ETERNIA_BACKUP_CONFIG": str(tmp_path / "from-env.yaml")}
+    assert cli_in(tmp_path, "init", env=env).returncode == 0
+    assert (tmp_path / "from-env.yaml").read_text() == text and not (tmp_path / "eternia-backup.yaml").exists()
+    assert cli_in(tmp_path, "config", "check", env=env).returncode == 0
+    again = cli_in(tmp_path, "init", env=env)
+    assert again.returncode == EXIT_USAGE and "from-env.yaml already exists" in again.stderr
+
+    # --path is init's own option: it wins over a -c (from an alias, say), and the next steps name it
+    both = cli_in(tmp_path, "-c", "a.yaml", "init", "--path", "b.yaml")
+    assert both.returncode == 0 and (tmp_path / "b.yaml").is_file() and not (tmp_path / "a.yaml").exists()
+    assert "`eternia-backup -c b.yaml create`" in both.stderr
+
+
 def test_config_not_found_points_at_init(tmp_path):
     proc = cli_in(tmp_path, "create")
     assert proc.returncode == EXIT_USAGE and "eternia-backup init" in proc.stderr, proc.stderr

@@ -300,6 +300,38 @@ def test_not_yaml(tmp_path):
     assert str(path) in message and "YAML" in message and "line" in message
 
 
+DUPLICATES = [
+    pytest.param("backup:\n  retention_days: 7\n  storage_path: b\n  retention_days: 30\n",
+                 "backup.retention_days: given twice, at lines 2 and 4", id="repeated-key"),
+    pytest.param("backup:\n  enabled: true\n  storage_path: b\napp: {x: 1}\nbackup:\n  enabled: false\n",
+                 "backup: given twice, at lines 1 and 5", id="second-backup-section"),
+    pytest.param("backup:\n  sources:\n    - type: directory\n      name: a\n      path: data\n      name: b\n",
+                 "backup.sources[0].name: given twice, at lines 4 and 6", id="in-a-list"),
+    pytest.param("backup:\n  cloud_backup: {bucket: one-bucket, bucket: two-bucket}\n",
+                 "backup.cloud_backup.bucket: given twice, at line 2", id="flow-mapping"),
+]
+
+
+@pytest.mark.parametrize("text, expected", DUPLICATES)
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines(tmp_path, text, expected):
+    path = write(tmp_path / "c.yaml", text)
+    for load in (load_config, BackupManager.from_config):
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: {expected}"), message
+        assert "remove one" in message and "\n" not in message
+        assert "two-bucket" not in message  # keys and lines, never values
+
+
+def test_keys_given_twice_outside_the_backup_section_or_by_a_merge_are_the_applications(tmp_path):
+    text = ("app: {title: a, title: b}\n"
+            "defaults: &defaults {retention_days: 3, storage_path: b}\n"
+            "backup:\n  <<: *defaults\n  retention_days: 5\n")
+    config = load_config(write(tmp_path / "c.yaml", text))
+    assert config.retention.days == 5 and config.targets[0].url == str(tmp_path / "b")
+
+
 def test_not_text(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_bytes(b"backup:\n  name: \xff\xfe\x00\n")

@@ -598,6 +598,24 @@ def test_an_unexpected_exception_in_a_run_does_not_kill_the_scheduler(app, recor
     mgr.stop_scheduler(timeout=5)
 
 
+def test_a_state_directory_that_cannot_be_made_fails_the_run_with_its_reason_not_a_crash(app, records, stop_all):
+    (app / "a-file").write_text("not a directory")
+    config = write_section(app, local_section(frequency="hourly", state_dir=str(app / "a-file" / "state"),
+                                              schedule={"timezone": "UTC", "retry_attempts": 0}))
+    mgr = BackupManager.from_config(config)
+    stop_all(mgr)
+    vc = VirtualClock(future_hour() + timedelta(seconds=1))
+    mgr.start_scheduler(clock=vc, wait=vc.wait)
+    wait_for(lambda: mgr.scheduler.outcomes, what="the run")
+    [failed] = mgr.scheduler.outcomes
+    assert failed.status == "failed", failed
+    assert failed.message.startswith(f"cannot make the state directory {app / 'a-file' / 'state'}"), failed.message
+    assert "not a directory" in failed.message and "set by backup.state_dir" in failed.message
+    assert not any(r.exc_info for r in records)  # a reason, not a crash with a traceback
+    assert mgr.scheduler.running
+    mgr.stop_scheduler(timeout=5)
+
+
 # -- two processes, one local storage -----------------------------------------------------------
 
 

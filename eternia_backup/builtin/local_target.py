@@ -20,8 +20,10 @@ from typing import Any, BinaryIO
 from eternia_backup.api import (
     AtomicWrite,
     LocalPaths,
+    StorageError,
     StoredFile,
     Target,
+    describe_os_error,
     fsync_dir,
     hookimpl,
     make_private_dirs,
@@ -125,6 +127,11 @@ class LocalTarget(Target, LocalPaths):
             st = path.stat()
             if statmod.S_IMODE(st.st_mode) != DIR_MODE and st.st_uid == os.getuid():
                 os.chmod(path, DIR_MODE)
+        except OSError as exc:  # not "not found" (a backup that is missing): the directory cannot be made
+            where = f" on {exc.filename}" if exc.filename and Path(exc.filename) != path else ""
+            cause = (exc.strerror or describe_os_error(exc)).lower()
+            raise StorageError(f"target {self.name!r}: cannot create the storage directory {path}: {cause}{where}; "
+                               "create it for the user that runs the backups, or choose another path") from exc
         except Exception as exc:
             raise self.error_for("create the directory", exc) from exc
         self._dir_ready = True
