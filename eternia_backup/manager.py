@@ -364,7 +364,10 @@ class BackupManager:
             raise
         except EterniaBackupError as exc:
             self._record(None, {t.name: str(exc) for t in self.targets})
-            if isinstance(exc, SourceError) and any(s.default for s in self.config.sources):
+            default = next((s for s in self.config.sources if s.default), None)
+            # the hint is for the default directory's own problem (missing, unreadable), not a hook's
+            if isinstance(exc, SourceError) and default is not None \
+                    and self.sources[default.name].describe().get("path", "\0") in str(exc):
                 raise SourceError(f"{exc} (backup.sources is not set, so the directory data/ beside the "
                                   "config file is backed up; list your sources under backup.sources)") from exc
             raise
@@ -653,6 +656,9 @@ class BackupManager:
     def _restore(self, backup, to, sources, dry_run, confirm, allow_older, force, keep_setid,
                  allow_partial_listing, progress, to_database=None, include=None,
                  exclude=None) -> restore.RestoreResult:
+        if to is not None and Path(to).exists() and not Path(to).is_dir():
+            raise UsageError(f"--to {to} is a file, not a directory; give a directory to restore into "
+                             "(it is made if missing); nothing was changed")
         copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
         links = self.chain_of(copy)
         if to is None and to_database is None and copy.manifest is not None:

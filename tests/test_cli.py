@@ -475,6 +475,13 @@ def test_retention_leaves_alone_another_apps_backups_in_shared_storage(cli, tmp_
     assert left == {made["appA"][1][1], made["appB"][1][1]}
 
 
+def test_restore_to_a_file_says_so(cli, app, cfg):
+    assert cli("create", config=cfg).returncode == 0
+    line = assert_error(cli("restore", "latest", "--to", str(cfg), "--yes", config=cfg), 2)
+    assert f"--to {cfg} is a file, not a directory" in line, line
+    assert sorted(p.name for p in cfg.parent.iterdir() if p.name.startswith(".eternia")) == []
+
+
 def test_download_to_a_directory_copies_archive_and_manifest(cli, app, two_targets):
     archive = backup_now(two_targets)
     on_nas = app / "nas" / archive.name

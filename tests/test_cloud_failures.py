@@ -151,7 +151,7 @@ def test_black_hole_fails_every_command_quickly_and_visibly(app, black_hole, cli
     assert proc.returncode == 1
     assert "kept on: local" in proc.stderr and "cannot reach " + black_hole in proc.stderr
     retries = [ln for ln in proc.stderr.splitlines() if "WARNING" in ln]
-    assert retries and all(f"S3 endpoint {black_hole} not answering" in r and "retry 1 of 1" in r for r in retries)
+    assert retries and all(f"S3 endpoint {black_hole} is not answering" in r and "retry 1 of 1" in r for r in retries)
     assert len(list((app / "backups").glob("*.manifest.json"))) == 1  # the local copy was made
 
     proc, times["list"] = timed(cli, "list", config=config, env=creds())

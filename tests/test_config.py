@@ -486,3 +486,7 @@ def test_without_sources_the_missing_default_data_dir_is_explained(tmp_path, cli
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "state.json").write_text("{}")
     assert cli("create", config=config).returncode == 0
+    # a hook's failure is not the default directory's: no hint about backup.sources
+    config.write_text("backup:\n  storage_path: backups\n  hooks: {before_backup: 'echo no way >&2; exit 5'}\n")
+    proc = cli("create", config=config)
+    assert proc.returncode == 1 and "no way" in proc.stderr and "backup.sources" not in proc.stderr, proc.stderr

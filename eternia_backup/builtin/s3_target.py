@@ -223,7 +223,8 @@ class RetryLogger:
         if reason is None or attempts >= self.max_attempts:
             return None
         delay = self.base_delay * 2 ** (attempts - 1)
-        log.warning("S3 endpoint %s %s, retry %d of %d in %g s%s", self.endpoint, reason, attempts,
+        where = self.endpoint if self.endpoint.startswith("the ") else f"S3 endpoint {self.endpoint}"
+        log.warning("%s is %s, retry %d of %d in %g s%s", where, reason, attempts,
                     self.max_attempts - 1, delay, f" ({operation.name})" if operation is not None else "")
         return delay
 
