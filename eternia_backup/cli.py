@@ -149,6 +149,8 @@ def cmd_list(mgr, args) -> int:
                 if not e.ok or e.state != "ok":
                     state += ": " + "; ".join(f"{c.target.name}: {c.problem.split(': ', 1)[-1]}"
                                               for c in e.copies if c.problem)
+                if m is not None and m.warning_count:  # made with warnings: some files are not faithful
+                    state += f" ({m.warning_count} warning{'s' if m.warning_count != 1 else ''})"
                 if e.backup_id in base_only:
                     state += " (kept only as a base)"
                 kind = "?" if m is None else ("incr" if m.is_incremental else "full")

@@ -224,6 +224,8 @@ def test_unreadable_file_and_directory_are_skipped_and_create_exits_3_naming_the
 
     listed = json.loads(_cli(prefix, "list", "--json", config=config).stdout)
     assert listed["backups"][0]["warning_count"] == 3
+    table = _cli(prefix, "list", config=config).stdout.splitlines()
+    assert "  ok (3 warnings)  " in table[1], table  # not a plain "ok"
     status = json.loads(_cli(prefix, "status", "--json", config=config).stdout)
     assert status["newest_backup"]["warning_count"] == 3
 
