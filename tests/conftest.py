@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +40,26 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     for var in ("ETERNIA_BACKUP_CONFIG", "ETERNIA_ENV", "ETERNIA_BACKUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+    # Loopback only: with no credentials, botocore's chain would ask the instance metadata service
+    # (169.254.169.254); the CLI's subprocesses inherit this too.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+    """Tests reach loopback addresses and Unix sockets only (see the project's rules)."""
+    if isinstance(address, tuple) and self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host not in ("localhost",) and not ipaddress.ip_address(host).is_loopback:
+            raise OSError(f"test tried to reach {host}: tests use loopback addresses only")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
 
 
 @pytest.fixture

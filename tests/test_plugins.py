@@ -646,7 +646,7 @@ def test_hook_eternia_restore_finished(write_config, app, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a directory")
     with pytest.raises(RestoreError) as exc:
-        mgr.restore_backup(backup.backup_id, to=blocker)
+        mgr.restore_backup(backup.backup_id, to=blocker / "inside")  # under a file
     [call] = recorder.of("eternia_restore_finished")
     assert call["error"] is exc.value
     assert call["result"] is None
