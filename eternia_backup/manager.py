@@ -33,6 +33,7 @@ from .errors import (
     ConfigError,
     EterniaBackupError,
     IntegrityError,
+    Interrupted,
     LatestDamagedError,
     SourceError,
     StorageError,
@@ -295,6 +296,11 @@ class BackupManager:
             if isinstance(exc, SourceError) and any(s.default for s in self.config.sources):
                 raise SourceError(f"{exc} (backup.sources is not set, so the directory data/ beside the "
                                   "config file is backed up; list your sources under backup.sources)") from exc
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: a failure where nothing was committed
+            partial = getattr(exc, "result", None)  # committed to some targets (errors.Interrupted)
+            reason = f"{Interrupted.reason(exc)}; nothing was committed"
+            self._record(partial, {} if partial is not None else {t.name: reason for t in self.targets})
             raise
         self._record(result, {})
         return result

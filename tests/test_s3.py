@@ -414,3 +414,42 @@ def test_server_stopping_mid_multipart_upload(app, tmp_path, cli):
         assert keys(server, bucket) == []
     finally:
         server.stop()
+
+
+def interrupt_config(app: Path, bucket: str, endpoint: str, source: dict) -> Path:
+    path = app / "eternia-backup.yaml"
+    path.write_text(yaml.safe_dump({"backup": {
+        "storage_path": "backups", "sources": [source], "archive": {"compression": "none"},
+        "cloud_backup": {"enabled": True, "bucket": bucket, "endpoint_url": endpoint}}}))
+    return path
+
+
+def no_upload_left(config: Path, server: SeaweedFS, bucket: str) -> None:
+    from eternia_backup import BackupManager
+
+    cloud = next(t for t in BackupManager.from_config(config).targets if t.name == "cloud")
+    assert cloud.incomplete_uploads() == []
+    assert not server.client().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    assert keys(server, bucket) == []  # no object, no marker
+
+
+@pytest.mark.slow
+def test_sigterm_during_multipart_upload_aborts_it_and_exits_143(app, s3_server, s3_bucket, s3_env, cli):
+    """docker stop, systemd, Kubernetes: SIGTERM to the process alone, while parts are uploaded."""
+    config = interrupt_config(app, s3_bucket, s3_server.endpoint, {
+        "type": "command", "name": "slow", "command": "head -c 40000000 /dev/urandom; sleep 60"})
+    proc = start_create(config, creds())
+    try:
+        wait_for_parts(s3_server, s3_bucket, proc)
+        assert any(n.startswith(".") and n.endswith(".tmp") for n in local_backups(app)), local_backups(app)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.splitlines() == ["error: terminated by SIGTERM; nothing was committed"], err
+    assert local_backups(app) == []  # the temporary archive is gone
+    no_upload_left(config, s3_server, s3_bucket)
+    status = json.loads(cli("status", "--json", config=config, env=creds()).stdout)["targets"]
+    assert {t["last_error"] for t in status.values()} == {"terminated by SIGTERM; nothing was committed"}
