@@ -229,7 +229,11 @@ def _confirm_factory(args):
         print("This restore will:", file=sys.stderr)
         for line in changes:
             print(f"  - {line.replace('would ', '')}", file=sys.stderr)
-        answer = input("Go ahead? [y/N] ")
+        try:
+            answer = input("Go ahead? [y/N] ")
+        except EOFError:  # Ctrl-D: no answer is "no"
+            print(file=sys.stderr)
+            return False
         return answer.strip().lower() in ("y", "yes")
 
     return confirm
