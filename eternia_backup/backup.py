@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, logformat, process, scratch
-from .errors import BackupFailedError, EterniaBackupError, StorageError
+from .errors import BackupFailedError, EterniaBackupError, Interrupted, StorageError
 from .hooks import GlobalHooks, run_hook
 from .streams import PartSplitter
 from .file_index import Cursor, IndexReader, IndexWriter, index_name
@@ -498,14 +499,24 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         logformat.BACKUP_ID.reset(id_token)
         if removed is not None:
             removed.close()
+    copies: list[Copy] = []  # filled as targets commit: an interrupted commit still knows where it is
     try:
-        copies = _commit(manifest, fan, by_name, guard, list(fan.writers), index)  # the open ones first: local
-        copies += _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index)  # then the slow ones
+        _commit(manifest, fan, by_name, guard, list(fan.writers), index, copies)  # the open ones first: local
+        _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index, copies)  # then the slow ones
     except BaseException as exc:
         fan.abort_all()
-        hooks.on_error(exc)
-        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
-        raise
+        if not copies or not isinstance(exc, KeyboardInterrupt):
+            hooks.on_error(exc)
+            call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
+            raise
+        # Ctrl-C (or SIGTERM) after some targets committed: those copies are complete and kept,
+        # as after any other per-target failure; say so rather than "nothing was committed".
+        interrupted = _interrupted_after_commit(exc, BackupResult(
+            backup_id, manifest, copies, failures, time.monotonic() - started), by_name)
+        hooks.on_error(interrupted)
+        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=interrupted,
+                       result=interrupted.result)
+        raise interrupted from exc
     else:
         if index is not None and copies:
             try:
@@ -547,10 +558,22 @@ def _open_targets(fan: _FanOut, targets: list[Target], archive_file: str) -> Non
         log.info("target %r is still opening; the backup goes on and hands it the archive when it opens", name)
 
 
+def _interrupted_after_commit(exc: KeyboardInterrupt, result: BackupResult, targets: dict[str, Target]) -> Interrupted:
+    """The interrupt, saying which targets hold the backup; the others are failures of this backup."""
+    reason = Interrupted.reason(exc)
+    for name in targets:
+        if name not in result.failures and all(c.target != name for c in result.copies):
+            result.failures[name] = f"target {name!r}: {reason} before the backup was committed to it"
+    committed = ", ".join(c.target for c in result.copies)
+    return Interrupted(f"{reason}: backup {result.backup_id} was committed to {committed} only; "
+                       f"not to {', '.join(result.failures)}", getattr(exc, "signum", signal.SIGINT), result)
+
+
 def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard, names: list[str],
-            index: IndexWriter | None = None) -> list[Copy]:
+            index: IndexWriter | None, copies: list[Copy]) -> None:
+    """Commit the targets ``names``, appending each copy made to ``copies``."""
     archive_file = manifest.archive.file
-    copies: list[Copy] = []
+    first = len(copies)  # this call's copies: a lost lease takes back only those
     for name in names:
         writer = fan.writers.get(name)
         if writer is None:
@@ -562,7 +585,7 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
         except BaseException:
             for w in fan.writers.values():
                 w.abort()
-            for c in copies:  # the lease holder lost it: take back what this run committed
+            for c in copies[first:]:  # the lease holder lost it: take back what this run committed
                 _delete_quietly(targets[c.target], manifest.filename)
                 _delete_quietly(targets[c.target], archive_file)
                 if manifest.files_index is not None:
@@ -571,9 +594,11 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
         try:
             writer.commit()
         except BaseException as exc:
-            fan.fail(name, target.error_for("commit", exc, archive_file))
             if not isinstance(exc, Exception):
+                fan.fail(name, StorageError(f"target {name!r}: {Interrupted.reason(exc)} before "
+                                            f"{archive_file} was committed"))
                 raise
+            fan.fail(name, target.error_for("commit", exc, archive_file))
             continue
         try:
             stored = target.size(archive_file)
@@ -587,13 +612,16 @@ def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard,
             if index is not None:
                 _delete_quietly(target, index.record.file)
             fan.writers.pop(name, None)
-            fan.failures[name] = str(exc if isinstance(exc, EterniaBackupError) else target.error_for("commit", exc, archive_file))
+            if not isinstance(exc, Exception):
+                fan.failures[name] = f"target {name!r}: {Interrupted.reason(exc)} before the manifest was written"
+            else:
+                fan.failures[name] = str(exc if isinstance(exc, EterniaBackupError) else
+                                         target.error_for("commit", exc, archive_file))
             log.info("%s", fan.failures[name])
             if not isinstance(exc, Exception):
                 raise
             continue
         copies.append(Copy(name, target.file_url(archive_file), local_path_of(target, archive_file)))
-    return copies
 
 
 def _delete_quietly(target: Target, filename: str) -> None:

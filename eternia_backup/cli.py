@@ -2,7 +2,8 @@
 
 Exit status (constants in :mod:`.errors`, documented in docs/json.md): 0 done,
 1 failed, 2 usage or configuration error, 3 backup made with warnings, 11
-skipped because another run holds the lock, 130 interrupted. Errors print one
+skipped because another run holds the lock, 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM, handled as Ctrl-C). Errors print one
 line (``-v`` adds the chain of causes), never a traceback. With ``--json`` every
 command prints exactly one JSON document (``"version": 1``) on stdout, errors
 included.
@@ -11,10 +12,13 @@ included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from . import __version__, redact
@@ -22,10 +26,12 @@ from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     EXIT_WARNINGS,
     BackupFailedError,
     EterniaBackupError,
+    Interrupted,
     UsageError,
 )
 from .logformat import FORMATS, make_handler
@@ -234,7 +240,11 @@ def _confirm_factory(args):
         print("This restore will:", file=sys.stderr)
         for line in changes:
             print(f"  - {line.replace('would ', '')}", file=sys.stderr)
-        answer = input("Go ahead? [y/N] ")
+        try:
+            answer = input("Go ahead? [y/N] ")
+        except EOFError:  # Ctrl-D: no answer is "no"
+            print(file=sys.stderr)
+            return False
         return answer.strip().lower() in ("y", "yes")
 
     return confirm
@@ -654,7 +664,8 @@ def _add_command(sub, name: str, *, global_options: bool = True) -> argparse.Arg
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eternia-backup", description="Backups of application state you can trust.",
                 epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 backup made with warnings,\n"
-                       "11 skipped (another run holds the lock), 130 interrupted.\n"
+                       "11 skipped (another run holds the lock), 130 interrupted (Ctrl-C),\n"
+                       f"{EXIT_TERMINATED} terminated (SIGTERM, handled as Ctrl-C).\n"
                        "Start with `eternia-backup init`; `eternia-backup COMMAND --help` shows examples.",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(p, top=True)
@@ -830,6 +841,37 @@ def _run(args) -> int:
     return handler(mgr, args)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt(wanted: bool = True):
+    """SIGTERM (systemd, Kubernetes, docker stop) raises :class:`Interrupted`, as Ctrl-C raises
+    KeyboardInterrupt: the command cleans up (temporary files, uploads) and says what was committed.
+
+    Only the CLI does this, from the main thread, and only where SIGTERM would have ended the process
+    (not when the parent ignores it); the previous handler is put back afterwards.
+    """
+    if not wanted or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise Interrupted("terminated by SIGTERM; nothing was committed", signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _report_interrupt(args, exc: KeyboardInterrupt) -> int:
+    """Ctrl-C (130) or SIGTERM (143): one line saying what was committed; a partial backup's copies in --json."""
+    if isinstance(exc, Interrupted):
+        extra = {"backup": exc.result.to_dict()} if exc.result is not None else {}
+        return _report_error(args, str(exc), "interrupted", exc.exit_code, **extra)
+    return _report_error(args, "interrupted; nothing was committed", "interrupted", EXIT_INTERRUPTED)
+
+
 def _asks_json_logs(argv: list[str]) -> bool:
     """--log-format json in an argument list argparse refused (its usage error must be a JSON line too)."""
     return "--log-format=json" in argv or any(a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:]))
@@ -860,14 +902,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     _setup_logging(args.verbose, args.quiet, args.log_format)
     try:
-        return _run(args)
+        with _sigterm_as_interrupt(args.command != "run"):  # `run` stops gracefully on its own
+            return _run(args)
     except BackupFailedError as exc:
         extra = {"backup": exc.result.to_dict()} if exc.result is not None else {}
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code, **extra)
     except EterniaBackupError as exc:
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code)
-    except KeyboardInterrupt:
-        return _report_error(args, "interrupted; nothing was committed", "interrupted", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        return _report_interrupt(args, exc)
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, and the details with -vv

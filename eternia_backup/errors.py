@@ -7,6 +7,8 @@ and what to do, and never contain a secret.
 
 from __future__ import annotations
 
+import signal
+
 # Exit statuses of the CLI, documented in docs/json.md and README.md. 3 and 11
 # follow restic, whose codes operators already script against.
 EXIT_OK = 0  #: done
@@ -14,7 +16,8 @@ EXIT_FAILED = 1  #: an operation failed
 EXIT_USAGE = 2  #: a usage or configuration error; nothing was done
 EXIT_WARNINGS = 3  #: the backup was made, but some files could not be read or changed while read
 EXIT_LOCKED = 11  #: skipped: another run holds the lock (create, restore, cleanup)
-EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT; nothing was committed
+EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT (128 + 2); the message says what, if anything, was committed
+EXIT_TERMINATED = 143  #: SIGTERM (128 + 15: systemd, Kubernetes, docker stop), handled as Ctrl-C
 
 
 class EterniaBackupError(Exception):
@@ -104,6 +107,30 @@ class RestoreError(EterniaBackupError):
     """A restore could not be completed; the current state was left as it was."""
 
     code = "restore"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by a signal, with what is known: which one, and where a backup was committed.
+
+    A KeyboardInterrupt, so whatever cleans up after Ctrl-C (temporary files,
+    uploads) does so here too, and an application catching KeyboardInterrupt
+    still does. The CLI raises it on SIGTERM; a backup interrupted after it was
+    committed to some targets raises it with ``result`` (copies and failures).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGINT, result=None):
+        super().__init__(message)
+        self.signum = signum
+        self.result = result
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process ended by the signal
+
+    @staticmethod
+    def reason(exc: BaseException) -> str:
+        """What stopped a command: "terminated by SIGTERM", or "interrupted" (Ctrl-C)."""
+        return "terminated by SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "interrupted"
 
 
 class BackupFailedError(EterniaBackupError):

@@ -33,6 +33,7 @@ from .errors import (
     ConfigError,
     EterniaBackupError,
     IntegrityError,
+    Interrupted,
     LatestDamagedError,
     RestoreError,
     SourceError,
@@ -370,6 +371,11 @@ class BackupManager:
                     and self.sources[default.name].describe().get("path", "\0") in str(exc):
                 raise SourceError(f"{exc} (backup.sources is not set, so the directory data/ beside the "
                                   "config file is backed up; list your sources under backup.sources)") from exc
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: a failure where nothing was committed
+            partial = getattr(exc, "result", None)  # committed to some targets (errors.Interrupted)
+            reason = f"{Interrupted.reason(exc)}; nothing was committed"
+            self._record(partial, {} if partial is not None else {t.name: reason for t in self.targets})
             raise
         self._record(result, {})
         return result

@@ -1,7 +1,7 @@
 """The CLI behaves like the tools users know: options anywhere, -v/-vv/-q, help with
 examples, exit codes a script can trust, shell completion, a starter config.
 
-Exit statuses (11 locked, 2 usage, 130 Ctrl-C) and argcomplete's environment are
+Exit statuses (11 locked, 2 usage, 130 Ctrl-C, 143 SIGTERM) and argcomplete's environment are
 checked on a real process (``run_cli``); the rest calls the CLI in this process
 (``run_cli_in_process``, see conftest)."""
 
@@ -21,7 +21,7 @@ import yaml
 
 from conftest import run_cli, run_cli_in_process
 from eternia_backup.cli import COMMANDS
-from eternia_backup.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
+from eternia_backup.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, EXIT_USAGE
 from eternia_backup.locks import LocalLock
 
 
@@ -145,6 +145,39 @@ def test_ctrl_c_exits_130_and_commits_nothing(tmp_path):
     assert "interrupted; nothing was committed" in err and "Traceback" not in err
     backups = tmp_path / "backups"
     assert not [p for p in backups.iterdir() if not p.name.startswith(".")], list(backups.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_during_create_cleans_up_records_the_failure_and_exits_143(tmp_path):
+    """What systemd, Kubernetes and docker stop send: handled as Ctrl-C, not a silent death."""
+    import psutil
+
+    config = tmp_path / "eternia-backup.yaml"
+    config.write_text(yaml.safe_dump({"backup": {"storage_path": "backups", "sources": [
+        {"type": "command", "name": "slow", "command": "head -c 40000000 /dev/urandom; sleep 60"}]}}))
+    backups = tmp_path / "backups"
+    proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "-c", str(config), "create"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    sleeping = []
+    written = lambda: sum(p.stat().st_size for p in backups.glob(".*tmp"))  # noqa: E731
+    while time.monotonic() < deadline and not (sleeping and written() > 2**20):
+        assert proc.poll() is None, proc.communicate()
+        sleeping = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "sleep"]
+        time.sleep(0.1)
+    assert sleeping and written() > 2**20, list(backups.iterdir())
+    proc.send_signal(signal.SIGTERM)  # the archive is half written, the dump command still running
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED == 143, (proc.returncode, err)
+    assert err.splitlines() == ["error: terminated by SIGTERM; nothing was committed"], err
+    assert list(backups.iterdir()) == []  # no temporary file, no archive
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sleeping)
+    status = json.loads(run_cli("status", "--json", config=config).stdout)["targets"]["local"]
+    assert status["last_error"] == "terminated by SIGTERM; nothing was committed" and not status.get("last_success")
+    # the CLI called in a process of its own puts the handler back (an application's stays its own)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_cli_in_process("status", config=config).returncode == 1  # overdue
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_shell_completion_scripts_and_completions(tmp_path):

@@ -167,6 +167,13 @@ def test_in_place_restore_asks_on_the_terminal_and_does_what_is_answered(big_app
 
     term = Terminal("restore", "latest", cwd=big_app)
     term.wait_for("Go ahead? [y/N]")
+    term.send("\x04")  # Ctrl-D: no answer, as "n"
+    status, out = term.finish()
+    no_crash(out)
+    assert status == 1 and "restore cancelled; nothing was changed" in out and victim.read_bytes() == b"changed", out
+
+    term = Terminal("restore", "latest", cwd=big_app)
+    term.wait_for("Go ahead? [y/N]")
     term.send("y\n")
     status, out = term.finish()
     no_crash(out)

@@ -435,3 +435,95 @@ def test_server_stopping_mid_multipart_upload(app, tmp_path, cli):
         assert keys(server, bucket) == []
     finally:
         server.stop()
+
+
+def interrupt_config(app: Path, bucket: str, endpoint: str, source: dict) -> Path:
+    path = app / "eternia-backup.yaml"
+    path.write_text(yaml.safe_dump({"backup": {
+        "storage_path": "backups", "sources": [source], "archive": {"compression": "none"},
+        "cloud_backup": {"enabled": True, "bucket": bucket, "endpoint_url": endpoint}}}))
+    return path
+
+
+def no_upload_left(config: Path, server: SeaweedFS, bucket: str) -> None:
+    from eternia_backup import BackupManager
+
+    cloud = next(t for t in BackupManager.from_config(config).targets if t.name == "cloud")
+    assert cloud.incomplete_uploads() == []
+    assert not server.client().call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    assert keys(server, bucket) == []  # no object, no marker
+
+
+@pytest.mark.slow
+def test_sigterm_during_multipart_upload_aborts_it_and_exits_143(app, s3_server, s3_bucket, s3_env, cli):
+    """docker stop, systemd, Kubernetes: SIGTERM to the process alone, while parts are uploaded."""
+    config = interrupt_config(app, s3_bucket, s3_server.endpoint, {
+        "type": "command", "name": "slow", "command": "head -c 40000000 /dev/urandom; sleep 60"})
+    proc = start_create(config, creds())
+    try:
+        wait_for_parts(s3_server, s3_bucket, proc)
+        assert any(n.startswith(".") and n.endswith(".tmp") for n in local_backups(app)), local_backups(app)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.splitlines() == ["error: terminated by SIGTERM; nothing was committed"], err
+    assert local_backups(app) == []  # the temporary archive is gone
+    no_upload_left(config, s3_server, s3_bucket)
+    status = json.loads(cli("status", "--json", config=config, env=creds()).stdout)["targets"]
+    assert {t["last_error"] for t in status.values()} == {"terminated by SIGTERM; nothing was committed"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_only_the_cloud_copy_is_left_says_the_local_one_was_committed(app, s3_server, s3_bucket,
+                                                                                  s3_env, cli):
+    from eternia_backup.testing.s3proxy import CountingProxy
+
+    (app / "small").mkdir()
+    (app / "small" / "notes.txt").write_text("hello")
+    proxy = CountingProxy(s3_server.endpoint)
+    try:
+        ctrl_c_while_the_cloud_copy_uploads(app, proxy, s3_server, s3_bucket, cli)
+    finally:
+        proxy.close()
+
+
+def ctrl_c_while_the_cloud_copy_uploads(app, proxy, s3_server, s3_bucket, cli):
+    from eternia_backup.errors import EXIT_INTERRUPTED
+
+    config = interrupt_config(app, s3_bucket, proxy.endpoint,
+                              {"type": "directory", "name": "small", "path": "small"})
+    proxy.hold(lambda method, path: method == "PUT" and "partNumber=" in path)  # the cloud copy stalls
+    proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(config), "create"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **creds()},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as on a terminal
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((app / "backups").glob("*.manifest.json")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        manifest = json.loads(next((app / "backups").glob("*.manifest.json")).read_text())
+        assert proxy.held == 1  # the local copy is committed, the cloud's one part is held
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)  # Ctrl-C reaches create while it waits for that part
+        proxy.release()  # the abort waits for the part in flight, then aborts the upload
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    backup_id = manifest["backup_id"]
+    assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err)
+    assert err.splitlines() == [f"error: interrupted: backup {backup_id} was committed to local only; "
+                                "not to cloud"], err
+    listed = json.loads(cli("list", "--json", config=config, env=creds()).stdout)["backups"]
+    assert [(b["backup_id"], [c["target"] for c in b["copies"]]) for b in listed] == [(backup_id, ["local"])]
+    assert cli("verify", backup_id, config=config, env=creds()).returncode == 0
+    status = json.loads(cli("status", "--json", config=config, env=creds()).stdout)["targets"]
+    assert status["local"]["last_backup_id"] == backup_id and status["local"]["last_success"]
+    assert not status["local"].get("last_error")
+    assert not status["cloud"].get("last_success")
+    assert status["cloud"]["last_error"].startswith("target 'cloud': interrupted before"), status["cloud"]
+    no_upload_left(config, s3_server, s3_bucket)

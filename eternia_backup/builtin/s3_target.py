@@ -302,7 +302,7 @@ class S3AtomicWrite(AtomicWrite):
         self._sent = 0  # parts handed to the uploaders
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(PARTS_AT_ONCE)  # parts handed over and not yet uploaded
-        self._uploaders: list[threading.Thread] = []
+        self._uploaders: list[threading.Event] = []  # one per uploader thread, set when it has ended
         self._failed: BaseException | None = None
         self._stopping = False
         # The marker first: a crash between it and the upload leaves only a
@@ -326,7 +326,13 @@ class S3AtomicWrite(AtomicWrite):
 
     # -- the uploader threads ---------------------------------------------------------
 
-    def _upload_parts(self) -> None:
+    def _upload_parts(self, ended: threading.Event) -> None:
+        try:
+            self._upload_queued()
+        finally:
+            ended.set()
+
+    def _upload_queued(self) -> None:
         while (item := self._queue.get()) is not None:
             number, data = item
             try:
@@ -348,11 +354,10 @@ class S3AtomicWrite(AtomicWrite):
             raise StorageError(f"target {self.target.name!r}: {self.filename} is larger than S3 allows "
                                f"({max_archive_size()} bytes in {MAX_PARTS} parts)")
         if not self._uploaders:
-            self._uploaders = [threading.Thread(target=self._upload_parts, daemon=True,
-                                                name=f"eternia-upload-{self.target.name}")
-                               for _ in range(PARTS_AT_ONCE)]
-            for thread in self._uploaders:
-                thread.start()
+            self._uploaders = [threading.Event() for _ in range(PARTS_AT_ONCE)]
+            for ended in self._uploaders:
+                threading.Thread(target=self._upload_parts, args=(ended,), daemon=True,
+                                 name=f"eternia-upload-{self.target.name}").start()
         self._slots.acquire()
         self._queue.put((number, data))
         self._sent = number
@@ -364,8 +369,10 @@ class S3AtomicWrite(AtomicWrite):
     def _end_uploaders(self) -> None:
         for _ in self._uploaders:
             self._queue.put(None)
-        for thread in self._uploaders:
-            thread.join()
+        # Not Thread.join(): on Python 3.11 a join interrupted by Ctrl-C marks the thread as ended,
+        # so abort() would then abort the upload under a part still being sent (and leave it stored).
+        for ended in self._uploaders:
+            ended.wait()
         self._uploaders = []
 
     def drain(self) -> None:

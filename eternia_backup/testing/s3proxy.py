@@ -1,8 +1,9 @@
 """A counting HTTP proxy in front of an S3 endpoint, to count the requests a command makes.
 
 Every request is forwarded unchanged (Host included, so signatures hold) and recorded
-as (method, path); ``take()`` counts them by kind. Used by tests/test_manifest_cache.py
-and benchmarks/bench.py.
+as (method, path); ``take()`` counts them by kind. ``hold()`` keeps chosen requests
+waiting until ``release()``: an upload stalled at a known point. Used by
+tests/test_manifest_cache.py, tests/test_s3.py and benchmarks/bench.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class CountingProxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.split("://", 1)[1]
         self.requests: list[tuple[str, str]] = []
+        self._hold = None  # (method, path) -> bool: requests kept waiting until release()
+        self._released = threading.Event()
+        self.held = 0  # how many requests have waited
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,6 +47,9 @@ class CountingProxy:
             def _forward(self):
                 body = self._body()
                 proxy.requests.append((self.command, self.path))
+                if proxy._hold is not None and proxy._hold(self.command, self.path):
+                    proxy.held += 1
+                    proxy._released.wait(120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
@@ -72,6 +79,16 @@ class CountingProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_port}"
 
+    def hold(self, matches) -> None:
+        """Keep every request for which ``matches(method, path)`` is true waiting until :meth:`release`."""
+        self._released.clear()
+        self._hold = matches
+
+    def release(self) -> None:
+        """Let the held requests (and those to come) through."""
+        self._hold = None
+        self._released.set()
+
     def take(self) -> Counter:
         """What was asked since the last take: {(method, kind)}, kind 'manifest', 'list' or 'other'."""
         taken, self.requests = self.requests, []
@@ -84,5 +101,6 @@ class CountingProxy:
         return counts
 
     def close(self):
+        self.release()
         self.server.shutdown()
         self.server.server_close()
