@@ -33,14 +33,7 @@ class DirectorySwapPlan(RestorePlan):
 
     def prepare(self) -> None:
         parent = self.destination.parent
-        if self.destination.is_symlink():
-            raise RestoreError(
-                f"{self.label}: destination {self.destination} is a symlink; restore with --to DIR "
-                "or remove the link"
-            )
-        if self.destination.exists() and not self.destination.is_dir():
-            raise RestoreError(f"{self.label}: destination {self.destination} exists and is not a directory")
-        self.refuse_mount_points()
+        self.refuse_unswappable()
         try:
             parent.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_siblings(self.destination, keep=self.staging_dir):
@@ -49,8 +42,16 @@ class DirectorySwapPlan(RestorePlan):
         except OSError as exc:
             raise RestoreError(f"{self.label}: cannot create a staging directory in {parent}: {exc.strerror}") from exc
 
-    def refuse_mount_points(self) -> None:
-        """A swap cannot move a mount point, and must not remove a filesystem mounted inside the old tree."""
+    def refuse_unswappable(self) -> None:
+        """What no swap can do, said before anything (and by a dry run): replace a symlink or a file, move a
+        mount point, or remove a filesystem mounted inside the old tree."""
+        if self.destination.is_symlink():
+            raise RestoreError(
+                f"{self.label}: destination {self.destination} is a symlink; restore with --to DIR "
+                "or remove the link"
+            )
+        if self.destination.exists() and not self.destination.is_dir():
+            raise RestoreError(f"{self.label}: destination {self.destination} exists and is not a directory")
         if not self.destination.is_dir():
             return
         mounts = mount_points_under(self.destination)

@@ -127,7 +127,7 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
     result = RestoreResult(copy.backup_id, names, changes, dry_run, copy.url)
     for p in plans.values():  # up front: say why a swap cannot be done before verifying, asking or staging
         if isinstance(p, DirectorySwapPlan):
-            p.refuse_mount_points()
+            p.refuse_unswappable()
     created_to = to is not None and not to.exists()
     committed = False
     if dry_run:

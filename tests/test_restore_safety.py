@@ -465,6 +465,8 @@ def test_configured_source_path_that_is_a_symlink_is_refused_in_place(world):
     before = world.before()
     with pytest.raises(RestoreError, match="symlink"):
         world.manager().restore_backup(str(archive))
+    with pytest.raises(RestoreError, match="symlink"):  # a dry run says what the restore would say
+        world.manager().restore_backup(str(archive), dry_run=True)
     world.assert_untouched(before)
 
 
