@@ -1,7 +1,7 @@
 """The command line: parse, call the manager, print. Nothing else lives here.
 
 Exit status (constants in :mod:`.errors`, documented in docs/json.md): 0 done,
-1 failed, 2 usage or configuration error, 3 backup made with warnings, 11
+1 failed, 2 usage or configuration error, 3 done with warnings, 11
 skipped because another run holds the lock, 130 interrupted. Errors print one
 line (``-v`` adds the chain of causes), never a traceback. With ``--json`` every
 command prints exactly one JSON document (``"version": 1``) on stdout, errors
@@ -26,6 +26,7 @@ from .errors import (
     EXIT_WARNINGS,
     BackupFailedError,
     EterniaBackupError,
+    InterruptedAfterRestore,
     UsageError,
 )
 from .logformat import FORMATS, make_handler
@@ -279,7 +280,11 @@ def cmd_restore(mgr, args) -> int:
         print(f"restored backup {result.backup_id} ({', '.join(result.sources)})")
         if _summary_wanted(args) and progress is not NO_PROGRESS:
             _say(args, f"restore {result.backup_id}: {progress.files} files in {progress.elapsed:.1f} s")
-    return EXIT_OK
+    for left in result.leftovers:
+        _warn(args, f"backup {result.backup_id} was restored, but the state it replaced could not be removed "
+                    f"completely: {left['path']} is left ({left['error']}); remove it by hand. `status` "
+                    "reports it until it is gone, and later runs try again")
+    return EXIT_WARNINGS if result.leftovers else EXIT_OK
 
 
 def cmd_download(mgr, args) -> int:
@@ -369,13 +374,17 @@ def cmd_status(mgr, args) -> int:
                 print(f"  orphan: {_orphan_line(o)}" + ("; cleanup removes it" if o["due"] else ""))
         if status.get("interrupted_restore"):
             print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
+        for left in status["restore_leftovers"]:
+            print(f"RESTORE LEFTOVER: {left['path']}, the state a restore replaced on "
+                  f"{for_people(left['since'], zone)}, could not be removed ({left['error']}); remove it by hand")
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {status['overdue_after_seconds'] // 3600} h "
                   "(twice the schedule's period)")
         _print_drill_status(status["drill"], zone)
     drill = status["drill"]
     # a target that cannot be listed is a failure too: its newest backup is unknown
-    failed = status["overdue"] or status["unlisted_targets"] or drill["ok"] is False or drill["overdue"]
+    failed = (status["overdue"] or status["unlisted_targets"] or status["restore_leftovers"] or drill["ok"] is False
+              or drill["overdue"])
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -622,7 +631,7 @@ def _add_command(sub, name: str, *, global_options: bool = True) -> argparse.Arg
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eternia-backup", description="Backups of application state you can trust.",
-                epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 backup made with warnings,\n"
+                epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 done with warnings,\n"
                        "11 skipped (another run holds the lock), 130 interrupted.\n"
                        "Start with `eternia-backup init`; `eternia-backup COMMAND --help` shows examples.",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -831,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code, **extra)
     except EterniaBackupError as exc:
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code)
+    except InterruptedAfterRestore as exc:  # the restore was made: say so
+        return _report_error(args, str(exc), "interrupted", EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         return _report_error(args, "interrupted; nothing was committed", "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:

@@ -12,9 +12,11 @@ from __future__ import annotations
 EXIT_OK = 0  #: done
 EXIT_FAILED = 1  #: an operation failed
 EXIT_USAGE = 2  #: a usage or configuration error; nothing was done
-EXIT_WARNINGS = 3  #: the backup was made, but some files could not be read or changed while read
+#: the backup was made, but some files could not be read or changed while read; or the restore
+#: was made, but what it replaced could not be removed completely
+EXIT_WARNINGS = 3
 EXIT_LOCKED = 11  #: skipped: another run holds the lock (create, restore, cleanup)
-EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT; nothing was committed
+EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT; nothing was committed, unless the message says so
 
 
 class EterniaBackupError(Exception):
@@ -100,6 +102,21 @@ class RestoreError(EterniaBackupError):
     """A restore could not be completed; the current state was left as it was."""
 
     code = "restore"
+
+
+class LeftoverError(RestoreError):
+    """A restore is complete, but what it replaced could not be removed; ``leftovers`` is ``{path: why}``."""
+
+    def __init__(self, message: str, leftovers: dict[str, str]):
+        super().__init__(message)
+        self.leftovers = leftovers
+
+
+class InterruptedAfterRestore(KeyboardInterrupt):
+    """Ctrl-C once the restored state was live: the message says so, and what is left to remove.
+
+    A KeyboardInterrupt still (a caller's Ctrl-C handling keeps working); the CLI prints its message
+    instead of "nothing was committed"."""
 
 
 class BackupFailedError(EterniaBackupError):
