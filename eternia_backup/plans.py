@@ -130,7 +130,7 @@ class DirectorySwapPlan(RestorePlan):
         """Finish a swap the process died in: the staged tree (known by its inode) ends up in place."""
         destination, staging = Path(entry["destination"]), Path(entry["staging"])
         if _same(destination, entry["staged_inode"]):
-            result = "already swapped in; removed what it replaced"
+            result = "already swapped in"
         elif not destination.exists() and _same(staging, entry["staged_inode"]):
             os.rename(staging, destination)
             result = "the staged state was moved into place"
@@ -153,8 +153,9 @@ class DirectorySwapPlan(RestorePlan):
                 left[str(p)] = why_not_removed(exc)
         if left:
             raise LeftoverError(f"{destination}: {result}; what it replaced could not be removed: "
-                                + "; ".join(f"{p} ({why})" for p, why in left.items()), left)
-        return f"{destination}: {result}"
+                                + "; ".join(f"{p} ({why})" for p, why in left.items())
+                                + "; remove it by hand (`status` reports it until it is gone)", left)
+        return f"{destination}: {result}; removed what it replaced"
 
     def discard(self) -> None:
         """Remove staging and what was replaced, as far as possible; raises the first OSError at the end."""
