@@ -171,6 +171,8 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                 _commit_all(plans)
                 committed = True
         except BaseException as exc:
+            if committed and isinstance(exc, KeyboardInterrupt):  # the moment after the held swaps
+                raise InterruptedAfterRestore(_interrupted_after(copy, plans)) from None
             call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=exc, result=None)
             if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
                 raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
@@ -237,7 +239,7 @@ def _interrupted_after(copy: BackupCopy, plans: dict[str, RestorePlan]) -> str:
     left = [str(p.leftover()) for p in plans.values() if isinstance(p, DirectorySwapPlan) and p.leftover()]
     return (f"interrupted after the restore of backup {copy.backup_id} was complete: the live data is the "
             f"backup's; removing the state it replaced was cut short"
-            + (f" ({', '.join(left)} is left)" if left else "")
+            + (f" ({', '.join(left)} {'is' if len(left) == 1 else 'are'} left)" if left else "")
             + "; the next create, restore or drill removes it")
 
 
