@@ -1,7 +1,7 @@
 """The command line: parse, call the manager, print. Nothing else lives here.
 
 Exit status (constants in :mod:`.errors`, documented in docs/json.md): 0 done,
-1 failed, 2 usage or configuration error, 3 backup made with warnings, 11
+1 failed, 2 usage or configuration error, 3 done with warnings, 11
 skipped because another run holds the lock, 130 interrupted (Ctrl-C), 143
 terminated (SIGTERM, handled as Ctrl-C). Errors print one
 line (``-v`` adds the chain of causes), never a traceback. With ``--json`` every
@@ -32,6 +32,7 @@ from .errors import (
     BackupFailedError,
     EterniaBackupError,
     Interrupted,
+    raise_interrupted,
     UsageError,
 )
 from .logformat import FORMATS, make_handler
@@ -300,7 +301,11 @@ def cmd_restore(mgr, args) -> int:
         print(f"restored backup {result.backup_id} ({', '.join(result.sources)})")
         if _summary_wanted(args) and progress is not NO_PROGRESS:
             _say(args, f"restore {result.backup_id}: {progress.files} files in {progress.elapsed:.1f} s")
-    return EXIT_OK
+    for left in result.leftovers:
+        _warn(args, f"backup {result.backup_id} was restored, but the state it replaced could not be removed "
+                    f"completely: {left['path']} is left ({left['error']}); remove it by hand. `status` "
+                    "reports it until it is gone, and later runs try again")
+    return EXIT_WARNINGS if result.leftovers else EXIT_OK
 
 
 def cmd_download(mgr, args) -> int:
@@ -391,13 +396,17 @@ def cmd_status(mgr, args) -> int:
                 print(f"  orphan: {_orphan_line(o)}" + ("; cleanup removes it" if o["due"] else ""))
         if status.get("interrupted_restore"):
             print(f"INTERRUPTED RESTORE: {status['interrupted_restore']}")
+        for left in status["restore_leftovers"]:
+            print(f"RESTORE LEFTOVER: {left['path']}, the state a restore replaced on "
+                  f"{for_people(left['since'], zone)}, could not be removed ({left['error']}); remove it by hand")
         if status["overdue"]:
             print(f"OVERDUE: no complete backup in the last {_span(status['overdue_after_seconds'])} "
                   "(twice the schedule's period)")
         _print_drill_status(status["drill"], zone)
     drill = status["drill"]
     # a target that cannot be listed is a failure too: its newest backup is unknown
-    failed = status["overdue"] or status["unlisted_targets"] or drill["ok"] is False or drill["overdue"]
+    failed = (status["overdue"] or status["unlisted_targets"] or status["restore_leftovers"] or drill["ok"] is False
+              or drill["overdue"])
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -663,7 +672,7 @@ def _add_command(sub, name: str, *, global_options: bool = True) -> argparse.Arg
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eternia-backup", description="Backups of application state you can trust.",
-                epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 backup made with warnings,\n"
+                epilog="exit status: 0 done, 1 failed, 2 usage or config error, 3 done with warnings,\n"
                        "11 skipped (another run holds the lock), 130 interrupted (Ctrl-C),\n"
                        f"{EXIT_TERMINATED} terminated (SIGTERM, handled as Ctrl-C).\n"
                        "Start with `eternia-backup init`; `eternia-backup COMMAND --help` shows examples.",
@@ -854,10 +863,7 @@ def _sigterm_as_interrupt(wanted: bool = True):
         yield
         return
 
-    def on_sigterm(signum, frame):
-        raise Interrupted("terminated by SIGTERM; nothing was committed", signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         yield
     finally:
@@ -909,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code, **extra)
     except EterniaBackupError as exc:
         return _report_error(args, _describe_error(exc, args.verbose), exc.code, exc.exit_code)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # Interrupted (SIGTERM, a partial backup, a restore made) says more
         return _report_interrupt(args, exc)
     except BrokenPipeError:
         return EXIT_FAILED

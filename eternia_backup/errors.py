@@ -14,7 +14,9 @@ import signal
 EXIT_OK = 0  #: done
 EXIT_FAILED = 1  #: an operation failed
 EXIT_USAGE = 2  #: a usage or configuration error; nothing was done
-EXIT_WARNINGS = 3  #: the backup was made, but some files could not be read or changed while read
+#: the backup was made, but some files could not be read or changed while read; or the restore
+#: was made, but what it replaced could not be removed completely
+EXIT_WARNINGS = 3
 EXIT_LOCKED = 11  #: skipped: another run holds the lock (create, restore, cleanup)
 EXIT_INTERRUPTED = 130  #: Ctrl-C / SIGINT (128 + 2); the message says what, if anything, was committed
 EXIT_TERMINATED = 143  #: SIGTERM (128 + 15: systemd, Kubernetes, docker stop), handled as Ctrl-C
@@ -131,6 +133,27 @@ class Interrupted(KeyboardInterrupt):
     def reason(exc: BaseException) -> str:
         """What stopped a command: "terminated by SIGTERM", or "interrupted" (Ctrl-C)."""
         return "terminated by SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "interrupted"
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    """The CLI's SIGTERM handler: the command stops as on Ctrl-C (a restore's swaps hold it back)."""
+    raise Interrupted("terminated by SIGTERM; nothing was committed", signum)
+
+
+class LeftoverError(RestoreError):
+    """A restore is complete, but what it replaced could not be removed; ``leftovers`` is ``{path: why}``."""
+
+    def __init__(self, message: str, leftovers: dict[str, str]):
+        super().__init__(message)
+        self.leftovers = leftovers
+
+
+class InterruptedAfterRestore(Interrupted):
+    """Ctrl-C (or the CLI's SIGTERM) once the restored state was live: the message says so, and what is
+    left to remove.
+
+    A KeyboardInterrupt still (a caller's Ctrl-C handling keeps working); the CLI prints its message
+    instead of "nothing was committed"."""
 
 
 class BackupFailedError(EterniaBackupError):

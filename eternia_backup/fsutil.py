@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
+
+log = logging.getLogger("eternia_backup.restore")
 
 
 def sibling(path: Path, purpose: str) -> Path:
@@ -29,29 +32,37 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_tree(path: Path) -> None:
+def remove_tree(path: Path, *, keep_going: bool = False) -> None:
     """Remove a file or tree if it exists, never following symlinks.
 
     A restored tree may hold read-only directories (0500, 0555, as archived):
     for a user other than root they refuse the removal of what they hold, so
     such a directory inside the tree is opened up (0700) and the removal tried
-    again. Nothing outside ``path`` has its mode changed.
+    again. Nothing outside ``path`` has its mode changed. With ``keep_going``
+    (what a finished restore replaced) everything that can go goes, and the
+    first failure (an immutable file, a directory of another user) is raised at
+    the end: what is left for a person to remove is then as small as it can be.
     """
     path = Path(path)
     top = os.path.abspath(path)
+    failures: list[OSError] = []
 
     def open_up(func, failed, _exc):
         parent = os.path.dirname(os.path.abspath(failed))
         try:
             if parent == top or parent.startswith(top + os.sep):
                 os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
+            if func is not os.rmdir and os.path.isdir(failed) and not os.path.islink(failed):
                 os.chmod(failed, 0o700)
                 shutil.rmtree(failed, onerror=open_up)
             else:
                 func(failed)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            if not keep_going:
+                raise
+            failures.append(exc)
 
     try:
         if path.is_symlink() or path.is_file():
@@ -60,6 +71,18 @@ def remove_tree(path: Path) -> None:
             shutil.rmtree(path, onerror=open_up)
     except FileNotFoundError:
         pass
+    if failures:
+        raise failures[0]
+
+
+def why_not_removed(exc: OSError) -> str:
+    """``Operation not permitted: /path`` for a failed :func:`remove_tree`, with the usual cause where it is clear."""
+    text = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
+    if exc.errno == errno.EPERM:
+        text += " (an immutable or append-only file? see lsattr; chattr -i)"
+    elif exc.errno == errno.EACCES:
+        text += " (owned by another user? remove it as that user or root)"
+    return text
 
 
 def make_private_dirs(path: Path, mode: int = 0o700) -> None:
@@ -129,13 +152,19 @@ def remove_stale_siblings(path: Path, keep: Path) -> list[Path]:
     """Remove what killed restores left beside ``path`` (staging and replaced trees).
 
     Only called under the host lock, after any interrupted restore was finished,
-    so nothing else can be using them.
+    so nothing else can be using them. One that cannot be removed (an immutable
+    file in it) is logged and left: it must never stop the restore.
     """
     removed = []
     for purpose in ("restore", "replaced"):
         for p in path.parent.glob(f".{path.name}.eternia-{purpose}-*"):
             if p != keep:
-                remove_tree(p)
+                try:
+                    remove_tree(p, keep_going=True)
+                except OSError as exc:
+                    log.warning("cannot remove %s, left by an earlier restore: %s; remove it by hand",
+                                p, why_not_removed(exc))
+                    continue
                 removed.append(p)
     return removed
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from .errors import EterniaBackupError, RestoreError
+from .errors import EterniaBackupError, LeftoverError, RestoreError
 from .fsutil import fsync_dir
 from .plans import DirectorySwapPlan
 from .providers import RestorePlan
@@ -105,8 +105,11 @@ def _plan_class(entry: dict, registry: Registry | None) -> type[RestorePlan] | N
     return None
 
 
-def finish(path: Path, registry: Registry | None = None) -> list[str]:
-    """Finish an interrupted restore, if any; returns what was done."""
+def finish(path: Path, registry: Registry | None = None, leftovers: dict[str, str] | None = None) -> list[str]:
+    """Finish an interrupted restore, if any; returns what was done.
+
+    What a finished swap replaced and cannot be removed goes into ``leftovers`` (``{path: why}``):
+    the restore is complete all the same, and the journal goes."""
     data = pending(path)
     if data is None:
         return []
@@ -121,7 +124,12 @@ def finish(path: Path, registry: Registry | None = None) -> list[str]:
         elif payload is None:  # the plan keeps no journal entry
             done.append(f"{destination}: cannot be finished automatically; restore it again")
         else:
-            done.append(cls.resume(payload))
+            try:
+                done.append(cls.resume(payload))
+            except LeftoverError as exc:
+                done.append(str(exc))
+                if leftovers is not None:
+                    leftovers.update(exc.leftovers)
     remove(path)
     for line in done:
         log.warning("finished an interrupted restore of %s: %s", data.get("backup_id"), line)

@@ -41,7 +41,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
-from .fsutil import remove_tree
+from .fsutil import remove_tree, why_not_removed
 from .locks import LocalLock
 from .sizes import human_size
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
@@ -687,6 +687,7 @@ class BackupManager:
                 raise LatestDamagedError(copy.backup_id, str(exc)) from exc
             raise
         result.unlisted_targets = catalog.unlisted_dicts(copy.unlisted_targets)
+        self._record_leftovers({left["path"]: left["error"] for left in result.leftovers})
         return result
 
     def _made_elsewhere(self, manifest) -> bool:
@@ -798,10 +799,37 @@ class BackupManager:
         return self.state.path.parent / f".{self.config.name}-{self.config.environment}.restore-journal.json"
 
     def finish_interrupted_restore(self) -> list[str]:
-        """Finish a restore that a crash stopped half way (see :mod:`.journal`)."""
+        """Finish a restore that a crash stopped half way (see :mod:`.journal`), and try once more to remove
+        what earlier restores replaced and could not remove. One that still cannot be removed is a
+        warning (and in ``status``), never a reason to stop a create, restore or drill."""
         from . import journal
 
-        return journal.finish(self.journal_path, self.registry)
+        left: dict[str, str] = {}
+        done = journal.finish(self.journal_path, self.registry, leftovers=left)
+        gone = []
+        for path in self.state.restore_leftovers():
+            if path in left:
+                continue
+            if ".eternia-" not in Path(path).name or not os.path.lexists(path):  # only ever our own hidden trees
+                gone.append(path)
+                continue
+            try:
+                remove_tree(Path(path), keep_going=True)
+            except OSError as exc:
+                left[path] = why_not_removed(exc)
+                log.warning("%s, the state an earlier restore replaced, still cannot be removed: %s; remove it by "
+                            "hand", path, left[path])
+            else:
+                log.warning("removed %s, the state an earlier restore replaced", path)
+                gone.append(path)
+        self._record_leftovers(left, gone)
+        return done
+
+    def _record_leftovers(self, found: dict[str, str], gone: list[str] = ()) -> None:
+        try:
+            self.state.record_leftovers(found, gone)
+        except OSError as exc:
+            log.warning("could not record restore leftovers in %s: %s", self.state.path, exc)
 
     @_in_scratch
     def download_backup(self, url: str, *, to: str | os.PathLike | None = None,
@@ -1147,7 +1175,8 @@ class BackupManager:
         be listed (the newest backup may be there, so ``newest_backup`` is only
         the newest of the others); per target, ``orphans`` lists temporary files
         and unfinished uploads (``{"name", "kind", "age_seconds", "size",
-        "writer", "due"}``, see :class:`cleanup.Orphan`).
+        "writer", "due"}``, see :class:`cleanup.Orphan`). ``restore_leftovers``: ``[{"path", "error",
+        "since"}]``, what restores replaced and could not remove (a person must).
         """
         from .schedule import next_slot, period, zone
 
@@ -1174,6 +1203,9 @@ class BackupManager:
             # no schedule runs while disabled: nothing can be late (an outside cron has its own alarm)
             "overdue": self.config.enabled and (newest is None or age > limit),
             "interrupted_restore": _journal_description(self.journal_path),
+            "restore_leftovers": [{"path": path, "error": left.get("error"), "since": left.get("since")}
+                                  for path, left in (state.get("restore_leftovers") or {}).items()
+                                  if os.path.lexists(path)],
             "overdue_after_seconds": int(limit.total_seconds()),
             "targets": {t.name: {**(state.get("targets") or {}).get(t.name, {}),
                                  "listing_error": errors.get(t.name),

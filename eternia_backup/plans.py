@@ -12,8 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import RestoreError
-from .fsutil import exchange, fsync_dir, link_tree, mount_points_under, remove_stale_siblings, remove_tree, sibling
+from .errors import LeftoverError, RestoreError
+from .fsutil import (exchange, fsync_dir, link_tree, mount_points_under, remove_stale_siblings, remove_tree, sibling,
+                     why_not_removed)
 from .providers import RestorePlan
 
 log = logging.getLogger("eternia_backup.restore")
@@ -130,7 +131,7 @@ class DirectorySwapPlan(RestorePlan):
         """Finish a swap the process died in: the staged tree (known by its inode) ends up in place."""
         destination, staging = Path(entry["destination"]), Path(entry["staging"])
         if _same(destination, entry["staged_inode"]):
-            result = "already swapped in; removed what it replaced"
+            result = "already swapped in"
         elif not destination.exists() and _same(staging, entry["staged_inode"]):
             os.rename(staging, destination)
             result = "the staged state was moved into place"
@@ -144,17 +145,35 @@ class DirectorySwapPlan(RestorePlan):
         else:
             return f"{destination}: the staged state is gone; restore it again"
         fsync_dir(destination.parent)
-        if not _same(staging, entry["staged_inode"]):
-            remove_tree(staging)  # after an exchange it holds the old state
-        for p in destination.parent.glob(f".{destination.name}.eternia-replaced-*"):
-            remove_tree(p)
-        return f"{destination}: {result}"
+        old = [] if _same(staging, entry["staged_inode"]) else [staging]  # after an exchange it holds the old state
+        left: dict[str, str] = {}
+        for p in [*old, *destination.parent.glob(f".{destination.name}.eternia-replaced-*")]:
+            try:
+                remove_tree(p, keep_going=True)
+            except OSError as exc:  # the restore is complete: what cannot be removed is reported, never a stop
+                left[str(p)] = why_not_removed(exc)
+        if left:
+            raise LeftoverError(f"{destination}: {result}; what it replaced could not be removed: "
+                                + "; ".join(f"{p} ({why})" for p, why in left.items())
+                                + "; remove it by hand (`status` reports it until it is gone)", left)
+        return f"{destination}: {result}; removed what it replaced"
 
     def discard(self) -> None:
-        remove_tree(self.staging_dir)
-        if self.replaced is not None:
-            remove_tree(self.replaced)
-            self.replaced = None
+        """Remove staging and what was replaced, as far as possible; raises the first OSError at the end."""
+        failed = None
+        for path in (self.staging_dir, self.replaced):
+            try:
+                if path is not None:
+                    remove_tree(path, keep_going=True)
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        self.replaced = None
+
+    def leftover(self) -> Path | None:
+        """What :meth:`discard` left (the replaced state, or staging), if anything."""
+        return next((p for p in (self.replaced, self.staging_dir) if p is not None and os.path.lexists(p)), None)
 
 
 def _inside(path: str, root: str) -> bool:

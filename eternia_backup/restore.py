@@ -11,7 +11,10 @@ Order of work, so that nothing live changes until everything is known good:
 3. only when the whole archive was read and its size and sha256 match the
    manifest are the plans committed, reversible ones first; if one fails,
    those already committed are rolled back;
-4. what was replaced is removed once every plan committed.
+4. what was replaced is removed once every plan committed; what cannot be
+   removed (an immutable file) is reported as a leftover, never as a failure:
+   the restore is complete. A Ctrl-C is held back during the swaps, and one
+   after them says that the restore was made.
 
 A dry run reads the archive once too, to check its sha256, and stages nothing.
 
@@ -24,9 +27,13 @@ checked, and nothing is swapped in unless every link matched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -37,10 +44,13 @@ from .errors import (
     BackupNotFoundError,
     EterniaBackupError,
     IntegrityError,
+    Interrupted,
+    InterruptedAfterRestore,
     RestoreError,
     UsageError,
+    raise_interrupted,
 )
-from .fsutil import processes_using, remove_empty_dirs
+from .fsutil import processes_using, remove_empty_dirs, why_not_removed
 from .increments import META_DIR, ChainFilter, LinkFilter, is_meta_member
 from .streams import logical_path
 from .plans import DirectorySwapPlan
@@ -71,9 +81,12 @@ class RestoreResult:
     url: str
     #: targets that could not be listed when the backup was chosen: [{"target", "error"}]
     unlisted_targets: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: what the restore replaced and could not remove (it is complete all the same): [{"path", "error"}]
+    leftovers: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """``--json`` of restore; ``unlisted_targets`` is ``[{"target": name, "error": why}]``."""
+        """``--json`` of restore; ``unlisted_targets`` is ``[{"target": name, "error": why}]``, ``leftovers``
+        ``[{"path": left, "error": why}]``."""
         return dataclasses.asdict(self)
 
 
@@ -156,24 +169,86 @@ def restore_copy(copy: BackupCopy, *, sources: dict[str, Source], selected: list
                 journal.write(journal_path, copy.backup_id,
                               [journal.entry_for(p, getattr(sources.get(n), "type_name", None))
                                for n, p in plans.items()])
-            _commit_all(plans)
-            committed = True
+            with _interrupts_held() as held:
+                _commit_all(plans)
+                committed = True
         except BaseException as exc:
+            if committed and isinstance(exc, KeyboardInterrupt):  # the moment after the held swaps
+                raise _interrupted_after(copy, plans, exc) from None
             call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=exc, result=None)
             if isinstance(exc, OSError) and not isinstance(exc, EterniaBackupError):
                 raise RestoreError(f"restore of {copy.backup_id} failed: {exc.strerror or exc}; "
                                    "the current state was left as it was") from exc
             raise
     finally:
-        for p in plans.values():
-            p.discard()
-        if created_to and not committed:  # never after success: restored empty directories stay
-            remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
-        if journal_path is not None:
-            journal.remove(journal_path)  # finished or rolled back
+        if not committed:
+            if journal_path is not None:  # first: nothing is to be finished from a staging half removed
+                journal.remove(journal_path)  # rolled back
+            for p in plans.values():
+                for path, why in _discard(p).items():
+                    log.warning("%s: %s could not be removed: %s; remove it by hand", p.description, path, why)
+            if created_to:  # never after success: restored empty directories stay
+                remove_empty_dirs(to)  # a failed restore leaves no empty --to directory behind
+    # The restored state is live: from here on the restore is complete, whatever happens.
+    if held.interrupted:  # the journal stays: the next run removes the rest
+        raise _interrupted_after(copy, plans, Interrupted("", held.signum))
+    try:
+        result.leftovers = [{"path": path, "error": why} for p in plans.values()
+                            for path, why in _discard(p).items()]  # the CLI and `status` say what to do
+    except KeyboardInterrupt as exc:
+        raise _interrupted_after(copy, plans, exc) from None
+    if journal_path is not None:
+        journal.remove(journal_path)  # finished
     call_lifecycle(pm, "eternia_restore_finished", backup_id=copy.backup_id, error=None, result=result)
     log.info("restore %s: done (%s)", copy.backup_id, ", ".join(names))
     return result
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold a Ctrl-C (or the CLI's SIGTERM) back while the swaps run (renames, fsyncs: milliseconds), so
+    that it never leaves some sources swapped and not others, nor a swap done that this process thinks
+    undone; ``.interrupted`` says whether one came, ``.signum`` which."""
+    held = types.SimpleNamespace(interrupted=False, signum=signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread():
+        yield held  # no signal raises in a thread
+        return
+    # only handlers that raise are held: the scheduler's own handlers, or none at all, stay as they are
+    raising = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
+               if (handler := signal.getsignal(signum)) in (signal.default_int_handler, raise_interrupted)}
+
+    def hold(signum, _frame):
+        held.interrupted, held.signum = True, signum
+
+    for signum in raising:
+        signal.signal(signum, hold)
+    try:
+        yield held
+    finally:
+        for signum, handler in raising.items():
+            signal.signal(signum, handler)
+
+
+def _discard(plan: RestorePlan) -> dict[str, str]:
+    """``plan.discard()``; what it could not remove is returned (``{path: why}``), never raised: it would
+    hide a failed restore's own error, or turn a complete restore into a failed one."""
+    try:
+        plan.discard()
+    except OSError as exc:
+        where = plan.leftover() if isinstance(plan, DirectorySwapPlan) else None
+        return {str(where or exc.filename or plan.staging_dir): why_not_removed(exc)}
+    return {}
+
+
+def _interrupted_after(copy: BackupCopy, plans: dict[str, RestorePlan],
+                       exc: BaseException) -> InterruptedAfterRestore:
+    """The truth about a Ctrl-C (or SIGTERM) after the swaps: restored, and what of the old state is left."""
+    left = [str(p.leftover()) for p in plans.values() if isinstance(p, DirectorySwapPlan) and p.leftover()]
+    return InterruptedAfterRestore(
+        f"{Interrupted.reason(exc)} after the restore of backup {copy.backup_id} was complete: the live data "
+        f"is the backup's; removing the state it replaced was cut short"
+        + (f" ({', '.join(left)} {'is' if len(left) == 1 else 'are'} left)" if left else "")
+        + "; the next create, restore or drill removes it", getattr(exc, "signum", signal.SIGINT))
 
 
 def _check_to_database(names: list[str], sources: dict[str, Source], to: Path | None, database: str) -> None:

@@ -209,3 +209,29 @@ class StateStore:
         """Ids of backups recorded as damaged (see :meth:`record_checked`)."""
         known = self.read().get("damaged_backups")
         return set(known) if isinstance(known, dict) else set()
+
+    def record_leftovers(self, found: dict[str, str], gone: list[str] = ()) -> None:
+        """Remember what restores replaced and could not remove (``{path: why}``), and forget what has
+        gone since: ``status`` shows each until then (the state it holds is an old one, taking space)."""
+        if not found and not gone:
+            return
+
+        def change(data):
+            known = data.get("restore_leftovers")
+            known = known if isinstance(known, dict) else {}
+            for path in gone:
+                known.pop(path, None)
+            for path, why in found.items():
+                since = (known.get(path) or {}).get("since") or _now()
+                known[path] = {"error": why[:500], "since": since}
+            if known:
+                data["restore_leftovers"] = known
+            else:
+                data.pop("restore_leftovers", None)
+
+        self.update(change)
+
+    def restore_leftovers(self) -> dict[str, dict]:
+        """``{path: {"error", "since"}}`` of :meth:`record_leftovers`."""
+        known = self.read().get("restore_leftovers")
+        return known if isinstance(known, dict) else {}

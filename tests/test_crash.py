@@ -143,6 +143,15 @@ if _SPEC:
 
         plans.DirectorySwapPlan.commit = commit
 
+    elif _point == "sigint-in-swap":  # a Ctrl-C right after the exchange, before the plan knows it committed
+        _fsync_dir = plans.fsync_dir
+
+        def fsync_dir(directory):
+            os.kill(os.getpid(), signal.SIGINT)
+            _fsync_dir(directory)
+
+        plans.fsync_dir = fsync_dir
+
     elif _point == "swap-first-rename":  # the first rename of the swap has happened, not the second
         import types
 
@@ -666,6 +675,48 @@ def test_killed_restore_leftovers_are_removed_or_reported_by_the_next_restore(re
     remaining = rw.leftovers()
     assert not remaining or all(p.name in again.stdout + again.stderr for p in remaining), \
         f"left silently beside the destination: {[p.name for p in remaining]}"
+
+
+def test_ctrl_c_in_the_swap_waits_for_it_and_says_the_restore_was_made(restore_world):
+    """A SIGINT between the exchange and the plan knowing it committed: the swap completes (the Ctrl-C is
+    held), the message says so, and the old state stays whole for the next run to remove."""
+    rw, w = restore_world, restore_world.w
+    proc = w.spawn("restore", "latest", "--yes", kill_at="sigint-in-swap")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, f"exit {proc.returncode}: {out}{err}"
+    assert "nothing was committed" not in err and "the live data is the backup's" in err, err
+    assert rw.live() == rw.new
+    [left] = rw.leftovers()
+    assert tree_digest(left) == rw.old["files"] and str(left) in err  # nothing of it lost yet
+    assert_reported_then_finished(rw, "a Ctrl-C in the swap")
+
+
+def test_killed_after_the_swap_with_an_old_state_that_cannot_be_removed(restore_world):
+    """The next runs finish the restore, warn about what they cannot remove, and are not blocked by it."""
+    rw, w = restore_world, restore_world.w
+    locked = w.state / "files" / "locked.log"
+    locked.write_text("old state, immutable\n")
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i does not work here (needs root and a filesystem with file attributes)")
+    try:
+        killed, out = finish(w.spawn("restore", "latest", "--yes", kill_at="swap-done"))
+        if not killed:  # the test itself is broken
+            raise RuntimeError(f"the kill point was not reached: {out}")
+        created = w.ok("create")  # finishes the restore; what it cannot remove is a warning
+        [left] = rw.leftovers()
+        assert str(left) in created.stderr and "remove it by hand" in created.stderr, created.stderr
+        assert rw.live() == rw.new and [p.name for p in left.iterdir()] == ["locked.log"]
+        status = w.cli("status", "--json")
+        report = json.loads(status.stdout)
+        assert status.returncode == 1 and report["interrupted_restore"] is None, status.stdout
+        assert [r["path"] for r in report["restore_leftovers"]] == [str(left)]
+        w.ok("restore", "latest", "--yes")
+        subprocess.run(["chattr", "-i", str(left / "locked.log")], check=True)
+        w.ok("create")
+        assert rw.leftovers() == [] and json.loads(w.cli("status", "--json").stdout)["restore_leftovers"] == []
+    finally:
+        for p in w.state.rglob("locked.log"):
+            subprocess.run(["chattr", "-i", str(p)], capture_output=True)
 
 
 # -- incremental backups ------------------------------------------------------------------------

@@ -3,13 +3,21 @@
 A source that is a mount point (a real tmpfs) is refused up front with what to do
 instead; a process holding a file open under the destination (a real child
 process) is named, and ``--force`` goes ahead.
+
+After the swap the restore is complete: an old state that cannot be removed (a
+real immutable file) is a warning that names it, never a failure, and blocks no
+later run; a Ctrl-C (a real SIGINT to a real process) says that the restore was made.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +109,102 @@ def test_a_process_holding_a_file_open_is_named_and_force_goes_ahead(app, files_
     finally:
         child.kill()
         child.wait()
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def _leftovers(app: Path) -> list[Path]:
+    return sorted(p for p in (app / "state").iterdir() if ".eternia-" in p.name)
+
+
+def test_an_old_state_that_cannot_be_removed_is_a_warning_and_blocks_no_later_run(app, files_config):
+    """User test: `chattr +i` on a file of the live tree, then `restore latest`: the restore failed with
+    "unexpected PermissionError" after the swap, and every later create and drill failed the same way."""
+    files = app / "state" / "files"
+    assert run_cli("create", config=files_config).returncode == 0
+    saved = _digest(files)
+    (files / "sub").mkdir()
+    (files / "sub" / "written-after-the-backup.txt").write_text("old state\n")
+    locked = files / "locked.log"
+    locked.write_text("old state, immutable\n")
+    if not _chattr("+i", locked):
+        pytest.skip("chattr +i does not work here (needs root and a filesystem with file attributes)")
+    try:
+        proc = run_cli("restore", "latest", "--yes", config=files_config)
+        assert proc.returncode == 3, proc.stdout + proc.stderr  # done, with a warning
+        assert "restored backup" in proc.stdout and "unexpected" not in proc.stderr
+        [left] = _leftovers(app)
+        assert f"{left} is left" in proc.stderr and "Operation not permitted" in proc.stderr, proc.stderr
+        assert "remove it by hand" in proc.stderr and "chattr -i" in proc.stderr
+        assert _digest(files) == saved  # the live data is the backup's
+        assert [p.name for p in left.iterdir()] == ["locked.log"]  # the rest of the old state is gone
+
+        status = run_cli("status", "--json", config=files_config)
+        assert status.returncode == 1, status.stdout  # monitoring sees it
+        report = json.loads(status.stdout)
+        assert report["interrupted_restore"] is None
+        assert [(r["path"], "Operation not permitted" in r["error"]) for r in report["restore_leftovers"]] == \
+            [(str(left), True)]
+        status = run_cli("status", config=files_config)
+        assert f"RESTORE LEFTOVER: {left}" in status.stdout and status.returncode == 1
+
+        # Later runs try once, warn, and go on.
+        for args in (("create",), ("drill",), ("restore", "latest", "--yes")):
+            proc = run_cli(*args, config=files_config)
+            assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
+            assert str(left) in proc.stderr and "remove it by hand" in proc.stderr, proc.stderr
+        assert _digest(files) == saved and _leftovers(app) == [left]
+
+        # Once it can be removed, the next run removes it and `status` is clean.
+        assert _chattr("-i", left / "locked.log")
+        assert run_cli("create", config=files_config).returncode == 0
+        assert _leftovers(app) == []
+        status = run_cli("status", "--json", config=files_config)
+        assert status.returncode == 0 and json.loads(status.stdout)["restore_leftovers"] == [], status.stdout
+    finally:
+        for p in app.rglob("locked.log"):
+            _chattr("-i", p)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def test_ctrl_c_after_the_swap_says_that_the_restore_was_made(app, files_config):
+    """User test: SIGINT late in `restore latest --yes` printed "interrupted; nothing was committed" while
+    the live data already was the backup's. The SIGINT here comes once the destination is another
+    directory (the swap happened), while the old state (20,000 files) is being removed."""
+    files = app / "state" / "files"
+    assert run_cli("create", config=files_config).returncode == 0
+    saved = _digest(files)
+    many = files / "written-after-the-backup"
+    many.mkdir()
+    for i in range(20000):
+        (many / f"{i}.txt").write_text("x")
+    before = _inode(files)
+    proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(files_config),
+                             "restore", "latest", "--yes"], cwd=app, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and _inode(files) == before:
+        assert time.monotonic() < deadline, "the restore never swapped"
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"exit {proc.returncode}: {out}{err}"
+    assert "nothing was committed" not in err and "the live data is the backup's" in err, err
+    assert _digest(files) == saved
+    [left] = _leftovers(app)  # what remains of the old state
+    assert f"{left} is left" in err and "the next create, restore or drill removes it" in err, err
+
+    status = run_cli("status", config=files_config)
+    assert "INTERRUPTED RESTORE" in status.stdout, status.stdout
+    proc = run_cli("create", config=files_config)
+    assert proc.returncode == 0, proc.stderr
+    assert _leftovers(app) == [] and "INTERRUPTED" not in run_cli("status", config=files_config).stdout
+    assert _digest(files) == saved
