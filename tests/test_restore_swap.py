@@ -175,10 +175,13 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def test_ctrl_c_after_the_swap_says_that_the_restore_was_made(app, files_config):
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGINT, 130, "interrupted after the restore"),
+                                                   (signal.SIGTERM, 143, "terminated by SIGTERM after the restore")])
+def test_ctrl_c_after_the_swap_says_that_the_restore_was_made(app, files_config, signum, status, said):
     """User test: SIGINT late in `restore latest --yes` printed "interrupted; nothing was committed" while
-    the live data already was the backup's. The SIGINT here comes once the destination is another
-    directory (the swap happened), while the old state (20,000 files) is being removed."""
+    the live data already was the backup's. The signal here comes once the destination is another
+    directory (the swap happened), while the old state (20,000 files) is being removed; SIGTERM (systemd,
+    docker stop) is handled alike."""
     files = app / "state" / "files"
     assert run_cli("create", config=files_config).returncode == 0
     saved = _digest(files)
@@ -194,10 +197,10 @@ def test_ctrl_c_after_the_swap_says_that_the_restore_was_made(app, files_config)
     while proc.poll() is None and _inode(files) == before:
         assert time.monotonic() < deadline, "the restore never swapped"
         time.sleep(0.0005)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, f"exit {proc.returncode}: {out}{err}"
-    assert "nothing was committed" not in err and "the live data is the backup's" in err, err
+    assert proc.returncode == status, f"exit {proc.returncode}: {out}{err}"
+    assert "nothing was committed" not in err and "the live data is the backup's" in err and said in err, err
     assert _digest(files) == saved
     [left] = _leftovers(app)  # what remains of the old state
     assert f"{left} is left" in err and "the next create, restore or drill removes it" in err, err
