@@ -573,12 +573,12 @@ class BackupManager:
         """
         try:
             copy = self.find_backup(backup, allow_older=allow_older, allow_partial_listing=allow_partial_listing)
-        except LatestDamagedError as exc:
-            return verify.VerifyReport(exc.backup_id, "", False, str(exc))
+        except LatestDamagedError as exc:  # known damaged from the listing (as recorded): no new finding
+            return verify.VerifyReport(exc.backup_id, "", False, str(exc), damaged=exc.backup_id)
         try:
             links = self.chain_of(copy)
-        except IntegrityError as exc:
-            return verify.VerifyReport(copy.backup_id, copy.url, False, str(exc))
+        except IntegrityError as exc:  # a base missing or damaged: this backup cannot be restored
+            return verify.VerifyReport(copy.backup_id, copy.url, False, str(exc), damaged=copy.backup_id)
         if links:
             report = verify.verify_chain(links, self.registry, self.config.encryption, progress)
         else:
