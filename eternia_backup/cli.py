@@ -873,9 +873,14 @@ def _sigterm_as_interrupt(wanted: bool = True):
 def _report_interrupt(args, exc: KeyboardInterrupt) -> int:
     """Ctrl-C (130) or SIGTERM (143): one line saying what was committed; a partial backup's copies in --json."""
     if isinstance(exc, Interrupted):
+        message, status = str(exc), exc.exit_code
         extra = {"backup": exc.result.to_dict()} if exc.result is not None else {}
-        return _report_error(args, str(exc), "interrupted", exc.exit_code, **extra)
-    return _report_error(args, "interrupted; nothing was committed", "interrupted", EXIT_INTERRUPTED)
+    else:
+        message, status, extra = "interrupted; nothing was committed", EXIT_INTERRUPTED, {}
+    if args.command == "cleanup" and not getattr(args, "dry_run", False):  # deletions are one by one
+        message = message.replace("nothing was committed", "the backups deleted until then stay deleted, "
+                                  "the others are kept; run cleanup again to finish")
+    return _report_error(args, message, "interrupted", status, **extra)
 
 
 def _asks_json_logs(argv: list[str]) -> bool:

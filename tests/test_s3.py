@@ -527,3 +527,46 @@ def ctrl_c_while_the_cloud_copy_uploads(app, proxy, s3_server, s3_bucket, cli):
     assert not status["cloud"].get("last_success")
     assert status["cloud"]["last_error"].startswith("target 'cloud': interrupted before"), status["cloud"]
     no_upload_left(config, s3_server, s3_bucket)
+
+
+@pytest.mark.slow
+def test_sigterm_during_cleanup_says_what_stays_deleted_and_cleanup_finishes_later(app, s3_server, s3_bucket,
+                                                                                 s3_env, cli):
+    """A cleanup stopped half way has deleted some backups: "nothing was committed" was wrong. The
+    deletes are held at the S3 server's door while SIGTERM arrives; the next cleanup finishes."""
+    from eternia_backup.errors import EXIT_TERMINATED
+    from eternia_backup.testing.s3proxy import CountingProxy
+
+    proxy = CountingProxy(s3_server.endpoint)
+    try:
+        config = app / "eternia-backup.yaml"
+        config.write_text(yaml.safe_dump({"backup": {
+            "sources": [{"type": "directory", "name": "files", "path": "state/files"}],
+            "targets": [{"name": "cloud", "url": f"s3://{s3_bucket}/app",
+                         "options": {"client_kwargs": {"endpoint_url": proxy.endpoint}}}],
+            "retention": {"keep_last": 1}}}))
+        for _ in range(3):
+            assert cli("create", config=config, env=creds()).returncode == 0
+        proxy.hold(lambda method, path: method == "DELETE")
+        proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(config), "cleanup"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **creds()})
+        try:
+            deadline = time.monotonic() + 60
+            while proxy.held == 0:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)  # the signal reaches cleanup while it waits for that delete
+            proxy.release()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == EXIT_TERMINATED, (proc.returncode, out, err)
+        assert "nothing was committed" not in err and "stay deleted" in err and "run cleanup again" in err, err
+        assert cli("cleanup", config=config, env=creds()).returncode == 0
+        listed = json.loads(cli("list", "--json", config=config, env=creds()).stdout)["backups"]
+        assert len(listed) == 1, listed
+    finally:
+        proxy.close()
