@@ -27,12 +27,12 @@ import base64
 import dataclasses
 import logging
 import os
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
 from .errors import ConfigError, EterniaBackupError, IntegrityError
+from .threads import Worker
 
 EXTENSION = ".age"
 log = logging.getLogger("eternia_backup.encryption")
@@ -116,8 +116,7 @@ class _PipeWriter:
             finally:
                 self._r.close()  # a writer still writing gets EPIPE, not a hang
 
-        self._thread = threading.Thread(target=run, name="eternia-age", daemon=True)
-        self._thread.start()
+        self._thread = Worker(run, name="eternia-age")
 
     def write(self, data) -> int:
         view = memoryview(data)
@@ -229,8 +228,7 @@ class DecryptingReader:
                 except OSError:
                     pass
 
-        self._thread = threading.Thread(target=run, name="eternia-age-decrypt", daemon=True)
-        self._thread.start()
+        self._thread = Worker(run, name="eternia-age-decrypt")
 
     def read(self, n: int = -1) -> bytes:
         data = self._r.read(n)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 
+from .threads import Worker
+
 _CHUNK = 1024 * 1024
 
 
@@ -30,8 +32,7 @@ class ReadAhead:
         self._stop = threading.Event()
         self._buffer = memoryview(b"")
         self._done = False
-        self._thread = threading.Thread(target=self._fill, name="eternia-read-ahead", daemon=True)
-        self._thread.start()
+        self._thread = Worker(self._fill, name="eternia-read-ahead")
 
     def _fill(self) -> None:
         try:

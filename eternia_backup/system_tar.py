@@ -36,11 +36,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 
 from . import tarheaders
 from .errors import RestoreError
 from .providers import Member
+from .threads import Worker
 
 #: files up to this size may go to tar (larger ones are written by Python, which keeps holes)
 MAX_FORWARDED_SIZE = 64 * 1024
@@ -109,8 +109,7 @@ class _PipeWriter:
         self.fd = fd
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: OSError | None = None
-        self.thread = threading.Thread(target=self._run, name="eternia-tar-feed", daemon=True)
-        self.thread.start()
+        self.thread = Worker(self._run, name="eternia-tar-feed")
 
     def send(self, parts: list[bytes]) -> None:
         self.queue.put(parts)
