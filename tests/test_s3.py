@@ -266,6 +266,8 @@ def test_parts_upload_in_the_background_with_a_bounded_queue(s3_env, s3_bucket, 
     from eternia_backup.builtin import s3_target
 
     monkeypatch.setattr(s3_target, "part_size", lambda done: 5 * 2**20)
+    allocated, part_buffer = [], s3_target._part_buffer
+    monkeypatch.setattr(s3_target, "_part_buffer", lambda size: allocated.append(size) or part_buffer(size))
     target = s3_target.S3Target("cloud", f"s3://{s3_bucket}/queue", {})
     writer = target.open_write("a.tar.zst")
     gate, call_s3 = threading.Event(), target.fs.call_s3
@@ -299,6 +301,8 @@ def test_parts_upload_in_the_background_with_a_bounded_queue(s3_env, s3_bucket, 
     writer.commit()
     assert target.read_bytes("a.tar.zst") == data
     assert target.incomplete_uploads() == []
+    # six parts went through the memory of three: uploaded parts' buffers are filled again
+    assert allocated == [5 * 2**20] * (s3_target.PARTS_AT_ONCE + 1)
 
 
 def test_a_part_failing_in_the_background_fails_the_target_and_leaves_nothing(app, s3_server, s3_bucket,

@@ -298,6 +298,8 @@ class S3AtomicWrite(AtomicWrite):
         #: the part being filled: a BytesIO that owns its buffer, so neither botocore nor aiohttp
         #: copies it (aiohttp takes ``getbuffer()``, which copies a BytesIO made from bytes)
         self.buffer = _part_buffer(part_size(0))
+        #: uploaded parts' buffers, filled again instead of allocating (and zeroing) new ones
+        self._spare: queue.SimpleQueue[io.BytesIO] = queue.SimpleQueue()
         self._done = False
         self._sent = 0  # parts handed to the uploaders
         self._queue: queue.Queue = queue.Queue()
@@ -340,10 +342,11 @@ class S3AtomicWrite(AtomicWrite):
                     out = self.target.fs.call_s3("upload_part", Bucket=self.target.bucket, Key=self.key,
                                                  UploadId=self.upload_id, PartNumber=number, Body=data)
                     self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+                    self._spare.put(data)  # uploaded: botocore is done with it
             except BaseException as exc:  # raised in the writer's thread by the next write() or commit()
                 self._failed = exc
             finally:
-                del item, data  # the part's memory goes before the slot is given back
+                del item, data  # a failed part's memory goes before the slot is given back
                 self._slots.release()
 
     def _send(self, data: io.BytesIO) -> None:
@@ -404,8 +407,19 @@ class S3AtomicWrite(AtomicWrite):
         part.truncate(part.tell())  # the last part may be shorter than its buffer
         part.seek(0)
         self._send(part)
-        if not last:  # allocated once a slot is free: at most PARTS_AT_ONCE + 1 parts in memory
-            self.buffer = _part_buffer(part_size(self._sent))
+        if not last:  # taken once a slot is free: at most PARTS_AT_ONCE + 1 parts in memory
+            self.buffer = self._next_buffer(part_size(self._sent))
+
+    def _next_buffer(self, size: int) -> io.BytesIO:
+        """An uploaded part's buffer when one of this size is spare, else a new one."""
+        try:
+            spare = self._spare.get_nowait()
+        except queue.Empty:
+            return _part_buffer(size)
+        if spare.seek(0, io.SEEK_END) != size:  # parts grow every PART_DOUBLING_EVERY parts
+            return _part_buffer(size)
+        spare.seek(0)
+        return spare
 
     def commit(self) -> None:
         if self.buffer.tell() or not self._sent:
@@ -434,6 +448,7 @@ class S3AtomicWrite(AtomicWrite):
         self._done = True
         self.buffer = io.BytesIO()
         self._stop_uploaders()
+        self._spare = queue.SimpleQueue()
         try:
             self.target.fs.call_s3("abort_multipart_upload", Bucket=self.target.bucket, Key=self.key,
                                    UploadId=self.upload_id)
@@ -461,6 +476,10 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
         self.endpoint = ((options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
                          or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                          or "the AWS S3 endpoint")
+        if self.endpoint.startswith("http://"):
+            # Over plain http botocore signs every payload with its sha256, which guards each part
+            # already; a CRC32 of the same bytes (botocore's default) would read them once more.
+            config_kwargs.setdefault("request_checksum_calculation", "when_required")
         self.credentials = _credential_source(options)
         if "session" not in options:
             options["session"] = self._session(options)
