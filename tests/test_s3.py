@@ -574,3 +574,15 @@ def test_sigterm_during_cleanup_says_what_stays_deleted_and_cleanup_finishes_lat
         assert len(listed) == 1, listed
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("text", ["2026-12-07T14:14:20.525Z", "2026-12-07T14:14:20Z", "2026-12-07T15:14:20.5+01:00",
+                                  "Mon, 07 Dec 2026 14:14:20 GMT", "1796652860", 1796652860.25])
+def test_timestamps_read_as_botocore_reads_them(text):
+    """Listing times are read by fromisoformat (dateutil was a tenth of a listing); the same instants."""
+    from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+    from eternia_backup.builtin.s3_target import parse_timestamp
+
+    ours, theirs = parse_timestamp(text), botocore_parse_timestamp(text)
+    assert ours == theirs and ours.utcoffset() == theirs.utcoffset() and ours.tzinfo is not None

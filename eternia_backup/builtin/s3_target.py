@@ -36,6 +36,7 @@ Credentials come from the standard AWS chain (environment, profile, IAM role).
 
 from __future__ import annotations
 
+import datetime
 import errno
 import io
 import ipaddress
@@ -261,6 +262,24 @@ def creator_marker(filename: str) -> bytes:
     """What an upload's marker object holds: who made the upload, for people reading the bucket."""
     return json.dumps({"upload": filename, "host": socket.gethostname(), "pid": os.getpid(),
                        "started": time.time()}).encode()
+
+
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """botocore's timestamp parser, reading S3's ISO 8601 times with ``fromisoformat``.
+
+    botocore's own goes through dateutil, about 50 us a time: 0.15 s of every listing of
+    1,000 backups (three objects each). Anything else (HTTP dates, epoch numbers) goes to it.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+    return botocore_parse_timestamp(value)
 
 
 def _part_buffer(size: int) -> io.BytesIO:
@@ -500,6 +519,7 @@ class S3Target(FsspecTarget, ConditionalWrites, UploadCleanup):
         except ImportError:  # reported by FsspecTarget with the install hint
             return None
         session = AioSession(profile=options.get("profile"))
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
         session.register("needs-retry.s3", RetryLogger(self.endpoint, self.max_attempts),
                          unique_id="eternia-retry")
         return session
