@@ -597,6 +597,8 @@ class _ArgumentError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit 2 itself
+        if message == "the following arguments are required: backup":
+            message += " (name one: 'latest', an id from 'eternia-backup list', a path or a URL)"
         raise _ArgumentError(self, message)
 
 
