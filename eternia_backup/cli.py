@@ -599,6 +599,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit 2 itself
         if message == "the following arguments are required: backup":
             message += " (name one: 'latest', an id from 'eternia-backup list', a path or a URL)"
+        elif message == "the following arguments are required: COMMAND":
+            message += " (the commands: 'eternia-backup --help'; a first config: 'eternia-backup init')"
         raise _ArgumentError(self, message)
 
 

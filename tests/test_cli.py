@@ -706,11 +706,13 @@ def test_usage_errors_exit_2_without_traceback(real_cli, cfg):
         assert "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_restore_without_a_backup_says_what_to_name(real_cli, cfg):
+def test_a_missing_command_or_backup_says_what_to_give(real_cli, cfg):
     for command in ("restore", "ls"):
         proc = real_cli(command, config=cfg)
         assert proc.returncode == 2
         assert "required: backup (name one: 'latest', an id from 'eternia-backup list'" in proc.stderr
+    proc = real_cli(config=cfg)
+    assert proc.returncode == 2 and "'eternia-backup --help'" in proc.stderr
 
 
 def test_config_errors_exit_2_and_change_nothing(real_cli, app, write_config):
