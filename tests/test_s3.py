@@ -506,7 +506,8 @@ def ctrl_c_while_the_cloud_copy_uploads(app, proxy, s3_server, s3_bucket, cli):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as on a terminal
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list((app / "backups").glob("*.manifest.json")):
+        # the two targets commit side by side: the local manifest and the cloud's part arrive in either order
+        while time.monotonic() < deadline and not (list((app / "backups").glob("*.manifest.json")) and proxy.held):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
         manifest = json.loads(next((app / "backups").glob("*.manifest.json")).read_text())
