@@ -501,6 +501,23 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             removed.close()
     copies: list[Copy] = []  # filled as targets commit: an interrupted commit still knows where it is
     try:
+        return _commit_and_report(manifest, fan, by_name, guard, index, increment, copies, failures, hooks, pm,
+                                  started, len(targets))
+    except KeyboardInterrupt as exc:
+        if not copies or getattr(exc, "result", None) is not None:
+            raise
+        # Ctrl-C (or SIGTERM) once every commit was done, in what comes after (the index kept, the
+        # lifecycle hooks and notifications): the backup is made, say so rather than "nothing was committed".
+        raise interrupted_after_commit(exc, BackupResult(
+            backup_id, manifest, copies, failures, time.monotonic() - started), by_name) from exc
+
+
+def _commit_and_report(manifest: Manifest, fan: _FanOut, by_name: dict[str, Target], guard,
+                       index: IndexWriter | None, increment, copies: list[Copy], failures: dict[str, str],
+                       hooks, pm, started: float, target_count: int) -> BackupResult:
+    """Commit to every target (the open ones first), then report: a BackupResult, or BackupFailedError."""
+    backup_id = manifest.backup_id
+    try:
         _commit(manifest, fan, by_name, guard, list(fan.writers), index, copies)  # the open ones first: local
         _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index, copies)  # then the slow ones
     except BaseException as exc:
@@ -511,7 +528,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             raise
         # Ctrl-C (or SIGTERM) after some targets committed: those copies are complete and kept,
         # as after any other per-target failure; say so rather than "nothing was committed".
-        interrupted = _interrupted_after_commit(exc, BackupResult(
+        interrupted = interrupted_after_commit(exc, BackupResult(
             backup_id, manifest, copies, failures, time.monotonic() - started), by_name)
         hooks.on_error(interrupted)
         call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=interrupted,
@@ -530,7 +547,7 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
     result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
     if failures:
         error = BackupFailedError(
-            f"backup {backup_id} failed on {len(failures)} of {len(targets)} target(s): "
+            f"backup {backup_id} failed on {len(failures)} of {target_count} target(s): "
             + "; ".join(failures.values())
             + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
             result,
@@ -558,15 +575,21 @@ def _open_targets(fan: _FanOut, targets: list[Target], archive_file: str) -> Non
         log.info("target %r is still opening; the backup goes on and hands it the archive when it opens", name)
 
 
-def _interrupted_after_commit(exc: KeyboardInterrupt, result: BackupResult, targets: dict[str, Target]) -> Interrupted:
+def interrupted_after_commit(exc: KeyboardInterrupt, result: BackupResult, targets: dict[str, Target]) -> Interrupted:
     """The interrupt, saying which targets hold the backup; the others are failures of this backup."""
     reason = Interrupted.reason(exc)
     for name in targets:
         if name not in result.failures and all(c.target != name for c in result.copies):
             result.failures[name] = f"target {name!r}: {reason} before the backup was committed to it"
     committed = ", ".join(c.target for c in result.copies)
-    return Interrupted(f"{reason}: backup {result.backup_id} was committed to {committed} only; "
-                       f"not to {', '.join(result.failures)}", getattr(exc, "signum", signal.SIGINT), result)
+    if result.failures:
+        message = f"{reason}: backup {result.backup_id} was committed to {committed} only; " \
+                  f"not to {', '.join(result.failures)}"
+    else:  # after every commit: what came after (notifications, plugins' hooks) may not have run
+        message = f"{reason} after backup {result.backup_id} was committed to {committed}: the backup is " \
+                  "complete; what runs after a backup (notifications, hooks, the status record) may not " \
+                  "have finished"
+    return Interrupted(message, getattr(exc, "signum", signal.SIGINT), result)
 
 
 def _commit(manifest: Manifest, fan: _FanOut, targets: dict[str, Target], guard, names: list[str],

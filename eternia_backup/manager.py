@@ -377,7 +377,12 @@ class BackupManager:
             reason = f"{Interrupted.reason(exc)}; nothing was committed"
             self._record(partial, {} if partial is not None else {t.name: reason for t in self.targets})
             raise
-        self._record(result, {})
+        try:
+            self._record(result, {})
+        except KeyboardInterrupt as exc:  # the backup is made: say so, not "nothing was committed"
+            if getattr(exc, "result", None) is not None:
+                raise
+            raise backup_mod.interrupted_after_commit(exc, result, {}) from exc
         return result
 
     def _encryptor(self):

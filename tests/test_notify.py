@@ -11,7 +11,9 @@ meaning.
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -390,3 +392,41 @@ def test_a_notifier_kind_can_be_switched_off_like_any_plugin(app, receiver, monk
                         "healthchecks": {"url": f"{receiver.base}/hc"}})
     mgr.create_backup()
     assert receiver.paths == ["/hc/start", "/hc"]
+
+
+# -- Ctrl-C after the backup is made --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_success_is_notified_says_the_backup_was_made(app, signum, cli):
+    """A webhook that never answers holds create after every commit; Ctrl-C or SIGTERM there said
+    "nothing was committed" and status recorded a failure of a backup that was made."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(4)  # accepted by the kernel, never answered
+    config = write_config(app, {"webhook": {"url": f"http://127.0.0.1:{hung.getsockname()[1]}/hook",
+                                            "events": ["success"]}})
+    proc = subprocess.Popen([sys.executable, "-m", "eternia_backup", "--config", str(config), "create"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as on a terminal
+    try:
+        hung.settimeout(60)
+        conn, _ = hung.accept()  # the success is being posted: every target has committed
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hung.close()
+    (manifest,) = (app / "backups").glob("*.manifest.json")
+    backup_id = json.loads(manifest.read_text())["backup_id"]
+    reason = "interrupted" if signum == signal.SIGINT else "terminated by SIGTERM"
+    assert proc.returncode == 128 + signum, err
+    assert err.splitlines() == [f"error: {reason} after backup {backup_id} was committed to local: the backup is "
+                                "complete; what runs after a backup (notifications, hooks, the status record) "
+                                "may not have finished"]
+    assert cli("verify", backup_id, config=config).returncode == 0
+    status = json.loads(cli("status", "--json", config=config).stdout)["targets"]["local"]
+    assert status["last_backup_id"] == backup_id and status["last_success"] and not status.get("last_error")
