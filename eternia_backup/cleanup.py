@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import socket
 import time
 from datetime import datetime, timezone, tzinfo

@@ -466,7 +466,7 @@ def test_create_with_a_missing_source_fails_and_writes_nothing(cli, app, write_c
     cfg = write_config(sources=[{"type": "directory", "name": "files", "path": "state/files"},
                                 {"type": kind, "name": "broken", "path": missing}])
     checked = cli("config", "check", config=cfg)  # valid (not exit 2), but it cannot work on this machine
-    assert checked.returncode == 1 and f"problem: source 'broken'" in checked.stdout, checked.stdout
+    assert checked.returncode == 1 and "problem: source 'broken'" in checked.stdout, checked.stdout
     assert cli("config", "check", "--file-only", config=cfg).returncode == 0
     proc = cli("create", config=cfg)
     assert proc.returncode == 1, proc.stdout + proc.stderr
