@@ -22,7 +22,8 @@ Helpers
     :func:`child_env`, :func:`check_cancelled`), secret masking (:func:`remember_secret`,
     :func:`redact_text`), atomic staging (:class:`DirectorySwapPlan`,
     :func:`sibling`, :func:`remove_tree`, :func:`remove_stale_siblings`,
-    :func:`fsync_dir`, :func:`make_private_dirs`), private temporary space in the
+    :func:`fsync_dir`, :func:`make_private_dirs`), a storage directory that must not be made
+    under an unmounted fstab mount point (:func:`unmounted_mount_point`), private temporary space in the
     state directory (:func:`scratch_dir`, :func:`scratch_file`), the temporary-name convention
     (:func:`temp_name`, :func:`parse_temp_name`), extended attributes
     (:func:`read_xattrs`, :func:`xattr_namespaces_kept`), tar header blocks as
@@ -57,6 +58,7 @@ from .fsutil import (
     xattr_namespaces_kept,
 )
 from .drill import DrillCheck, sql_result_true
+from .mounts import unmounted_mount_point
 from .plans import DirectorySwapPlan
 from .process import Cancelled, CommandOutput, check_cancelled, child_env, stderr_tail
 from .process import run as run_process
@@ -104,5 +106,5 @@ __all__ = [
     "run_process", "CommandOutput", "check_cancelled", "child_env", "stderr_tail", "remember_secret", "redact_text", "RedactingFilter", "human_size", "describe_os_error",
     "DirectorySwapPlan", "sibling", "remove_tree", "remove_stale_siblings", "fsync_dir", "make_private_dirs",
     "temp_name", "parse_temp_name", "split_protocol", "read_xattrs", "xattr_namespaces_kept",
-    "scratch_dir", "scratch_file", "tarheaders",
+    "scratch_dir", "scratch_file", "tarheaders", "unmounted_mount_point",
 ]

@@ -445,7 +445,10 @@ class BackupModel(_Model):
                                       "backup. The newest intact backup is never deleted.", examples=[7])
     storage_path: str | None = _f("a local directory path", None, min_length=1,
                                   description="A local directory for backups (a target named local); without any "
-                                  "target, backups/ beside the config file.", examples=["backups"])
+                                  "target, backups/ beside the config file. Made when missing, except under a "
+                                  "mount point /etc/fstab lists that is not mounted (an unmounted NAS share or "
+                                  "USB disk): create fails then instead of filling the disk beneath.",
+                                  examples=["backups"])
     cloud_backup: CloudBackupModel | None = _f("a mapping", None, description="Copies in S3; see below.",
                                                examples=[{"enabled": True, "bucket": "eternia-backups"}])
     name: str = _f("a name made of letters, digits, '.', '_' or '-'", "eternia-backup", pattern=_NAME_RE,

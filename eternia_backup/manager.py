@@ -45,6 +45,7 @@ from .fsutil import remove_tree, why_not_removed
 from .locks import LocalLock
 from .sizes import human_size
 from .plugins import Registry, build_registry, call_lifecycle, get_plugin_manager
+from .mounts import unmounted_mount_point
 from .progress import NO_PROGRESS, Progress, ProgressReader
 from .manifest_cache import ManifestCache
 from .providers import LocalPaths, Source, Target, UploadCleanup, local_path_of
@@ -286,7 +287,8 @@ class BackupManager:
 
     def config_problems(self) -> list[str]:
         """What on this machine makes the valid config fail now (``config check``; exit 1): a file-based
-        source that is missing or unreadable, local storage that is a file. Only local checks: no
+        source that is missing or unreadable, local storage that is a file or would be made under an
+        unmounted fstab mount point. Only local checks: no
         database or bucket is contacted."""
         problems = []
         for source in self.sources.values():
@@ -301,6 +303,9 @@ class BackupManager:
             if path is not None and path.exists() and not path.is_dir():
                 problems.append(f"target {target.name!r}: {path} is a file, not a directory; fix the path "
                                 "(create would fail)")
+            elif path is not None and not path.exists() and (point := unmounted_mount_point(path)) is not None:
+                problems.append(f"target {target.name!r}: {path} would be made under {point}, a mount point in "
+                                "/etc/fstab that is not mounted; mount it (create would fail)")
         encryption = self.config.encryption
         if encryption is not None and encryption.identity_file is not None \
                 and not os.access(encryption.identity_file, os.R_OK):

@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import StateDirError
 from .fsutil import fsync_dir, make_private_dirs
+from .mounts import unmounted_mount_point
 from .timefmt import iso_utc
 
 log = logging.getLogger("eternia_backup.state")
@@ -99,6 +100,11 @@ class StateStore:
         which directory, why it is there and what to do: it holds the lock and the last-run record,
         so it is never silently moved elsewhere (two runs would then keep two records)."""
         directory = self.path.parent
+        point = None if directory.exists() else unmounted_mount_point(directory)
+        if point is not None:
+            raise StateDirError(
+                f"will not make the state directory {directory} (it is {self.why}) under {point}, a mount point "
+                "in /etc/fstab that is not mounted: mount it, or set backup.state_dir")
         try:
             make_private_dirs(inside or directory)
             if not os.access(directory, os.W_OK | os.X_OK):

@@ -28,6 +28,7 @@ from eternia_backup.api import (
     hookimpl,
     make_private_dirs,
     temp_name,
+    unmounted_mount_point,
 )
 
 FILE_MODE = 0o600
@@ -120,6 +121,8 @@ class LocalTarget(Target, LocalPaths):
         if self._dir_ready:
             return
         path = self._root
+        if not path.exists():
+            self._refuse_unmounted(path)
         try:
             make_private_dirs(path, DIR_MODE)
             if not path.is_dir():
@@ -135,6 +138,15 @@ class LocalTarget(Target, LocalPaths):
         except Exception as exc:
             raise self.error_for("create the directory", exc) from exc
         self._dir_ready = True
+
+    def _refuse_unmounted(self, path: Path) -> None:
+        """Not under an fstab mount point that is not mounted: the backups would go to the disk beneath."""
+        point = unmounted_mount_point(path)
+        if point is not None:
+            raise StorageError(f"target {self.name!r}: the storage directory {path} does not exist, and {point} "
+                               "is a mount point in /etc/fstab that is not mounted; mount it (the backups "
+                               "would go to the disk beneath it and vanish under it once mounted), or create "
+                               f"{path} yourself if they are meant to go there")
 
     def list(self) -> list[StoredFile]:
         root = self._root
