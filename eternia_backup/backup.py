@@ -501,8 +501,49 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
             removed.close()
     copies: list[Copy] = []  # filled as targets commit: an interrupted commit still knows where it is
     try:
-        return _commit_and_report(manifest, fan, by_name, guard, index, increment, copies, failures, hooks, pm,
-                                  started, len(targets))
+        try:
+            _commit(manifest, fan, by_name, guard, list(fan.writers), index, copies)  # the open ones first: local
+            _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index, copies)  # then the slow ones
+        except BaseException as exc:
+            fan.abort_all()
+            if not copies or not isinstance(exc, KeyboardInterrupt):
+                hooks.on_error(exc)
+                call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
+                raise
+            # Ctrl-C (or SIGTERM) after some targets committed: those copies are complete and kept,
+            # as after any other per-target failure; say so rather than "nothing was committed".
+            interrupted = interrupted_after_commit(exc, BackupResult(
+                backup_id, manifest, copies, failures, time.monotonic() - started), by_name)
+            hooks.on_error(interrupted)
+            call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=interrupted,
+                           result=interrupted.result)
+            raise interrupted from exc
+        else:
+            if index is not None and copies:
+                try:
+                    index.keep_plain(increment.plain_index)
+                except OSError as exc:  # the next backup is then a full one
+                    log.warning("could not keep the local copy of the file index at %s: %s",
+                                increment.plain_index, describe_os_error(exc))
+        finally:
+            if index is not None:
+                index.discard()
+        result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
+        if failures:
+            error = BackupFailedError(
+                f"backup {backup_id} failed on {len(failures)} of {len(targets)} target(s): "
+                + "; ".join(failures.values())
+                + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
+                result,
+            )
+            hooks.on_error(error)
+            call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=error, result=result)
+            raise error
+        log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
+        if result.warning_count:
+            log.warning("backup %s: made with %d warning(s); the manifest lists them", backup_id, result.warning_count)
+        call_lifecycle(pm, "eternia_backup_succeeded", result=result)
+        return result
     except KeyboardInterrupt as exc:
         if not copies or getattr(exc, "result", None) is not None:
             raise
@@ -510,56 +551,6 @@ def run_backup(*, name: str, environment: str, sources: list[Source], targets: l
         # lifecycle hooks and notifications): the backup is made, say so rather than "nothing was committed".
         raise interrupted_after_commit(exc, BackupResult(
             backup_id, manifest, copies, failures, time.monotonic() - started), by_name) from exc
-
-
-def _commit_and_report(manifest: Manifest, fan: _FanOut, by_name: dict[str, Target], guard,
-                       index: IndexWriter | None, increment, copies: list[Copy], failures: dict[str, str],
-                       hooks, pm, started: float, target_count: int) -> BackupResult:
-    """Commit to every target (the open ones first), then report: a BackupResult, or BackupFailedError."""
-    backup_id = manifest.backup_id
-    try:
-        _commit(manifest, fan, by_name, guard, list(fan.writers), index, copies)  # the open ones first: local
-        _commit(manifest, fan, by_name, guard, fan.resolve(block=True), index, copies)  # then the slow ones
-    except BaseException as exc:
-        fan.abort_all()
-        if not copies or not isinstance(exc, KeyboardInterrupt):
-            hooks.on_error(exc)
-            call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=exc, result=None)
-            raise
-        # Ctrl-C (or SIGTERM) after some targets committed: those copies are complete and kept,
-        # as after any other per-target failure; say so rather than "nothing was committed".
-        interrupted = interrupted_after_commit(exc, BackupResult(
-            backup_id, manifest, copies, failures, time.monotonic() - started), by_name)
-        hooks.on_error(interrupted)
-        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=interrupted,
-                       result=interrupted.result)
-        raise interrupted from exc
-    else:
-        if index is not None and copies:
-            try:
-                index.keep_plain(increment.plain_index)
-            except OSError as exc:  # the next backup is then a full one
-                log.warning("could not keep the local copy of the file index at %s: %s",
-                            increment.plain_index, describe_os_error(exc))
-    finally:
-        if index is not None:
-            index.discard()
-    result = BackupResult(backup_id, manifest, copies, failures, time.monotonic() - started)
-    if failures:
-        error = BackupFailedError(
-            f"backup {backup_id} failed on {len(failures)} of {target_count} target(s): "
-            + "; ".join(failures.values())
-            + (f" (kept on: {', '.join(c.target for c in copies)})" if copies else ""),
-            result,
-        )
-        hooks.on_error(error)
-        call_lifecycle(pm, "eternia_backup_failed", backup_id=backup_id, error=error, result=result)
-        raise error
-    log.info("backup %s: done in %.1fs, %d bytes, at %s", backup_id, result.duration, result.size, result.location)
-    if result.warning_count:
-        log.warning("backup %s: made with %d warning(s); the manifest lists them", backup_id, result.warning_count)
-    call_lifecycle(pm, "eternia_backup_succeeded", result=result)
-    return result
 
 
 def _open_targets(fan: _FanOut, targets: list[Target], archive_file: str) -> None:
@@ -585,7 +576,7 @@ def interrupted_after_commit(exc: KeyboardInterrupt, result: BackupResult, targe
     if result.failures:
         message = f"{reason}: backup {result.backup_id} was committed to {committed} only; " \
                   f"not to {', '.join(result.failures)}"
-    else:  # after every commit: what came after (notifications, plugins' hooks) may not have run
+    else:  # every target committed: only what runs after a backup was cut short
         message = f"{reason} after backup {result.backup_id} was committed to {committed}: the backup is " \
                   "complete; what runs after a backup (notifications, hooks, the status record) may not " \
                   "have finished"

@@ -61,7 +61,7 @@ def test_the_nearest_declared_mount_point_decides(tmp_path, fstab):
     assert mounts.unmounted_mount_point(tmp_path / "link" / "backups") == nas  # through a symlink too
 
 
-def test_no_fstab_refuses_nothing(tmp_path, fstab, monkeypatch):
+def test_no_fstab_refuses_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(mounts, "FSTAB", tmp_path / "no-fstab")  # a container, another system
     assert mounts.unmounted_mount_point(tmp_path / "nas" / "backups") is None
 
